@@ -1,0 +1,630 @@
+package expr
+
+import (
+	"fmt"
+	"math"
+
+	celast "github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/operators"
+	"github.com/google/cel-go/common/types"
+
+	"github.com/sealflow/sealflow/engine/record"
+)
+
+// node is a compiled sub-expression: exactly one of the closures, selected
+// by t, is set.
+type node struct {
+	t record.Type
+	i func(*record.Record) (int64, error)
+	f func(*record.Record) (float64, error)
+	s func(*record.Record) (string, error)
+	b func(*record.Record) (bool, error)
+
+	// lit holds the value of a literal node, so that `in` can build its set.
+	lit *record.Value
+}
+
+// compiler translates a checked CEL AST into closures. compile returns false
+// for any form it does not handle; the whole expression then runs on the CEL
+// interpreter.
+type compiler struct {
+	names map[string]int
+	types []record.Type // field types by index
+}
+
+func (c *compiler) compile(e celast.Expr) (node, bool) {
+	switch e.Kind() {
+	case celast.IdentKind:
+		return c.ident(e.AsIdent())
+	case celast.LiteralKind:
+		return literal(e.AsLiteral())
+	case celast.CallKind:
+		return c.call(e.AsCall())
+	}
+	return node{}, false
+}
+
+// fieldErr reports a field whose value does not have the schema's type
+// (typically null, from a missing JSON field).
+func fieldErr(name string, want record.Type, got record.Type) error {
+	return fmt.Errorf("field %q is %s, want %s", name, got, want)
+}
+
+func (c *compiler) ident(name string) (node, bool) {
+	idx, ok := c.names[name]
+	if !ok || idx >= len(c.types) {
+		return node{}, false
+	}
+	return fieldNode(name, idx, c.types[idx])
+}
+
+// fieldNode reads field idx of the record. A value whose type is not the
+// schema's (null from a missing JSON field, or a record of another schema)
+// is an evaluation error, as it is for the CEL interpreter.
+func fieldNode(name string, idx int, t record.Type) (node, bool) {
+	bad := func(r *record.Record) error {
+		if idx >= len(r.Values) {
+			return fmt.Errorf("field %q missing: record has %d values", name, len(r.Values))
+		}
+		return fieldErr(name, t, r.Values[idx].T)
+	}
+	switch t {
+	case record.TypeInt:
+		return node{t: t, i: func(r *record.Record) (int64, error) {
+			if idx < len(r.Values) && r.Values[idx].T == record.TypeInt {
+				return r.Values[idx].I, nil
+			}
+			return 0, bad(r)
+		}}, true
+	case record.TypeFloat:
+		return node{t: t, f: func(r *record.Record) (float64, error) {
+			if idx < len(r.Values) && r.Values[idx].T == record.TypeFloat {
+				return r.Values[idx].F, nil
+			}
+			return 0, bad(r)
+		}}, true
+	case record.TypeString:
+		return node{t: t, s: func(r *record.Record) (string, error) {
+			if idx < len(r.Values) && r.Values[idx].T == record.TypeString {
+				return r.Values[idx].S, nil
+			}
+			return "", bad(r)
+		}}, true
+	case record.TypeBool:
+		return node{t: t, b: func(r *record.Record) (bool, error) {
+			if idx < len(r.Values) && r.Values[idx].T == record.TypeBool {
+				return r.Values[idx].I != 0, nil
+			}
+			return false, bad(r)
+		}}, true
+	}
+	return node{}, false
+}
+
+func literal(v any) (node, bool) {
+	switch x := v.(type) {
+	case types.Int:
+		val := int64(x)
+		return node{t: record.TypeInt, lit: &record.Value{T: record.TypeInt, I: val},
+			i: func(*record.Record) (int64, error) { return val, nil }}, true
+	case types.Double:
+		val := float64(x)
+		return node{t: record.TypeFloat, lit: &record.Value{T: record.TypeFloat, F: val},
+			f: func(*record.Record) (float64, error) { return val, nil }}, true
+	case types.String:
+		val := string(x)
+		return node{t: record.TypeString, lit: &record.Value{T: record.TypeString, S: val},
+			s: func(*record.Record) (string, error) { return val, nil }}, true
+	case types.Bool:
+		val := bool(x)
+		return node{t: record.TypeBool, lit: &record.Value{T: record.TypeBool, I: b2i(val)},
+			b: func(*record.Record) (bool, error) { return val, nil }}, true
+	}
+	return node{}, false
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *compiler) call(call celast.CallExpr) (node, bool) {
+	if call.IsMemberFunction() {
+		return node{}, false
+	}
+	args := call.Args()
+	fn := call.FunctionName()
+	switch fn {
+	case operators.In:
+		return c.in(args)
+	}
+	ns := make([]node, len(args))
+	for i, a := range args {
+		n, ok := c.compile(a)
+		if !ok {
+			return node{}, false
+		}
+		ns[i] = n
+	}
+	switch len(ns) {
+	case 1:
+		return unary(fn, ns[0])
+	case 2:
+		if ns[0].t != ns[1].t {
+			return node{}, false // mixed numeric types: leave to CEL
+		}
+		return binary(fn, ns[0], ns[1])
+	case 3:
+		if fn != operators.Conditional || ns[0].t != record.TypeBool || ns[1].t != ns[2].t {
+			return node{}, false
+		}
+		return conditional(ns[0], ns[1], ns[2]), true
+	}
+	return node{}, false
+}
+
+func unary(fn string, a node) (node, bool) {
+	switch fn {
+	case operators.LogicalNot:
+		if a.t != record.TypeBool {
+			return node{}, false
+		}
+		ab := a.b
+		return node{t: record.TypeBool, b: func(r *record.Record) (bool, error) {
+			v, err := ab(r)
+			return !v, err
+		}}, true
+	case operators.Negate:
+		switch a.t {
+		case record.TypeInt:
+			ai := a.i
+			return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
+				v, err := ai(r)
+				if err != nil {
+					return 0, err
+				}
+				if v == math.MinInt64 {
+					return 0, errIntOverflow
+				}
+				return -v, nil
+			}}, true
+		case record.TypeFloat:
+			af := a.f
+			return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
+				v, err := af(r)
+				return -v, err
+			}}, true
+		}
+	case "int":
+		switch a.t {
+		case record.TypeInt:
+			return a, true
+		case record.TypeFloat:
+			af := a.f
+			return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
+				v, err := af(r)
+				if err != nil {
+					return 0, err
+				}
+				if math.IsInf(v, 0) || math.IsNaN(v) || v <= float64(math.MinInt64) || v >= float64(math.MaxInt64) {
+					return 0, errIntOverflow
+				}
+				return int64(v), nil
+			}}, true
+		}
+	case "double":
+		switch a.t {
+		case record.TypeFloat:
+			return a, true
+		case record.TypeInt:
+			ai := a.i
+			return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
+				v, err := ai(r)
+				return float64(v), err
+			}}, true
+		}
+	}
+	return node{}, false
+}
+
+func conditional(c, a, b node) node {
+	cb := c.b
+	switch a.t {
+	case record.TypeInt:
+		ai, bi := a.i, b.i
+		return node{t: a.t, i: func(r *record.Record) (int64, error) {
+			ok, err := cb(r)
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				return ai(r)
+			}
+			return bi(r)
+		}}
+	case record.TypeFloat:
+		af, bf := a.f, b.f
+		return node{t: a.t, f: func(r *record.Record) (float64, error) {
+			ok, err := cb(r)
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				return af(r)
+			}
+			return bf(r)
+		}}
+	case record.TypeString:
+		as, bs := a.s, b.s
+		return node{t: a.t, s: func(r *record.Record) (string, error) {
+			ok, err := cb(r)
+			if err != nil {
+				return "", err
+			}
+			if ok {
+				return as(r)
+			}
+			return bs(r)
+		}}
+	default:
+		ab, bb := a.b, b.b
+		return node{t: a.t, b: func(r *record.Record) (bool, error) {
+			ok, err := cb(r)
+			if err != nil {
+				return false, err
+			}
+			if ok {
+				return ab(r)
+			}
+			return bb(r)
+		}}
+	}
+}
+
+func binary(fn string, a, b node) (node, bool) {
+	switch a.t {
+	case record.TypeBool:
+		return binaryBool(fn, a.b, b.b)
+	case record.TypeInt:
+		return binaryInt(fn, a.i, b.i)
+	case record.TypeFloat:
+		return binaryFloat(fn, a.f, b.f)
+	case record.TypeString:
+		return binaryString(fn, a.s, b.s)
+	}
+	return node{}, false
+}
+
+func boolNode(f func(*record.Record) (bool, error)) node { return node{t: record.TypeBool, b: f} }
+
+func binaryBool(fn string, a, b func(*record.Record) (bool, error)) (node, bool) {
+	switch fn {
+	case operators.LogicalAnd:
+		// CEL's && is commutative over errors: false on either side wins.
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, xe := a(r)
+			if xe == nil && !x {
+				return false, nil
+			}
+			y, ye := b(r)
+			if ye == nil && !y {
+				return false, nil
+			}
+			if xe != nil {
+				return false, xe
+			}
+			if ye != nil {
+				return false, ye
+			}
+			return true, nil
+		}), true
+	case operators.LogicalOr:
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, xe := a(r)
+			if xe == nil && x {
+				return true, nil
+			}
+			y, ye := b(r)
+			if ye == nil && y {
+				return true, nil
+			}
+			if xe != nil {
+				return false, xe
+			}
+			if ye != nil {
+				return false, ye
+			}
+			return false, nil
+		}), true
+	case operators.Equals, operators.NotEquals:
+		ne := fn == operators.NotEquals
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, err := a(r)
+			if err != nil {
+				return false, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return false, err
+			}
+			return (x == y) != ne, nil
+		}), true
+	}
+	return node{}, false
+}
+
+func binaryInt(fn string, a, b func(*record.Record) (int64, error)) (node, bool) {
+	arith := func(op func(x, y int64) (int64, error)) (node, bool) {
+		return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
+			x, err := a(r)
+			if err != nil {
+				return 0, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return 0, err
+			}
+			return op(x, y)
+		}}, true
+	}
+	cmp := func(op func(x, y int64) bool) (node, bool) {
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, err := a(r)
+			if err != nil {
+				return false, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return false, err
+			}
+			return op(x, y), nil
+		}), true
+	}
+	switch fn {
+	case operators.Add:
+		return arith(func(x, y int64) (int64, error) {
+			if (y > 0 && x > math.MaxInt64-y) || (y < 0 && x < math.MinInt64-y) {
+				return 0, errIntOverflow
+			}
+			return x + y, nil
+		})
+	case operators.Subtract:
+		return arith(func(x, y int64) (int64, error) {
+			if (y < 0 && x > math.MaxInt64+y) || (y > 0 && x < math.MinInt64+y) {
+				return 0, errIntOverflow
+			}
+			return x - y, nil
+		})
+	case operators.Multiply:
+		return arith(func(x, y int64) (int64, error) {
+			if (x == -1 && y == math.MinInt64) || (y == -1 && x == math.MinInt64) ||
+				(x > 0 && y > 0 && x > math.MaxInt64/y) ||
+				(x > 0 && y < 0 && y < math.MinInt64/x) ||
+				(x < 0 && y > 0 && x < math.MinInt64/y) ||
+				(x < 0 && y < 0 && y < math.MaxInt64/x) {
+				return 0, errIntOverflow
+			}
+			return x * y, nil
+		})
+	case operators.Divide:
+		return arith(func(x, y int64) (int64, error) {
+			if y == 0 {
+				return 0, errDivideByZero
+			}
+			if x == math.MinInt64 && y == -1 {
+				return 0, errIntOverflow
+			}
+			return x / y, nil
+		})
+	case operators.Modulo:
+		return arith(func(x, y int64) (int64, error) {
+			if y == 0 {
+				return 0, errModulusByZero
+			}
+			if x == math.MinInt64 && y == -1 {
+				return 0, errIntOverflow
+			}
+			return x % y, nil
+		})
+	case operators.Equals:
+		return cmp(func(x, y int64) bool { return x == y })
+	case operators.NotEquals:
+		return cmp(func(x, y int64) bool { return x != y })
+	case operators.Less:
+		return cmp(func(x, y int64) bool { return x < y })
+	case operators.LessEquals:
+		return cmp(func(x, y int64) bool { return x <= y })
+	case operators.Greater:
+		return cmp(func(x, y int64) bool { return x > y })
+	case operators.GreaterEquals:
+		return cmp(func(x, y int64) bool { return x >= y })
+	}
+	return node{}, false
+}
+
+func binaryFloat(fn string, a, b func(*record.Record) (float64, error)) (node, bool) {
+	arith := func(op func(x, y float64) float64) (node, bool) {
+		return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
+			x, err := a(r)
+			if err != nil {
+				return 0, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return 0, err
+			}
+			return op(x, y), nil
+		}}, true
+	}
+	// ordered comparisons refuse NaN, as CEL does; equality treats NaN as
+	// unequal to everything, as Go does.
+	cmp := func(op func(x, y float64) bool, ordered bool) (node, bool) {
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, err := a(r)
+			if err != nil {
+				return false, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return false, err
+			}
+			if ordered && (x != x || y != y) {
+				return false, errNaNOrder
+			}
+			return op(x, y), nil
+		}), true
+	}
+	switch fn {
+	case operators.Add:
+		return arith(func(x, y float64) float64 { return x + y })
+	case operators.Subtract:
+		return arith(func(x, y float64) float64 { return x - y })
+	case operators.Multiply:
+		return arith(func(x, y float64) float64 { return x * y })
+	case operators.Divide:
+		return arith(func(x, y float64) float64 { return x / y })
+	case operators.Equals:
+		return cmp(func(x, y float64) bool { return x == y }, false)
+	case operators.NotEquals:
+		return cmp(func(x, y float64) bool { return x != y }, false)
+	case operators.Less:
+		return cmp(func(x, y float64) bool { return x < y }, true)
+	case operators.LessEquals:
+		return cmp(func(x, y float64) bool { return x <= y }, true)
+	case operators.Greater:
+		return cmp(func(x, y float64) bool { return x > y }, true)
+	case operators.GreaterEquals:
+		return cmp(func(x, y float64) bool { return x >= y }, true)
+	}
+	return node{}, false
+}
+
+func binaryString(fn string, a, b func(*record.Record) (string, error)) (node, bool) {
+	cmp := func(op func(x, y string) bool) (node, bool) {
+		return boolNode(func(r *record.Record) (bool, error) {
+			x, err := a(r)
+			if err != nil {
+				return false, err
+			}
+			y, err := b(r)
+			if err != nil {
+				return false, err
+			}
+			return op(x, y), nil
+		}), true
+	}
+	switch fn {
+	case operators.Add:
+		return node{t: record.TypeString, s: func(r *record.Record) (string, error) {
+			x, err := a(r)
+			if err != nil {
+				return "", err
+			}
+			y, err := b(r)
+			if err != nil {
+				return "", err
+			}
+			return x + y, nil
+		}}, true
+	case operators.Equals:
+		return cmp(func(x, y string) bool { return x == y })
+	case operators.NotEquals:
+		return cmp(func(x, y string) bool { return x != y })
+	case operators.Less:
+		return cmp(func(x, y string) bool { return x < y })
+	case operators.LessEquals:
+		return cmp(func(x, y string) bool { return x <= y })
+	case operators.Greater:
+		return cmp(func(x, y string) bool { return x > y })
+	case operators.GreaterEquals:
+		return cmp(func(x, y string) bool { return x >= y })
+	}
+	return node{}, false
+}
+
+// in compiles `x in [c1, c2, ...]` where every ci is a literal of x's type.
+func (c *compiler) in(args []celast.Expr) (node, bool) {
+	if len(args) != 2 || args[1].Kind() != celast.ListKind {
+		return node{}, false
+	}
+	x, ok := c.compile(args[0])
+	if !ok {
+		return node{}, false
+	}
+	list := args[1].AsList()
+	if len(list.OptionalIndices()) > 0 {
+		return node{}, false
+	}
+	var lits []record.Value
+	for _, el := range list.Elements() {
+		if el.Kind() != celast.LiteralKind {
+			return node{}, false
+		}
+		n, ok := literal(el.AsLiteral())
+		if !ok || n.t != x.t {
+			return node{}, false
+		}
+		lits = append(lits, *n.lit)
+	}
+	switch x.t {
+	case record.TypeInt:
+		set := make(map[int64]struct{}, len(lits))
+		for _, l := range lits {
+			set[l.I] = struct{}{}
+		}
+		xi := x.i
+		return boolNode(func(r *record.Record) (bool, error) {
+			v, err := xi(r)
+			if err != nil {
+				return false, err
+			}
+			_, ok := set[v]
+			return ok, nil
+		}), true
+	case record.TypeString:
+		set := make(map[string]struct{}, len(lits))
+		for _, l := range lits {
+			set[l.S] = struct{}{}
+		}
+		xs := x.s
+		return boolNode(func(r *record.Record) (bool, error) {
+			v, err := xs(r)
+			if err != nil {
+				return false, err
+			}
+			_, ok := set[v]
+			return ok, nil
+		}), true
+	case record.TypeFloat:
+		xf := x.f
+		return boolNode(func(r *record.Record) (bool, error) {
+			v, err := xf(r)
+			if err != nil {
+				return false, err
+			}
+			for _, l := range lits {
+				if l.F == v {
+					return true, nil
+				}
+			}
+			return false, nil
+		}), true
+	case record.TypeBool:
+		xb := x.b
+		return boolNode(func(r *record.Record) (bool, error) {
+			v, err := xb(r)
+			if err != nil {
+				return false, err
+			}
+			for _, l := range lits {
+				if (l.I != 0) == v {
+					return true, nil
+				}
+			}
+			return false, nil
+		}), true
+	}
+	return node{}, false
+}
