@@ -88,3 +88,27 @@ func Validate(c *Claims, rv *ReferenceValues) error {
 	}
 	return nil
 }
+
+// Rule names of the refusals returned by attestation verifiers (all backends)
+// and by Nonces, so that callers, tests and logs compare names, not messages.
+const (
+	// RuleMalformed refuses evidence that cannot be decoded: wrong type, bad
+	// lengths, trailing bytes, an unparsable certificate.
+	RuleMalformed = "attest.malformed"
+	// RuleRoot refuses evidence whose certificate chain does not lead to a
+	// trusted root.
+	RuleRoot = "attest.root"
+	// RuleSignature refuses evidence whose signature does not verify under the
+	// key of the certified platform.
+	RuleSignature = "attest.signature"
+	// RuleReportData refuses evidence that binds other report data than the
+	// verifier expects (another nonce, other keys).
+	RuleReportData = "attest.report-data"
+	// RuleNonceUnknown refuses a nonce this verifier never issued, or has
+	// already forgotten.
+	RuleNonceUnknown = "attest.nonce-unknown"
+	// RuleNonceExpired refuses a nonce presented after its time to live.
+	RuleNonceExpired = "attest.nonce-expired"
+	// RuleNonceReplayed refuses a nonce that was already consumed.
+	RuleNonceReplayed = "attest.nonce-replayed"
+)
