@@ -116,3 +116,23 @@ func (b *Batch) Len() int { return len(b.Records) }
 
 // Reset empties the batch, keeping its capacity.
 func (b *Batch) Reset() { b.Records = b.Records[:0] }
+
+// MarshalText encodes the type as its JobSpec name, so that types appear as
+// "int", "float", "string" or "bool" in JSON and YAML.
+func (t Type) MarshalText() ([]byte, error) {
+	if t > TypeBool {
+		return nil, fmt.Errorf("cannot encode unknown type %d", uint8(t))
+	}
+	return []byte(t.String()), nil
+}
+
+// UnmarshalText parses a type name as ParseType does. "null" is refused: no
+// field has the null type.
+func (t *Type) UnmarshalText(b []byte) error {
+	v, err := ParseType(string(b))
+	if err != nil {
+		return err
+	}
+	*t = v
+	return nil
+}
