@@ -155,15 +155,34 @@ func (i *Identity) Validate() error {
 // MaxIdentity is the largest encoded identity ParseIdentity reads, in bytes.
 const MaxIdentity = 8 << 10
 
+// identityJSON is the JSON form of an identity: its fields and, for people,
+// its ID, which ParseIdentity checks when present.
+type identityJSON struct {
+	ID ID `json:"id,omitempty"`
+	identityFields
+}
+
+type identityFields Identity
+
+// MarshalJSON writes the identity with its ID.
+func (i *Identity) MarshalJSON() ([]byte, error) {
+	return json.Marshal(identityJSON{ID: i.ID(), identityFields: identityFields(*i)})
+}
+
 // ParseIdentity decodes an identity from JSON strictly (no unknown fields, no
-// trailing data, at most MaxIdentity bytes) and validates it.
+// duplicate or trailing data, at most MaxIdentity bytes; an "id" field, when
+// present, must be the identity's ID) and validates it.
 func ParseIdentity(b []byte) (*Identity, error) {
-	var id Identity
-	if err := decodeStrict(b, MaxIdentity, &id); err != nil {
+	var j identityJSON
+	if err := decodeStrict(b, MaxIdentity, &j); err != nil {
 		return nil, fmt.Errorf("party: identity: %w", err)
 	}
+	id := Identity(j.identityFields)
 	if err := id.Validate(); err != nil {
 		return nil, err
+	}
+	if j.ID != "" && j.ID != id.ID() {
+		return nil, fmt.Errorf("party: identity %q says id %s, but its signing key's id is %s", id.Name, j.ID.Short(), id.ID().Short())
 	}
 	return &id, nil
 }

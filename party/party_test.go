@@ -106,6 +106,17 @@ func TestParseIdentity(t *testing.T) {
 	if err != nil || id.ID() != kf.ID() {
 		t.Fatalf("ParseIdentity = %v, %v", id, err)
 	}
+	if !strings.Contains(string(good), `"id":"`+string(kf.ID())+`"`) {
+		t.Fatalf("identity JSON %s does not carry its id", good)
+	}
+	// Without the optional id it parses too.
+	var m map[string]any
+	json.Unmarshal(good, &m)
+	delete(m, "id")
+	noID, _ := json.Marshal(m)
+	if id, err := ParseIdentity(noID); err != nil || id.ID() != kf.ID() {
+		t.Fatalf("ParseIdentity without id = %v, %v", id, err)
+	}
 	edit := func(f func(m map[string]any)) []byte {
 		var m map[string]any
 		json.Unmarshal(good, &m)
@@ -120,7 +131,8 @@ func TestParseIdentity(t *testing.T) {
 		"short hpke key": edit(func(m map[string]any) { m["hpke_key"] = "AAAA" }),
 		"unknown KEM":    edit(func(m map[string]any) { m["kem_id"] = 16 }),
 		"trailing data":  append(bytes.Clone(good), []byte(" {}")...),
-		"duplicate key":  []byte(strings.Replace(string(good), `{"role":"provider"`, `{"role":"provider","role":"owner"`, 1)),
+		"duplicate key":  []byte(strings.Replace(string(good), `"role":"provider"`, `"role":"provider","role":"owner"`, 1)),
+		"id of another":  edit(func(m map[string]any) { m["id"] = strings.Repeat("ab", 32) }),
 		"not an object":  []byte(`[]`),
 		"oversized":      append(bytes.Clone(good), bytes.Repeat([]byte(" "), MaxIdentity)...),
 	}
