@@ -4,7 +4,11 @@
 // every operator can be tested deterministically.
 package operator
 
-import "github.com/sealflow/sealflow/engine/record"
+import (
+	"math"
+
+	"github.com/sealflow/sealflow/engine/record"
+)
 
 // Emitter receives what an operator produces.
 type Emitter interface {
@@ -35,3 +39,33 @@ type Snapshotter interface {
 	Snapshot(from, to int) ([]byte, error)
 	Restore(from, to int, data []byte) error
 }
+
+// Watermark conventions. A watermark wm declares that no record with Time <= wm
+// will follow (Flink's convention): a window [start, end) fires once wm >= end-1.
+const (
+	// FinalWatermark is the watermark of an input that has ended; it fires
+	// every open window. Operators emit it from Finish if they have not already.
+	FinalWatermark int64 = math.MaxInt64
+	// IdleWatermark is emitted by an input that has become idle (no records for
+	// its idle timeout). A multi-input operator stops waiting for an idle input
+	// until it sends a real watermark or records again. It is the smallest
+	// int64, so an operator that ignores the convention never advances on it.
+	IdleWatermark int64 = math.MinInt64
+)
+
+// Ticker is implemented by operators that act on the passage of processing
+// time, such as a watermark generator detecting idleness. The runtime calls
+// Tick with its current time in epoch milliseconds; operators never read a
+// clock themselves.
+type Ticker interface {
+	Tick(now int64, out Emitter) error
+}
+
+// KeyFunc returns the key of a record as a 64-bit value: records with equal keys
+// must get equal values, and records with different keys should get different
+// ones (KeyOf uses an int field's value itself, or a 64-bit hash of several
+// fields). Keyed operators group by it, exchanges route by
+// state.SubtaskFor(state.KeyGroup(key, maxParallelism), parallelism,
+// maxParallelism), and it must be the same function on both sides of an
+// exchange.
+type KeyFunc func(*record.Record) uint64

@@ -1,0 +1,778 @@
+package operator
+
+import (
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/state"
+)
+
+// AggKind is a window aggregate function.
+type AggKind uint8
+
+// The aggregate functions. Null values are skipped by all but AggCount, which
+// counts rows. Sum and avg accept numbers (an int sum stays int until a float
+// is added); min, max, max-rows and top-N also order strings.
+const (
+	AggCount AggKind = iota + 1
+	AggSum
+	AggMin
+	AggMax
+	AggAvg
+	// AggMaxRows keeps the rows whose Field equals the window's maximum
+	// (Nexmark q7; q5's "auctions whose count equals the window's max").
+	AggMaxRows
+	// AggTopN keeps the N rows with the largest Field (smallest if Ascending).
+	AggTopN
+)
+
+// String returns the aggregate's name.
+func (k AggKind) String() string {
+	switch k {
+	case AggCount:
+		return "count"
+	case AggSum:
+		return "sum"
+	case AggMin:
+		return "min"
+	case AggMax:
+		return "max"
+	case AggAvg:
+		return "avg"
+	case AggMaxRows:
+		return "max-rows"
+	case AggTopN:
+		return "top-n"
+	}
+	return fmt.Sprintf("agg(%d)", uint8(k))
+}
+
+// Agg is one aggregate of a window operator.
+type Agg struct {
+	Kind AggKind
+	// Field is the input field index aggregated (ignored by AggCount).
+	Field int
+	// N is the number of rows AggTopN keeps.
+	N int
+	// WithTies makes AggTopN also keep rows tied with the N-th and rank rows
+	// like SQL RANK() (equal values, equal rank); without it ties are broken by
+	// arrival order and ranks are 1..N.
+	WithTies bool
+	// Ascending makes AggTopN keep the smallest values instead of the largest.
+	Ascending bool
+}
+
+// WindowConfig configures a WindowAggregate.
+//
+// Result rows: with scalar aggregates (count, sum, min, max, avg) one row per
+// key and window: the KeyFields values, one value per aggregate, window_start,
+// window_end. With AggMaxRows (which must be the only aggregate) one row per
+// kept row: its values, window_start, window_end, in arrival order. With
+// AggTopN (also alone): its values, rank, window_start, window_end, best first.
+// Every result has Time = window_end - 1 and is emitted when the watermark
+// reaches window_end - 1; a late record within AllowedLateness updates the
+// window and re-emits its result. Windows without records emit nothing.
+type WindowConfig struct {
+	Windowing Windowing
+	// Key groups records (nil: one global group with key 0).
+	Key KeyFunc
+	// KeyFields are copied from a key's first record to the front of scalar results.
+	KeyFields []int
+	Aggs      []Agg
+	// AllowedLateness (ms) keeps a window's state after it fired, so records
+	// up to this late still update it.
+	AllowedLateness int64
+	// LateSide names the side output for records too late for every window
+	// they belong to; "" drops them. Either way they are counted (Late).
+	LateSide string
+	// MaxParallelism is the job's number of key groups (0: state.DefaultMaxParallelism).
+	MaxParallelism int
+	// KeyGroups is the range this subtask owns (zero value: all groups).
+	KeyGroups state.Range
+	// ErrorSide names the side output for records the aggregates cannot use
+	// (too few fields, a string to sum) (DefaultErrorSide if "").
+	ErrorSide string
+}
+
+// acc is the running state of one scalar aggregate.
+type acc struct {
+	n int64
+	v record.Value
+}
+
+// window is one open window of one key.
+type window struct {
+	start, end int64
+	fired      bool
+	count      int64
+	accs       []acc
+	rows       []record.Record
+}
+
+// keyState is all the window state of one key.
+type keyState struct {
+	keyVals []record.Value
+	wins    []window
+}
+
+// Reset empties the state, keeping its buffers for reuse.
+func (k *keyState) Reset() {
+	k.keyVals = k.keyVals[:0]
+	k.wins = k.wins[:0]
+}
+
+// WindowAggregate computes aggregates over event-time windows per key.
+type WindowAggregate struct {
+	cfg      WindowConfig
+	rowsMode AggKind // 0, AggMaxRows or AggTopN
+	store    *state.Store[keyState]
+	timers   *timerQueue
+	wm       int64
+	idleOut  bool
+	late     int64
+	errors   int64
+	buf      []record.Value
+}
+
+// NewWindowAggregate returns a window aggregate operator.
+func NewWindowAggregate(cfg WindowConfig) (*WindowAggregate, error) {
+	if err := cfg.Windowing.Validate(); err != nil {
+		return nil, fmt.Errorf("window aggregate: %w", err)
+	}
+	if len(cfg.Aggs) == 0 {
+		return nil, fmt.Errorf("window aggregate: no aggregates")
+	}
+	if cfg.AllowedLateness < 0 {
+		return nil, fmt.Errorf("window aggregate: negative allowed lateness %d", cfg.AllowedLateness)
+	}
+	op := &WindowAggregate{cfg: cfg, wm: math.MinInt64, timers: newTimerQueue()}
+	for i, a := range cfg.Aggs {
+		switch a.Kind {
+		case AggCount, AggSum, AggMin, AggMax, AggAvg:
+		case AggMaxRows, AggTopN:
+			if len(cfg.Aggs) != 1 {
+				return nil, fmt.Errorf("window aggregate: %s (aggregate %d) must be the only aggregate", a.Kind, i)
+			}
+			if a.Kind == AggTopN && a.N < 1 {
+				return nil, fmt.Errorf("window aggregate: top-n N=%d, want at least 1", a.N)
+			}
+			op.rowsMode = a.Kind
+		default:
+			return nil, fmt.Errorf("window aggregate: aggregate %d has unknown kind %d", i, a.Kind)
+		}
+		if a.Field < 0 {
+			return nil, fmt.Errorf("window aggregate: aggregate %d (%s) reads negative field %d", i, a.Kind, a.Field)
+		}
+	}
+	if op.cfg.Key == nil {
+		op.cfg.Key = KeyOf()
+	}
+	if op.cfg.ErrorSide == "" {
+		op.cfg.ErrorSide = DefaultErrorSide
+	}
+	store, err := newStore(&op.cfg.MaxParallelism, &op.cfg.KeyGroups, keyStateCodec{})
+	if err != nil {
+		return nil, fmt.Errorf("window aggregate: %w", err)
+	}
+	op.store = store
+	return op, nil
+}
+
+// newStore fills in the default max parallelism and range and creates a store.
+func newStore[V any](maxP *int, r *state.Range, codec state.Codec[V]) (*state.Store[V], error) {
+	if *maxP == 0 {
+		*maxP = state.DefaultMaxParallelism
+	}
+	if *r == (state.Range{}) {
+		*r = state.Range{From: 0, To: *maxP}
+	}
+	return state.NewStore(*maxP, *r, codec)
+}
+
+// Late returns the number of records dropped or side-output as late.
+func (op *WindowAggregate) Late() int64 { return op.late }
+
+// Errors returns the number of records routed to the error side output.
+func (op *WindowAggregate) Errors() int64 { return op.errors }
+
+// Keys returns the number of keys with open windows.
+func (op *WindowAggregate) Keys() int { return op.store.Len() }
+
+// ProcessBatch adds b's records to their windows.
+func (op *WindowAggregate) ProcessBatch(_ int, b *record.Batch, out Emitter) error {
+	for i := range b.Records {
+		r := &b.Records[i]
+		if err := op.check(r); err != nil {
+			op.errors++
+			out.EmitSide(op.cfg.ErrorSide, *r)
+			continue
+		}
+		var err error
+		if op.cfg.Windowing.Kind == SessionWindows {
+			err = op.addSession(r, out)
+		} else {
+			err = op.addAligned(r, out)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// check reports whether the aggregates can use r.
+func (op *WindowAggregate) check(r *record.Record) error {
+	for i := range op.cfg.Aggs {
+		a := &op.cfg.Aggs[i]
+		if a.Kind == AggCount {
+			continue
+		}
+		if a.Field >= len(r.Values) {
+			return fmt.Errorf("aggregate %s reads field %d of a record with %d fields", a.Kind, a.Field, len(r.Values))
+		}
+		if (a.Kind == AggSum || a.Kind == AggAvg) && r.Values[a.Field].T == record.TypeString {
+			return fmt.Errorf("aggregate %s of string field %d", a.Kind, a.Field)
+		}
+	}
+	for _, f := range op.cfg.KeyFields {
+		if f >= len(r.Values) {
+			return fmt.Errorf("key field %d of a record with %d fields", f, len(r.Values))
+		}
+	}
+	return nil
+}
+
+func (op *WindowAggregate) keyState(key uint64, r *record.Record) (*keyState, error) {
+	ks, created, err := op.store.GetOrCreate(key)
+	if err != nil {
+		return nil, fmt.Errorf("window aggregate: %w", err)
+	}
+	if created {
+		for _, f := range op.cfg.KeyFields {
+			ks.keyVals = append(ks.keyVals, r.Values[f])
+		}
+	}
+	return ks, nil
+}
+
+// newWindow appends a window to ks, reusing a spare slot's buffers.
+func (op *WindowAggregate) newWindow(ks *keyState, start, end int64) *window {
+	n := len(ks.wins)
+	if n < cap(ks.wins) {
+		ks.wins = ks.wins[:n+1]
+	} else {
+		ks.wins = append(ks.wins, window{})
+	}
+	w := &ks.wins[n]
+	w.start, w.end, w.fired, w.count = start, end, false, 0
+	w.accs = w.accs[:0]
+	for range op.cfg.Aggs {
+		w.accs = append(w.accs, acc{})
+	}
+	w.rows = w.rows[:0]
+	return w
+}
+
+func removeWindow(ks *keyState, i int) {
+	last := len(ks.wins) - 1
+	ks.wins[i], ks.wins[last] = ks.wins[last], ks.wins[i]
+	ks.wins = ks.wins[:last]
+}
+
+func (op *WindowAggregate) lateRecord(r *record.Record, out Emitter) {
+	op.late++
+	if op.cfg.LateSide != "" {
+		out.EmitSide(op.cfg.LateSide, *r)
+	}
+}
+
+// addAligned adds r to its tumbling or sliding windows.
+func (op *WindowAggregate) addAligned(r *record.Record, out Emitter) error {
+	wd := &op.cfg.Windowing
+	lateness := op.cfg.AllowedLateness
+	key := op.cfg.Key(r)
+	var ks *keyState
+	for s := wd.lastStart(r.Time); s > r.Time-wd.Size; s -= wd.slide() {
+		end := s + wd.Size
+		if end-1+lateness <= op.wm {
+			break // this window and all earlier ones are gone
+		}
+		if ks == nil {
+			var err error
+			if ks, err = op.keyState(key, r); err != nil {
+				return err
+			}
+		}
+		var w *window
+		for j := range ks.wins {
+			if ks.wins[j].start == s {
+				w = &ks.wins[j]
+				break
+			}
+		}
+		isNew := w == nil
+		if isNew {
+			w = op.newWindow(ks, s, end)
+		}
+		if err := op.addRow(w, r); err != nil {
+			op.errors++
+			out.EmitSide(op.cfg.ErrorSide, *r)
+			return nil
+		}
+		switch {
+		case isNew && end-1 > op.wm:
+			op.timers.add(end-1, key)
+		case isNew || w.fired: // within allowed lateness: fire (again) now
+			op.emit(ks, w, out)
+			if !w.fired {
+				w.fired = true
+				op.timers.add(end-1+lateness, key)
+			}
+		}
+	}
+	if ks == nil {
+		op.lateRecord(r, out)
+	}
+	return nil
+}
+
+// addSession adds r to its key's sessions, merging those it bridges.
+func (op *WindowAggregate) addSession(r *record.Record, out Emitter) error {
+	lateness := op.cfg.AllowedLateness
+	start, end := r.Time, r.Time+op.cfg.Windowing.Gap
+	if end-1+lateness <= op.wm {
+		op.lateRecord(r, out)
+		return nil
+	}
+	key := op.cfg.Key(r)
+	ks, err := op.keyState(key, r)
+	if err != nil {
+		return err
+	}
+	target := -1
+	for j := 0; j < len(ks.wins); {
+		w := &ks.wins[j]
+		if w.start > end || start > w.end {
+			j++
+			continue
+		}
+		if target < 0 {
+			target = j
+			j++
+			continue
+		}
+		t := &ks.wins[target]
+		if err := op.mergeWindow(t, w); err != nil {
+			op.errors++
+			out.EmitSide(op.cfg.ErrorSide, *r)
+			return nil
+		}
+		removeWindow(ks, j)
+		if target == len(ks.wins) { // removeWindow moved the target into slot j
+			target = j
+		}
+	}
+	var w *window
+	oldEnd, wasFired := int64(math.MinInt64), false
+	if target < 0 {
+		w = op.newWindow(ks, start, end)
+	} else {
+		w = &ks.wins[target]
+		oldEnd, wasFired = w.end, w.fired
+	}
+	w.start, w.end = min(w.start, start), max(w.end, end)
+	if err := op.addRow(w, r); err != nil {
+		op.errors++
+		out.EmitSide(op.cfg.ErrorSide, *r)
+		return nil
+	}
+	if w.end-1 <= op.wm { // within allowed lateness: fire (again) now
+		op.emit(ks, w, out)
+		w.fired = true
+		op.timers.add(w.end-1+lateness, key)
+		return nil
+	}
+	w.fired = false
+	if w.end != oldEnd || wasFired {
+		op.timers.add(w.end-1, key)
+	}
+	return nil
+}
+
+// addRow adds r to the aggregates of w.
+func (op *WindowAggregate) addRow(w *window, r *record.Record) error {
+	w.count++
+	for i := range op.cfg.Aggs {
+		a := &op.cfg.Aggs[i]
+		if a.Kind == AggCount {
+			continue
+		}
+		v := r.Values[a.Field]
+		if v.T == record.TypeNull {
+			continue
+		}
+		if v.T == record.TypeBool {
+			v.T = record.TypeInt
+		}
+		switch a.Kind {
+		case AggSum, AggAvg, AggMin, AggMax:
+			if err := addAcc(a.Kind, &w.accs[i], v, 1); err != nil {
+				return err
+			}
+		case AggMaxRows:
+			if err := op.addMaxRow(w, a, &v, r); err != nil {
+				return err
+			}
+		case AggTopN:
+			if err := op.addTopN(w, a, &v, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// addAcc folds value v (representing n non-null values) into c.
+func addAcc(kind AggKind, c *acc, v record.Value, n int64) error {
+	if c.n == 0 {
+		c.n, c.v = n, v
+		return nil
+	}
+	switch kind {
+	case AggSum, AggAvg:
+		if c.v.T == record.TypeFloat || v.T == record.TypeFloat {
+			c.v = record.Float(asFloat(&c.v) + asFloat(&v))
+		} else {
+			c.v.I += v.I
+		}
+	case AggMin, AggMax:
+		cmp, err := compareValues(&v, &c.v)
+		if err != nil {
+			return err
+		}
+		if (kind == AggMin && cmp < 0) || (kind == AggMax && cmp > 0) {
+			c.v = v
+		}
+	}
+	c.n += n
+	return nil
+}
+
+func copyRow(dst *record.Record, src *record.Record) {
+	dst.Time = src.Time
+	dst.Values = append(dst.Values[:0], src.Values...)
+}
+
+func (op *WindowAggregate) addMaxRow(w *window, a *Agg, v *record.Value, r *record.Record) error {
+	if len(w.rows) > 0 {
+		cmp, err := compareValues(v, &w.rows[0].Values[a.Field])
+		if err != nil {
+			return err
+		}
+		if cmp < 0 {
+			return nil
+		}
+		if cmp > 0 {
+			w.rows = w.rows[:0]
+		}
+	}
+	n := len(w.rows)
+	if n < cap(w.rows) {
+		w.rows = w.rows[:n+1]
+	} else {
+		w.rows = append(w.rows, record.Record{})
+	}
+	copyRow(&w.rows[n], r)
+	return nil
+}
+
+// better reports how a ranks against b for top-N: >0 if a ranks before b.
+func better(a *Agg, x, y *record.Value) (int, error) {
+	cmp, err := compareValues(x, y)
+	if a.Ascending {
+		cmp = -cmp
+	}
+	return cmp, err
+}
+
+func (op *WindowAggregate) addTopN(w *window, a *Agg, v *record.Value, r *record.Record) error {
+	// Find the first row that v ranks strictly before (ties keep arrival order).
+	pos := len(w.rows)
+	for j := range w.rows {
+		cmp, err := better(a, v, &w.rows[j].Values[a.Field])
+		if err != nil {
+			return err
+		}
+		if cmp > 0 {
+			pos = j
+			break
+		}
+	}
+	if pos >= a.N && !a.WithTies {
+		return nil
+	}
+	if pos >= a.N { // with ties: keep only if tied with the N-th row
+		if cmp, _ := better(a, v, &w.rows[a.N-1].Values[a.Field]); cmp < 0 {
+			return nil
+		}
+	}
+	row := record.Record{Time: r.Time, Values: slices.Clone(r.Values)}
+	w.rows = slices.Insert(w.rows, pos, row)
+	trimTopN(w, a)
+	return nil
+}
+
+// trimTopN drops rows beyond the N-th (keeping those tied with it WithTies).
+func trimTopN(w *window, a *Agg) {
+	keep := len(w.rows)
+	if keep > a.N {
+		keep = a.N
+		if a.WithTies {
+			nth := &w.rows[a.N-1].Values[a.Field]
+			for keep < len(w.rows) {
+				if cmp, _ := better(a, &w.rows[keep].Values[a.Field], nth); cmp != 0 {
+					break
+				}
+				keep++
+			}
+		}
+	}
+	clear(w.rows[keep:]) // no slot beyond len may alias a kept row's values
+	w.rows = w.rows[:keep]
+}
+
+// mergeWindow folds session window src into dst.
+func (op *WindowAggregate) mergeWindow(dst, src *window) error {
+	dst.start, dst.end = min(dst.start, src.start), max(dst.end, src.end)
+	dst.count += src.count
+	dst.fired = dst.fired && src.fired
+	for i := range op.cfg.Aggs {
+		a := &op.cfg.Aggs[i]
+		switch a.Kind {
+		case AggSum, AggAvg, AggMin, AggMax:
+			if src.accs[i].n > 0 {
+				if err := addAcc(a.Kind, &dst.accs[i], src.accs[i].v, src.accs[i].n); err != nil {
+					return err
+				}
+			}
+		case AggMaxRows:
+			for j := range src.rows {
+				v := src.rows[j].Values[a.Field]
+				if err := op.addMaxRow(dst, a, &v, &src.rows[j]); err != nil {
+					return err
+				}
+			}
+		case AggTopN:
+			for j := range src.rows {
+				v := src.rows[j].Values[a.Field]
+				if err := op.addTopN(dst, a, &v, &src.rows[j]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// emit sends the current result of window w of ks downstream.
+func (op *WindowAggregate) emit(ks *keyState, w *window, out Emitter) {
+	bounds := [2]record.Value{record.Int(w.start), record.Int(w.end)}
+	switch op.rowsMode {
+	case AggMaxRows:
+		for j := range w.rows {
+			op.buf = append(append(op.buf[:0], w.rows[j].Values...), bounds[:]...)
+			out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
+		}
+		return
+	case AggTopN:
+		a := &op.cfg.Aggs[0]
+		rank := 0
+		for j := range w.rows {
+			if !a.WithTies || j == 0 {
+				rank = j + 1
+			} else if cmp, _ := better(a, &w.rows[j-1].Values[a.Field], &w.rows[j].Values[a.Field]); cmp != 0 {
+				rank = j + 1
+			}
+			op.buf = append(append(op.buf[:0], w.rows[j].Values...), record.Int(int64(rank)))
+			op.buf = append(op.buf, bounds[:]...)
+			out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
+		}
+		return
+	}
+	op.buf = append(op.buf[:0], ks.keyVals...)
+	for i := range op.cfg.Aggs {
+		c := &w.accs[i]
+		var v record.Value
+		switch op.cfg.Aggs[i].Kind {
+		case AggCount:
+			v = record.Int(w.count)
+		case AggSum, AggMin, AggMax:
+			if c.n > 0 {
+				v = c.v
+			}
+		case AggAvg:
+			if c.n > 0 {
+				v = record.Float(asFloat(&c.v) / float64(c.n))
+			}
+		}
+		op.buf = append(op.buf, v)
+	}
+	op.buf = append(op.buf, bounds[:]...)
+	out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
+}
+
+// ProcessWatermark fires the windows the watermark passed and drops those
+// beyond their allowed lateness, then forwards the watermark.
+func (op *WindowAggregate) ProcessWatermark(_ int, wm int64, out Emitter) error {
+	if wm == IdleWatermark {
+		if !op.idleOut {
+			op.idleOut = true
+			out.EmitWatermark(IdleWatermark)
+		}
+		return nil
+	}
+	if wm <= op.wm {
+		if op.idleOut && wm == op.wm {
+			op.idleOut = false
+			out.EmitWatermark(wm)
+		}
+		return nil
+	}
+	op.wm = wm
+	op.idleOut = false
+	for {
+		t, keys, ok := op.timers.popDue(wm)
+		if !ok {
+			break
+		}
+		op.fire(t, keys, out)
+	}
+	out.EmitWatermark(wm)
+	return nil
+}
+
+// fire handles the timers at time t for keys.
+func (op *WindowAggregate) fire(t int64, keys []uint64, out Emitter) {
+	lateness := op.cfg.AllowedLateness
+	for _, key := range keys {
+		ks := op.store.Get(key)
+		if ks == nil {
+			continue
+		}
+		for j := 0; j < len(ks.wins); {
+			w := &ks.wins[j]
+			if !w.fired && w.end-1 <= t {
+				op.emit(ks, w, out)
+				w.fired = true
+				if lateness > 0 {
+					op.timers.add(w.end-1+lateness, key)
+				}
+			}
+			if w.fired && w.end-1+lateness <= t {
+				removeWindow(ks, j)
+				continue
+			}
+			j++
+		}
+		if len(ks.wins) == 0 {
+			op.store.Delete(key)
+		}
+	}
+}
+
+// Finish fires every open window with the final watermark.
+func (op *WindowAggregate) Finish(out Emitter) error {
+	if op.wm != FinalWatermark {
+		return op.ProcessWatermark(0, FinalWatermark, out)
+	}
+	return nil
+}
+
+// Snapshot encodes the window state of the key groups [from, to).
+func (op *WindowAggregate) Snapshot(from, to int) ([]byte, error) {
+	return op.store.Snapshot(state.Range{From: from, To: to})
+}
+
+// Restore replaces the window state of the key groups [from, to) with the
+// snapshot's and re-arms their timers.
+func (op *WindowAggregate) Restore(from, to int, data []byte) error {
+	r := state.Range{From: from, To: to}
+	if err := op.store.Restore(r, data); err != nil {
+		return fmt.Errorf("window aggregate: %w", err)
+	}
+	maxP := op.store.MaxParallelism()
+	op.store.ForEach(func(key uint64, ks *keyState) bool {
+		if r.Contains(state.KeyGroup(key, maxP)) {
+			for j := range ks.wins {
+				w := &ks.wins[j]
+				if w.fired {
+					op.timers.add(w.end-1+op.cfg.AllowedLateness, key)
+				} else {
+					op.timers.add(w.end-1, key)
+				}
+			}
+		}
+		return true
+	})
+	return nil
+}
+
+// keyStateCodec encodes keyState in snapshots.
+type keyStateCodec struct{}
+
+func (keyStateCodec) Append(dst []byte, ks *keyState) []byte {
+	dst = state.AppendUvarint(dst, uint64(len(ks.keyVals)))
+	for _, v := range ks.keyVals {
+		dst = state.AppendValue(dst, v)
+	}
+	dst = state.AppendUvarint(dst, uint64(len(ks.wins)))
+	for j := range ks.wins {
+		w := &ks.wins[j]
+		dst = state.AppendVarint(dst, w.start)
+		dst = state.AppendVarint(dst, w.end)
+		if w.fired {
+			dst = append(dst, 1)
+		} else {
+			dst = append(dst, 0)
+		}
+		dst = state.AppendVarint(dst, w.count)
+		dst = state.AppendUvarint(dst, uint64(len(w.accs)))
+		for _, c := range w.accs {
+			dst = state.AppendVarint(dst, c.n)
+			dst = state.AppendValue(dst, c.v)
+		}
+		dst = state.AppendUvarint(dst, uint64(len(w.rows)))
+		for k := range w.rows {
+			dst = state.AppendRecord(dst, &w.rows[k])
+		}
+	}
+	return dst
+}
+
+func (keyStateCodec) Decode(src []byte, ks *keyState) error {
+	d := state.NewDecoder(src)
+	ks.keyVals = ks.keyVals[:0]
+	for n := d.Count(1); n > 0 && d.Err() == nil; n-- {
+		ks.keyVals = append(ks.keyVals, d.Value())
+	}
+	ks.wins = ks.wins[:0]
+	for n := d.Count(6); n > 0 && d.Err() == nil; n-- {
+		var w window
+		w.start, w.end, w.fired, w.count = d.Varint(), d.Varint(), d.Bool(), d.Varint()
+		for m := d.Count(2); m > 0 && d.Err() == nil; m-- {
+			w.accs = append(w.accs, acc{n: d.Varint(), v: d.Value()})
+		}
+		for m := d.Count(2); m > 0 && d.Err() == nil; m-- {
+			var r record.Record
+			d.Record(&r)
+			w.rows = append(w.rows, r)
+		}
+		if d.Err() == nil && w.end <= w.start {
+			d.Fail(fmt.Errorf("window [%d,%d) is empty", w.start, w.end))
+		}
+		ks.wins = append(ks.wins, w)
+	}
+	return d.Done()
+}
