@@ -2,6 +2,7 @@ package nexmark
 
 import (
 	"bytes"
+	"context"
 	"math"
 	"reflect"
 	"slices"
@@ -190,7 +191,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	evs := mustGenerate(t, DefaultConfig(5), 2000)
 	g, _ := NewGenerator(DefaultConfig(5))
 	var buf bytes.Buffer
-	if err := WriteEvents(&buf, g, 2000); err != nil {
+	if err := WriteEvents(context.Background(), &buf, g, 2000); err != nil {
 		t.Fatal(err)
 	}
 	first, _, _ := strings.Cut(buf.String(), "\n")

@@ -2,6 +2,7 @@ package nexmark
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -120,12 +121,18 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// WriteEvents writes n events from g as JSON lines to w.
-func WriteEvents(w io.Writer, g *Generator, n int64) error {
+// WriteEvents writes n events from g as JSON lines to w. It stops early with
+// ctx's error when ctx is cancelled.
+func WriteEvents(ctx context.Context, w io.Writer, g *Generator, n int64) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	var ev Event
 	buf := make([]byte, 0, 1024)
-	for range n {
+	for i := range n {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
 		g.Next(&ev)
 		buf = AppendJSON(buf[:0], &ev)
 		buf = append(buf, '\n')
