@@ -412,8 +412,31 @@ func (g *Generator) nextExtra(r *rng, currentSize, desiredAverage int64) string 
 // nextPrice is Nexmark's price distribution: round(10^(6u) * 100) cents for u
 // uniform in [0,1), i.e. log-uniform between $1 and $1,000,000.
 func nextPrice(r *rng) int64 {
-	return int64(math.Round(math.Exp(r.float64()*6*math.Ln10) * 100))
+	return int64(math.Round(exp10x6(r.float64()) * 100))
 }
+
+// exp10x6 returns 10^(6u) for u in [0,1), as exp(x) with x = 6u·ln 10 split
+// into a table part k/expSteps and a remainder below 1/expSteps, whose exp
+// is a 4th-degree Taylor polynomial (relative error < 1e-13): about three
+// times faster than math.Exp, which dominated the cost of a bid.
+func exp10x6(u float64) float64 {
+	x := u * (6 * math.Ln10)
+	k := int(x * expSteps)
+	d := x - float64(k)/expSteps
+	p := 1 + d*(1+d*(1.0/2+d*(1.0/6+d*(1.0/24))))
+	return expTable[k] * p
+}
+
+const expSteps = 256
+
+// expTable[k] = exp(k/expSteps) for x up to 6 ln 10 ≈ 13.8.
+var expTable = func() []float64 {
+	t := make([]float64, int(math.Ceil(6*math.Ln10*expSteps))+1)
+	for k := range t {
+		t[k] = math.Exp(float64(k) / expSteps)
+	}
+	return t
+}()
 
 // rng is a splitmix64 random source: tiny state, fast, good enough for a
 // benchmark generator, and seedable per event.

@@ -272,3 +272,19 @@ func BenchmarkWriteJSON(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
+
+func TestExp10x6(t *testing.T) {
+	r := rng{s: 1}
+	for i := range 100000 {
+		u := r.float64()
+		if i == 0 {
+			u = 0
+		} else if i == 1 {
+			u = math.Nextafter(1, 0)
+		}
+		want := math.Pow(10, 6*u)
+		if got := exp10x6(u); math.Abs(got-want) > want*1e-12 {
+			t.Fatalf("exp10x6(%v) = %v, want %v", u, got, want)
+		}
+	}
+}
