@@ -22,8 +22,8 @@ func TestWindowAggregate(t *testing.T) {
 		},
 		want: []string{"9:1,2,0,10", "9:2,1,0,10", "19:1,1,10,20"},
 	}, {
-		name: "windows are aligned to the epoch, negative times included",
-		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: count},
+		name:  "windows are aligned to the epoch, negative times included",
+		cfg:   WindowConfig{Windowing: Tumbling(10), Aggs: count},
 		steps: []step{B(rec(-1), rec(-10), rec(-11), rec(25)), F()},
 		want:  []string{"-11:1,-20,-10", "-1:2,-10,0", "29:1,20,30"},
 	}, {
@@ -49,9 +49,9 @@ func TestWindowAggregate(t *testing.T) {
 		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: count, AllowedLateness: 5},
 		steps: []step{
 			B(rec(5)), W(9), // fires count 1
-			B(rec(6)),  // within lateness: fires count 2
-			W(14),      // window state dropped at end-1+5
-			B(rec(7)),  // too late
+			B(rec(6)), // within lateness: fires count 2
+			W(14),     // window state dropped at end-1+5
+			B(rec(7)), // too late
 			F(),
 		},
 		want: []string{"9:1,0,10", "9:2,0,10"},

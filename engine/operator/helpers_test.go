@@ -63,7 +63,7 @@ type step struct {
 	finish bool
 }
 
-func B(recs ...record.Record) step           { return step{recs: recs} }
+func B(recs ...record.Record) step             { return step{recs: recs} }
 func BI(input int, recs ...record.Record) step { return step{input: input, recs: recs} }
 func W(wm int64) step                          { return step{wm: wm, isWM: true} }
 func WI(input int, wm int64) step              { return step{input: input, wm: wm, isWM: true} }
