@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 )
 
 // Sizes of the parts of a sealed body.
@@ -113,6 +114,11 @@ type Sealer struct {
 	bucket    int
 	plaintext bool
 	ended     bool
+	// nonces generates the random nonces: ChaCha8, a CSPRNG, seeded with 256
+	// bits from crypto/rand. A nonce need only be unpredictable enough never to
+	// repeat under a key, and asking the kernel for 12 bytes per frame costs
+	// about as much as sealing a 4 KiB frame.
+	nonces *mrand.ChaCha8
 }
 
 // SealerOption configures a Sealer.
@@ -152,7 +158,10 @@ func NewSealer(keys *Keyring, kind Kind, scope string, partition uint32, opts ..
 	if err := checkScope(scope); err != nil {
 		return nil, err
 	}
-	s := &Sealer{keys: keys, kind: kind, scope: scope, partition: partition}
+	var seed [32]byte
+	rand.Read(seed[:]) // never returns an error; crashes the program if the system's randomness fails
+	s := &Sealer{keys: keys, kind: kind, scope: scope, partition: partition, nonces: mrand.NewChaCha8(seed)}
+	clear(seed[:])
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
@@ -194,6 +203,9 @@ func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]
 		if key, ok = s.keys.Current(s.scope); !ok {
 			return dst, fmt.Errorf("seal: no key for scope %q in the keyring", truncate(s.scope))
 		}
+		if key.sealed.Add(1) > MaxFramesPerKey {
+			return dst, fmt.Errorf("seal: %s has sealed %d frames, the most one key may; rotate the scope's key epoch", key, uint64(MaxFramesPerKey))
+		}
 		h.Epoch, h.KeyID = key.epoch, key.id
 	} else {
 		h.Flags |= FlagPlaintext
@@ -226,7 +238,7 @@ func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]
 	}
 	dst = growTo(dst, hdrEnd+bodyLen)
 	nonce := dst[hdrEnd : hdrEnd+NonceSize]
-	rand.Read(nonce) // never returns an error; crashes the program if the system's randomness fails
+	s.nonces.Read(nonce)
 	pt := body
 	if s.bucket > 0 {
 		// Build the padded plaintext where the ciphertext goes and seal it in place.

@@ -370,6 +370,17 @@ func TestSealerRefuses(t *testing.T) {
 		{"long scope", func() error { _, err := NewSealer(keys, KindIngest, string(make([]byte, 256)), 0); return err }},
 		{"non-UTF-8 scope", func() error { _, err := NewSealer(keys, KindIngest, "\xff", 0); return err }},
 		{"tiny bucket", func() error { _, err := NewSealer(keys, KindIngest, "s", 0, WithPadding(1)); return err }},
+		{"key used up", func() error {
+			kr := NewKeyring()
+			k, _ := kr.Generate("u", 1)
+			s, _ := NewSealer(kr, KindIngest, "u", 0)
+			if _, err := s.Seal(nil, nil, 0, 0); err != nil {
+				return nil
+			}
+			k.sealed.Store(MaxFramesPerKey)
+			_, err := s.Seal(nil, nil, 0, 0)
+			return err
+		}},
 		{"no keyring", func() error { _, err := NewSealer(nil, KindIngest, "s", 0); return err }},
 		{"zeroed key", func() error {
 			k2, _ := NewKey("z", 1, make([]byte, KeySize))

@@ -70,7 +70,13 @@ type Key struct {
 	mu     sync.Mutex // guards secret against Zero
 	secret [KeySize]byte
 	aead   atomic.Pointer[aeadBox]
+	sealed atomic.Uint64 // frames sealed with this key, by every Sealer
 }
+
+// MaxFramesPerKey is how many frames Sealers seal with one key before they
+// refuse and ask for a new epoch: with random 96-bit nonces, 2^32 messages
+// keep the chance of a nonce collision negligible (NIST SP 800-38D, 8.3).
+const MaxFramesPerKey = 1 << 32
 
 type aeadBox struct{ cipher.AEAD }
 
