@@ -119,6 +119,11 @@ func JobSpec(query string, opt QueryOptions) (*jobspec.Spec, error) {
 			KeyBy("seller", "window_start")
 		p.Join(s, jobspec.On("id", "seller"), jobspec.On("window_start", "window_start"), jobspec.Prefixes("", "s_")).
 			Project(cols...).Sink(OutputStream)
+	case "q11":
+		// Bids per bidder session (gap Q11SessionGap).
+		bids().Project("bidder").KeyBy("bidder").
+			Window(jobspec.Session(Q11SessionGap*time.Millisecond), jobspec.Count("bid_count")).
+			Project(cols...).Sink(OutputStream)
 	}
 	return b.Build()
 }

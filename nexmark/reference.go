@@ -22,6 +22,9 @@ const (
 	Q5WindowSlide = 2_000
 	Q7WindowSize  = 10_000
 	Q8WindowSize  = 10_000
+	// Q11SessionGap closes a bidder's session after this long without bids;
+	// bids exactly this far apart share a session (as in Flink).
+	Q11SessionGap = 10_000
 )
 
 // Q1Rate is the dollar-to-euro rate of q1. q1's price column is the float64
@@ -55,12 +58,14 @@ func Columns(query string) []string {
 		return []string{"auction", "price", "bidder", "dateTime", "extra"}
 	case "q8":
 		return []string{"id", "name", "window_start"}
+	case "q11":
+		return []string{"bidder", "bid_count", "window_start", "window_end"}
 	}
 	return nil
 }
 
 // Queries lists the queries this package implements, in order.
-var Queries = []string{"q0", "q1", "q2", "q3", "q5", "q7", "q8"}
+var Queries = []string{"q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"}
 
 // Reference computes a query over events with plain maps and loops: the
 // obviously-correct computation that the engine's output is checked against.
@@ -169,6 +174,27 @@ func Reference(query string, events []Event) (Result, error) {
 			if sold[k] && !reported[k] {
 				reported[k] = true
 				res.Rows = append(res.Rows, []record.Value{I(p.ID), S(p.Name), I(k.window)})
+			}
+		}
+	case "q11":
+		times := map[int64][]int64{}
+		for i := range events {
+			if b := &events[i].Bid; events[i].Kind == KindBid {
+				times[b.Bidder] = append(times[b.Bidder], b.DateTime)
+			}
+		}
+		for bidder, ts := range times {
+			slices.Sort(ts)
+			start, n := ts[0], int64(1)
+			for j := 1; j <= len(ts); j++ {
+				if j < len(ts) && ts[j]-ts[j-1] <= Q11SessionGap {
+					n++
+					continue
+				}
+				res.Rows = append(res.Rows, []record.Value{I(bidder), I(n), I(start), I(ts[j-1] + Q11SessionGap)})
+				if j < len(ts) {
+					start, n = ts[j], 1
+				}
 			}
 		}
 	}

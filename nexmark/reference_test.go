@@ -75,6 +75,9 @@ func TestReferenceQueries(t *testing.T) {
 		{"q8", []Event{person(1, "ann", "OR", 100), auction(10, 1, 10, 200), auction(11, 1, 12, 9000),
 			person(2, "bob", "WA", 9999), auction(12, 2, 10, 10000), person(3, "cat", "CA", 10001), auction(13, 3, 10, 19999)},
 			rows(r(1, "ann", 0), r(3, "cat", 10000))},
+		// Bidder 1: 0 and 10000 touch (one session), 20001 starts another; bidder 2 alone.
+		{"q11", []Event{bid(9, 1, 5, 10000), bid(9, 1, 5, 0), bid(9, 2, 5, 3), bid(9, 1, 5, 20001)},
+			rows(r(1, 2, 0, 20000), r(1, 1, 20001, 30001), r(2, 1, 3, 10003))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.query, func(t *testing.T) {
