@@ -1,0 +1,332 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/ext"
+	"github.com/google/cel-go/interpreter"
+
+	"github.com/sealflow/sealflow/attest"
+)
+
+// DefaultCostLimit is the CEL cost limit of one rule evaluation unless
+// WithCostLimit says otherwise. A typical rule costs tens of units; the limit
+// stops rules that iterate over large lists from running away.
+const DefaultCostLimit = 100_000
+
+// CompileError reports a rule that cannot become a program: it does not parse,
+// does not type-check against the stage's variables, or is not of type bool.
+// It is a refusal of the trust plane: RefusedBy returns "policy.compile".
+type CompileError struct {
+	// Stream and Rule name the policy and the rule.
+	Stream, Rule string
+	// Line and Column are the 1-based position of the first problem within the
+	// rule's expression (0 when unknown).
+	Line, Column int
+	// Detail is CEL's description of the problem.
+	Detail string
+}
+
+// Error implements error.
+func (e *CompileError) Error() string {
+	return fmt.Sprintf("policy for stream %s: rule %s does not compile at %d:%d: %s", e.Stream, e.Rule, e.Line, e.Column, e.Detail)
+}
+
+// RefusedBy returns the rule of the trust plane that refused: policy.compile.
+func (e *CompileError) RefusedBy() string { return "policy.compile" }
+
+// CompileOption configures Compile.
+type CompileOption func(*compileConfig)
+
+type compileConfig struct{ costLimit uint64 }
+
+// WithCostLimit sets the CEL cost limit of one rule evaluation. A rule that
+// exceeds it refuses.
+func WithCostLimit(limit uint64) CompileOption {
+	return func(c *compileConfig) { c.costLimit = limit }
+}
+
+// Policy is a compiled, immutable policy. It is safe for concurrent use.
+type Policy struct {
+	doc    Document
+	digest string
+	rules  map[Stage][]compiledRule
+}
+
+type compiledRule struct {
+	name, expr string
+	prg        cel.Program
+}
+
+var stageEnvs = sync.OnceValues(func() (map[Stage]*cel.Env, error) {
+	base, err := cel.NewEnv(
+		ext.NativeTypes(reflect.TypeFor[Service](), reflect.TypeFor[Node](), reflect.TypeFor[Recipient](), ext.ParseStructTags(true)),
+		cel.Variable("service", cel.ObjectType("policy.Service")),
+		cel.CrossTypeNumericComparisons(true),
+		cel.OptionalTypes(),
+		ext.Strings(),
+		ext.Sets(),
+		cel.ParserExpressionSizeLimit(MaxExprLength),
+	)
+	if err != nil {
+		return nil, err
+	}
+	placement, err := base.Extend(cel.Variable("node", cel.ObjectType("policy.Node")))
+	if err != nil {
+		return nil, err
+	}
+	recipient, err := base.Extend(cel.Variable("recipient", cel.ObjectType("policy.Recipient")))
+	if err != nil {
+		return nil, err
+	}
+	return map[Stage]*cel.Env{StagePlacement: placement, StageRecipient: recipient}, nil
+})
+
+// Compile validates the document and compiles every rule against the variables
+// of its stage. It returns all problems at once: a *CompileError per rule that
+// does not compile or is not bool, joined with errors.Join.
+func Compile(d *Document, opts ...CompileOption) (*Policy, error) {
+	cfg := compileConfig{costLimit: DefaultCostLimit}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	envs, err := stageEnvs()
+	if err != nil {
+		return nil, fmt.Errorf("policy: building CEL environment: %w", err)
+	}
+	digest, err := d.Digest()
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{doc: cloneDocument(d), digest: digest, rules: map[Stage][]compiledRule{}}
+	var errs []error
+	for _, r := range d.Rules {
+		env := envs[r.Stage]
+		ast, iss := env.Compile(r.Expr)
+		if iss.Err() != nil {
+			ce := &CompileError{Stream: d.Stream, Rule: r.Name, Detail: iss.Err().Error()}
+			if es := iss.Errors(); len(es) > 0 {
+				ce.Line, ce.Column = es[0].Location.Line(), es[0].Location.Column()+1
+				ce.Detail = es[0].Message
+			}
+			errs = append(errs, ce)
+			continue
+		}
+		if !ast.OutputType().IsExactType(types.BoolType) {
+			errs = append(errs, &CompileError{Stream: d.Stream, Rule: r.Name, Line: 1, Column: 1,
+				Detail: fmt.Sprintf("expression has type %s, want bool", ast.OutputType())})
+			continue
+		}
+		prg, err := env.Program(ast, cel.CostLimit(cfg.costLimit), cel.EvalOptions(cel.OptOptimize))
+		if err != nil {
+			errs = append(errs, &CompileError{Stream: d.Stream, Rule: r.Name, Detail: err.Error()})
+			continue
+		}
+		p.rules[r.Stage] = append(p.rules[r.Stage], compiledRule{name: r.Name, expr: r.Expr, prg: prg})
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return p, nil
+}
+
+// CompileBytes decodes a YAML or JSON policy document and compiles it.
+func CompileBytes(data []byte, opts ...CompileOption) (*Policy, error) {
+	d, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	return Compile(d, opts...)
+}
+
+func cloneDocument(d *Document) Document {
+	c := *d
+	c.Rules = append([]Rule(nil), d.Rules...)
+	return c
+}
+
+// Stream returns the name of the stream the policy governs.
+func (p *Policy) Stream() string { return p.doc.Stream }
+
+// Digest returns the hex SHA-256 of the policy's canonical JSON.
+func (p *Policy) Digest() string { return p.digest }
+
+// Document returns a copy of the policy's document.
+func (p *Policy) Document() Document { return cloneDocument(&p.doc) }
+
+// RuleResult is the outcome of one rule in a decision.
+type RuleResult struct {
+	// Rule is the rule's name; Expr its expression.
+	Rule string `json:"rule"`
+	Expr string `json:"expr"`
+	// Holds is true when the expression evaluated to true.
+	Holds bool `json:"holds"`
+	// Error is the evaluation error, if any (a missing map key, the cost limit,
+	// ...). A rule with an error does not hold.
+	Error string `json:"error,omitempty"`
+}
+
+// Decision is the outcome of evaluating one stage of a policy.
+type Decision struct {
+	// Stream and Stage say what was decided.
+	Stream string `json:"stream"`
+	Stage  Stage  `json:"stage"`
+	// PolicyDigest identifies the policy version that decided.
+	PolicyDigest string `json:"policy_digest"`
+	// Allowed is true when every rule of the stage holds.
+	Allowed bool `json:"allowed"`
+	// Rule is the first rule that refused, or "" when allowed.
+	Rule string `json:"rule,omitempty"`
+	// Reason says why, for humans.
+	Reason string `json:"reason"`
+	// Trace holds the result of every rule of the stage, in document order.
+	Trace []RuleResult `json:"trace"`
+}
+
+// RefusedBy returns the name of the refusing rule, "policy:<stream>/<rule>",
+// or "" when the decision allows.
+func (d Decision) RefusedBy() string {
+	if d.Allowed {
+		return ""
+	}
+	return "policy:" + d.Stream + "/" + d.Rule
+}
+
+// Err returns nil when the decision allows, and otherwise an *attest.Refusal
+// whose rule is "policy:<stream>/<rule>".
+func (d Decision) Err() error {
+	if d.Allowed {
+		return nil
+	}
+	return &attest.Refusal{Rule: d.RefusedBy(), Reason: d.Reason}
+}
+
+// activation resolves the CEL variables of a stage without building a map.
+type activation struct {
+	stage Stage
+	in    *Input
+}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "service":
+		return &a.in.Service, true
+	case "node":
+		if a.stage == StagePlacement {
+			return &a.in.Node, true
+		}
+	case "recipient":
+		if a.stage == StageRecipient {
+			return &a.in.Recipient, true
+		}
+	}
+	return nil, false
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }
+
+// Evaluate decides a stage for an input. Every rule of the stage is evaluated,
+// in document order, so that the trace is complete; the decision allows when
+// every rule holds and names the first rule that did not. A stage without rules
+// allows: the owner set no condition on it. Evaluate is deterministic and does
+// no I/O.
+func (p *Policy) Evaluate(stage Stage, in Input) Decision {
+	d := Decision{Stream: p.doc.Stream, Stage: stage, PolicyDigest: p.digest, Allowed: true}
+	if !stage.valid() {
+		d.Allowed, d.Rule = false, "stage"
+		d.Reason = fmt.Sprintf("unknown stage %q", stage)
+		return d
+	}
+	rules := p.rules[stage]
+	if len(rules) == 0 {
+		d.Reason = fmt.Sprintf("the policy sets no %s rules", stage)
+		return d
+	}
+	act := &activation{stage: stage, in: &in}
+	d.Trace = make([]RuleResult, 0, len(rules))
+	for _, r := range rules {
+		res := RuleResult{Rule: r.name, Expr: r.expr}
+		out, _, err := r.prg.Eval(act)
+		switch {
+		case err != nil:
+			res.Error = err.Error()
+		case out.Type() != types.BoolType:
+			res.Error = fmt.Sprintf("result has type %s, want bool", out.Type())
+		default:
+			res.Holds = out.Value().(bool)
+		}
+		d.Trace = append(d.Trace, res)
+		if !res.Holds && d.Allowed {
+			d.Allowed = false
+			d.Rule = r.name
+			if res.Error != "" {
+				d.Reason = fmt.Sprintf("%s rule %s could not be evaluated: %s", stage, r.name, res.Error)
+			} else {
+				d.Reason = fmt.Sprintf("%s rule %s does not hold: %s", stage, r.name, r.expr)
+			}
+		}
+	}
+	if d.Allowed {
+		d.Reason = fmt.Sprintf("all %d %s rules hold", len(rules), stage)
+	}
+	return d
+}
+
+// EvaluateAll decides a stage under the policies of every input owner: each
+// owner has a veto, so the result allows only when every policy allows, and
+// otherwise is the first refusing policy's decision. With no policies it
+// refuses: a stream without a policy is not readable.
+func EvaluateAll(stage Stage, in Input, policies ...*Policy) Decision {
+	if len(policies) == 0 {
+		return Decision{Stage: stage, Rule: "none", Reason: "no policies to evaluate"}
+	}
+	var last Decision
+	for _, p := range policies {
+		last = p.Evaluate(stage, in)
+		if !last.Allowed {
+			return last
+		}
+	}
+	last.Reason = fmt.Sprintf("all %d policies allow %s", len(policies), stage)
+	return last
+}
+
+// Explain renders a decision for humans: the verdict, then one line per rule
+// with ✓ (holds), ✗ (does not hold) or ! (error).
+func Explain(d Decision) string {
+	var b strings.Builder
+	verdict := "ALLOWED"
+	if !d.Allowed {
+		verdict = "REFUSED by " + d.RefusedBy()
+	}
+	fmt.Fprintf(&b, "%s decision for stream %s: %s\n", d.Stage, d.Stream, verdict)
+	fmt.Fprintf(&b, "  policy %s\n  %s\n", d.PolicyDigest, d.Reason)
+	width := 0
+	for _, r := range d.Trace {
+		width = max(width, len(r.Rule))
+	}
+	for _, r := range d.Trace {
+		mark := "✓"
+		switch {
+		case r.Error != "":
+			mark = "!"
+		case !r.Holds:
+			mark = "✗"
+		}
+		fmt.Fprintf(&b, "  %s %-*s  %s", mark, width, r.Rule, r.Expr)
+		if r.Error != "" {
+			fmt.Fprintf(&b, "  (error: %s)", r.Error)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
