@@ -131,6 +131,7 @@ type WindowAggregate struct {
 	timers   *timerQueue
 	wm       int64
 	idleOut  bool
+	restored bool
 	late     int64
 	errors   int64
 	buf      []record.Value
@@ -690,18 +691,26 @@ func (op *WindowAggregate) Finish(out Emitter) error {
 	return nil
 }
 
-// Snapshot encodes the window state of the key groups [from, to).
+// Snapshot encodes the window state of the key groups [from, to), with the
+// operator's watermark (see DecodeEnvelope).
 func (op *WindowAggregate) Snapshot(from, to int) ([]byte, error) {
-	return op.store.Snapshot(state.Range{From: from, To: to})
+	return snapshotEnvelope(op.wm, op.store, from, to)
 }
 
 // Restore replaces the window state of the key groups [from, to) with the
-// snapshot's and re-arms their timers.
+// snapshot's and re-arms their timers. The operator's watermark becomes the
+// lowest of the restored snapshots', so records the old subtasks would have
+// dropped as late are dropped here too.
 func (op *WindowAggregate) Restore(from, to int, data []byte) error {
 	r := state.Range{From: from, To: to}
-	if err := op.store.Restore(r, data); err != nil {
+	wm, err := restoreEnvelope(op.store, r, data)
+	if err != nil {
 		return fmt.Errorf("window aggregate: %w", err)
 	}
+	if !op.restored || wm < op.wm {
+		op.wm = wm
+	}
+	op.restored = true
 	maxP := op.store.MaxParallelism()
 	op.store.ForEach(func(key uint64, ks *keyState) bool {
 		if r.Contains(state.KeyGroup(key, maxP)) {
@@ -717,6 +726,41 @@ func (op *WindowAggregate) Restore(from, to int, data []byte) error {
 		return true
 	})
 	return nil
+}
+
+// envelopeVersion opens an operator snapshot: the version byte, the operator's
+// watermark (varint), then the state.Store snapshot of the range.
+const envelopeVersion = 1
+
+func snapshotEnvelope[V any](wm int64, s *state.Store[V], from, to int) ([]byte, error) {
+	inner, err := s.Snapshot(state.Range{From: from, To: to})
+	if err != nil {
+		return nil, err
+	}
+	buf := state.AppendVarint([]byte{envelopeVersion}, wm)
+	return append(buf, inner...), nil
+}
+
+// DecodeEnvelope splits an operator snapshot into the watermark it was taken
+// at and the state.Store snapshot that follows.
+func DecodeEnvelope(data []byte) (wm int64, store []byte, err error) {
+	d := state.NewDecoder(data)
+	if v := d.Byte(); d.Err() == nil && v != envelopeVersion {
+		return 0, nil, fmt.Errorf("operator snapshot version %d is not supported (want %d)", v, envelopeVersion)
+	}
+	wm = d.Varint()
+	if d.Err() != nil {
+		return 0, nil, fmt.Errorf("operator snapshot header: %w", d.Err())
+	}
+	return wm, d.Bytes(d.Remaining()), nil
+}
+
+func restoreEnvelope[V any](s *state.Store[V], r state.Range, data []byte) (int64, error) {
+	wm, inner, err := DecodeEnvelope(data)
+	if err != nil {
+		return 0, err
+	}
+	return wm, s.Restore(r, inner)
 }
 
 // keyStateCodec encodes keyState in snapshots.

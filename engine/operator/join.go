@@ -71,15 +71,16 @@ func (p *part) side(input int) *[]record.Record {
 // joinCore is the machinery shared by the joins: inputs, keys, state,
 // watermark, timers, late records.
 type joinCore struct {
-	name    string
-	cfg     JoinConfig
-	store   *state.Store[joinState]
-	timers  *timerQueue
-	wm      *WatermarkCombiner
-	cur     int64
-	idleOut bool
-	late    int64
-	buf     []record.Value
+	name     string
+	cfg      JoinConfig
+	store    *state.Store[joinState]
+	timers   *timerQueue
+	wm       *WatermarkCombiner
+	cur      int64
+	idleOut  bool
+	restored bool
+	late     int64
+	buf      []record.Value
 }
 
 func (c *joinCore) init(name string, cfg JoinConfig) error {
@@ -168,17 +169,24 @@ func (c *joinCore) Late() int64 { return c.late }
 // Keys returns the number of keys with buffered rows.
 func (c *joinCore) Keys() int { return c.store.Len() }
 
-// Snapshot encodes the buffered rows of the key groups [from, to).
+// Snapshot encodes the buffered rows of the key groups [from, to), with the
+// operator's watermark.
 func (c *joinCore) Snapshot(from, to int) ([]byte, error) {
-	return c.store.Snapshot(state.Range{From: from, To: to})
+	return snapshotEnvelope(c.cur, c.store, from, to)
 }
 
 // restore restores groups [from, to) and re-arms timers with arm.
 func (c *joinCore) restore(from, to int, data []byte, arm func(key uint64, js *joinState)) error {
 	r := state.Range{From: from, To: to}
-	if err := c.store.Restore(r, data); err != nil {
+	wm, err := restoreEnvelope(c.store, r, data)
+	if err != nil {
 		return fmt.Errorf("%s: %w", c.name, err)
 	}
+	if !c.restored || wm < c.cur {
+		c.cur = wm
+		c.wm.out = max(wm, noWatermark)
+	}
+	c.restored = true
 	if arm == nil {
 		return nil
 	}
