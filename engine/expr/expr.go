@@ -313,6 +313,9 @@ func (p *Program) Eval(rec *record.Record) (record.Value, error) {
 			v.T = record.TypeString
 			v.S, err = f.s(rec)
 		}
+		if err == errNull {
+			return record.Value{}, nil // the result is a null field, as in CEL
+		}
 		if err != nil {
 			return record.Value{}, fmt.Errorf("evaluate %q: %w", p.src, err)
 		}
@@ -450,5 +453,4 @@ var (
 	errIntOverflow   = errors.New("integer overflow")
 	errDivideByZero  = errors.New("division by zero")
 	errModulusByZero = errors.New("modulus by zero")
-	errNaNOrder      = errors.New("NaN values cannot be ordered")
 )

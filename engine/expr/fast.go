@@ -1,6 +1,7 @@
 package expr
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -44,6 +45,23 @@ func (c *compiler) compile(e celast.Expr) (node, bool) {
 	return node{}, false
 }
 
+// errNull is what a field node returns for a null value. Only ==, !=, `in`
+// and the branches of ?: (and the program's result) accept a null operand, as
+// in CEL; every other operator turns it into errNullOperand with nonNull.
+var errNull = errors.New("null value")
+
+// errNullOperand is the failure of an operator applied to null; CEL reports
+// it as "no such overload".
+var errNullOperand = errors.New("no such overload (null operand)")
+
+// nonNull turns errNull into errNullOperand.
+func nonNull(err error) error {
+	if err == errNull {
+		return errNullOperand
+	}
+	return err
+}
+
 // fieldErr reports a field whose value does not have the schema's type
 // (typically null, from a missing JSON field).
 func fieldErr(name string, want record.Type, got record.Type) error {
@@ -65,6 +83,9 @@ func fieldNode(name string, idx int, t record.Type) (node, bool) {
 	bad := func(r *record.Record) error {
 		if idx >= len(r.Values) {
 			return fmt.Errorf("field %q missing: record has %d values", name, len(r.Values))
+		}
+		if r.Values[idx].T == record.TypeNull {
+			return errNull
 		}
 		return fieldErr(name, t, r.Values[idx].T)
 	}
@@ -174,7 +195,7 @@ func unary(fn string, a node) (node, bool) {
 		ab := a.b
 		return node{t: record.TypeBool, b: func(r *record.Record) (bool, error) {
 			v, err := ab(r)
-			return !v, err
+			return !v, nonNull(err)
 		}}, true
 	case operators.Negate:
 		switch a.t {
@@ -183,7 +204,7 @@ func unary(fn string, a node) (node, bool) {
 			return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
 				v, err := ai(r)
 				if err != nil {
-					return 0, err
+					return 0, nonNull(err)
 				}
 				if v == math.MinInt64 {
 					return 0, errIntOverflow
@@ -194,19 +215,23 @@ func unary(fn string, a node) (node, bool) {
 			af := a.f
 			return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
 				v, err := af(r)
-				return -v, err
+				return -v, nonNull(err)
 			}}, true
 		}
 	case "int":
 		switch a.t {
 		case record.TypeInt:
-			return a, true
+			ai := a.i
+			return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
+				v, err := ai(r)
+				return v, nonNull(err)
+			}}, true
 		case record.TypeFloat:
 			af := a.f
 			return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
 				v, err := af(r)
 				if err != nil {
-					return 0, err
+					return 0, nonNull(err)
 				}
 				if math.IsInf(v, 0) || math.IsNaN(v) || v <= float64(math.MinInt64) || v >= float64(math.MaxInt64) {
 					return 0, errIntOverflow
@@ -217,12 +242,16 @@ func unary(fn string, a node) (node, bool) {
 	case "double":
 		switch a.t {
 		case record.TypeFloat:
-			return a, true
+			af := a.f
+			return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
+				v, err := af(r)
+				return v, nonNull(err)
+			}}, true
 		case record.TypeInt:
 			ai := a.i
 			return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
 				v, err := ai(r)
-				return float64(v), err
+				return float64(v), nonNull(err)
 			}}, true
 		}
 	}
@@ -237,7 +266,7 @@ func conditional(c, a, b node) node {
 		return node{t: a.t, i: func(r *record.Record) (int64, error) {
 			ok, err := cb(r)
 			if err != nil {
-				return 0, err
+				return 0, nonNull(err)
 			}
 			if ok {
 				return ai(r)
@@ -249,7 +278,7 @@ func conditional(c, a, b node) node {
 		return node{t: a.t, f: func(r *record.Record) (float64, error) {
 			ok, err := cb(r)
 			if err != nil {
-				return 0, err
+				return 0, nonNull(err)
 			}
 			if ok {
 				return af(r)
@@ -261,7 +290,7 @@ func conditional(c, a, b node) node {
 		return node{t: a.t, s: func(r *record.Record) (string, error) {
 			ok, err := cb(r)
 			if err != nil {
-				return "", err
+				return "", nonNull(err)
 			}
 			if ok {
 				return as(r)
@@ -273,7 +302,7 @@ func conditional(c, a, b node) node {
 		return node{t: a.t, b: func(r *record.Record) (bool, error) {
 			ok, err := cb(r)
 			if err != nil {
-				return false, err
+				return false, nonNull(err)
 			}
 			if ok {
 				return ab(r)
@@ -299,6 +328,47 @@ func binary(fn string, a, b node) (node, bool) {
 
 func boolNode(f func(*record.Record) (bool, error)) node { return node{t: record.TypeBool, b: f} }
 
+// eval2 evaluates both operands of an operator that refuses null.
+func eval2[T any](r *record.Record, a, b func(*record.Record) (T, error)) (x, y T, err error) {
+	if x, err = a(r); err != nil {
+		return x, y, nonNull(err)
+	}
+	if y, err = b(r); err != nil {
+		return x, y, nonNull(err)
+	}
+	return x, y, nil
+}
+
+// cmpNode compares two operands with op.
+func cmpNode[T any](a, b func(*record.Record) (T, error), op func(x, y T) bool) (node, bool) {
+	return boolNode(func(r *record.Record) (bool, error) {
+		x, y, err := eval2(r, a, b)
+		if err != nil {
+			return false, err
+		}
+		return op(x, y), nil
+	}), true
+}
+
+// eqNode is == (or != when ne) with CEL's null handling: null equals null
+// and nothing else. NaN equals nothing, as in Go.
+func eqNode[T comparable](a, b func(*record.Record) (T, error), ne bool) (node, bool) {
+	return boolNode(func(r *record.Record) (bool, error) {
+		x, xe := a(r)
+		if xe != nil && xe != errNull {
+			return false, xe
+		}
+		y, ye := b(r)
+		if ye != nil && ye != errNull {
+			return false, ye
+		}
+		if xe != nil || ye != nil {
+			return (xe == ye) != ne, nil
+		}
+		return (x == y) != ne, nil
+	}), true
+}
+
 func binaryBool(fn string, a, b func(*record.Record) (bool, error)) (node, bool) {
 	switch fn {
 	case operators.LogicalAnd:
@@ -313,10 +383,10 @@ func binaryBool(fn string, a, b func(*record.Record) (bool, error)) (node, bool)
 				return false, nil
 			}
 			if xe != nil {
-				return false, xe
+				return false, nonNull(xe)
 			}
 			if ye != nil {
-				return false, ye
+				return false, nonNull(ye)
 			}
 			return true, nil
 		}), true
@@ -331,26 +401,17 @@ func binaryBool(fn string, a, b func(*record.Record) (bool, error)) (node, bool)
 				return true, nil
 			}
 			if xe != nil {
-				return false, xe
+				return false, nonNull(xe)
 			}
 			if ye != nil {
-				return false, ye
+				return false, nonNull(ye)
 			}
 			return false, nil
 		}), true
-	case operators.Equals, operators.NotEquals:
-		ne := fn == operators.NotEquals
-		return boolNode(func(r *record.Record) (bool, error) {
-			x, err := a(r)
-			if err != nil {
-				return false, err
-			}
-			y, err := b(r)
-			if err != nil {
-				return false, err
-			}
-			return (x == y) != ne, nil
-		}), true
+	case operators.Equals:
+		return eqNode(a, b, false)
+	case operators.NotEquals:
+		return eqNode(a, b, true)
 	}
 	return node{}, false
 }
@@ -358,29 +419,12 @@ func binaryBool(fn string, a, b func(*record.Record) (bool, error)) (node, bool)
 func binaryInt(fn string, a, b func(*record.Record) (int64, error)) (node, bool) {
 	arith := func(op func(x, y int64) (int64, error)) (node, bool) {
 		return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
-			x, err := a(r)
-			if err != nil {
-				return 0, err
-			}
-			y, err := b(r)
+			x, y, err := eval2(r, a, b)
 			if err != nil {
 				return 0, err
 			}
 			return op(x, y)
 		}}, true
-	}
-	cmp := func(op func(x, y int64) bool) (node, bool) {
-		return boolNode(func(r *record.Record) (bool, error) {
-			x, err := a(r)
-			if err != nil {
-				return false, err
-			}
-			y, err := b(r)
-			if err != nil {
-				return false, err
-			}
-			return op(x, y), nil
-		}), true
 	}
 	switch fn {
 	case operators.Add:
@@ -429,17 +473,17 @@ func binaryInt(fn string, a, b func(*record.Record) (int64, error)) (node, bool)
 			return x % y, nil
 		})
 	case operators.Equals:
-		return cmp(func(x, y int64) bool { return x == y })
+		return eqNode(a, b, false)
 	case operators.NotEquals:
-		return cmp(func(x, y int64) bool { return x != y })
+		return eqNode(a, b, true)
 	case operators.Less:
-		return cmp(func(x, y int64) bool { return x < y })
+		return cmpNode(a, b, func(x, y int64) bool { return x < y })
 	case operators.LessEquals:
-		return cmp(func(x, y int64) bool { return x <= y })
+		return cmpNode(a, b, func(x, y int64) bool { return x <= y })
 	case operators.Greater:
-		return cmp(func(x, y int64) bool { return x > y })
+		return cmpNode(a, b, func(x, y int64) bool { return x > y })
 	case operators.GreaterEquals:
-		return cmp(func(x, y int64) bool { return x >= y })
+		return cmpNode(a, b, func(x, y int64) bool { return x >= y })
 	}
 	return node{}, false
 }
@@ -447,35 +491,14 @@ func binaryInt(fn string, a, b func(*record.Record) (int64, error)) (node, bool)
 func binaryFloat(fn string, a, b func(*record.Record) (float64, error)) (node, bool) {
 	arith := func(op func(x, y float64) float64) (node, bool) {
 		return node{t: record.TypeFloat, f: func(r *record.Record) (float64, error) {
-			x, err := a(r)
-			if err != nil {
-				return 0, err
-			}
-			y, err := b(r)
+			x, y, err := eval2(r, a, b)
 			if err != nil {
 				return 0, err
 			}
 			return op(x, y), nil
 		}}, true
 	}
-	// ordered comparisons refuse NaN, as CEL does; equality treats NaN as
-	// unequal to everything, as Go does.
-	cmp := func(op func(x, y float64) bool, ordered bool) (node, bool) {
-		return boolNode(func(r *record.Record) (bool, error) {
-			x, err := a(r)
-			if err != nil {
-				return false, err
-			}
-			y, err := b(r)
-			if err != nil {
-				return false, err
-			}
-			if ordered && (x != x || y != y) {
-				return false, errNaNOrder
-			}
-			return op(x, y), nil
-		}), true
-	}
+	// Comparisons involving NaN are false, as in the CEL interpreter and Go.
 	switch fn {
 	case operators.Add:
 		return arith(func(x, y float64) float64 { return x + y })
@@ -486,60 +509,43 @@ func binaryFloat(fn string, a, b func(*record.Record) (float64, error)) (node, b
 	case operators.Divide:
 		return arith(func(x, y float64) float64 { return x / y })
 	case operators.Equals:
-		return cmp(func(x, y float64) bool { return x == y }, false)
+		return eqNode(a, b, false)
 	case operators.NotEquals:
-		return cmp(func(x, y float64) bool { return x != y }, false)
+		return eqNode(a, b, true)
 	case operators.Less:
-		return cmp(func(x, y float64) bool { return x < y }, true)
+		return cmpNode(a, b, func(x, y float64) bool { return x < y })
 	case operators.LessEquals:
-		return cmp(func(x, y float64) bool { return x <= y }, true)
+		return cmpNode(a, b, func(x, y float64) bool { return x <= y })
 	case operators.Greater:
-		return cmp(func(x, y float64) bool { return x > y }, true)
+		return cmpNode(a, b, func(x, y float64) bool { return x > y })
 	case operators.GreaterEquals:
-		return cmp(func(x, y float64) bool { return x >= y }, true)
+		return cmpNode(a, b, func(x, y float64) bool { return x >= y })
 	}
 	return node{}, false
 }
 
 func binaryString(fn string, a, b func(*record.Record) (string, error)) (node, bool) {
-	cmp := func(op func(x, y string) bool) (node, bool) {
-		return boolNode(func(r *record.Record) (bool, error) {
-			x, err := a(r)
-			if err != nil {
-				return false, err
-			}
-			y, err := b(r)
-			if err != nil {
-				return false, err
-			}
-			return op(x, y), nil
-		}), true
-	}
 	switch fn {
 	case operators.Add:
 		return node{t: record.TypeString, s: func(r *record.Record) (string, error) {
-			x, err := a(r)
-			if err != nil {
-				return "", err
-			}
-			y, err := b(r)
+			x, y, err := eval2(r, a, b)
 			if err != nil {
 				return "", err
 			}
 			return x + y, nil
 		}}, true
 	case operators.Equals:
-		return cmp(func(x, y string) bool { return x == y })
+		return eqNode(a, b, false)
 	case operators.NotEquals:
-		return cmp(func(x, y string) bool { return x != y })
+		return eqNode(a, b, true)
 	case operators.Less:
-		return cmp(func(x, y string) bool { return x < y })
+		return cmpNode(a, b, func(x, y string) bool { return x < y })
 	case operators.LessEquals:
-		return cmp(func(x, y string) bool { return x <= y })
+		return cmpNode(a, b, func(x, y string) bool { return x <= y })
 	case operators.Greater:
-		return cmp(func(x, y string) bool { return x > y })
+		return cmpNode(a, b, func(x, y string) bool { return x > y })
 	case operators.GreaterEquals:
-		return cmp(func(x, y string) bool { return x >= y })
+		return cmpNode(a, b, func(x, y string) bool { return x >= y })
 	}
 	return node{}, false
 }
@@ -578,7 +584,7 @@ func (c *compiler) in(args []celast.Expr) (node, bool) {
 		return boolNode(func(r *record.Record) (bool, error) {
 			v, err := xi(r)
 			if err != nil {
-				return false, err
+				return false, inErr(err)
 			}
 			_, ok := set[v]
 			return ok, nil
@@ -592,7 +598,7 @@ func (c *compiler) in(args []celast.Expr) (node, bool) {
 		return boolNode(func(r *record.Record) (bool, error) {
 			v, err := xs(r)
 			if err != nil {
-				return false, err
+				return false, inErr(err)
 			}
 			_, ok := set[v]
 			return ok, nil
@@ -602,7 +608,7 @@ func (c *compiler) in(args []celast.Expr) (node, bool) {
 		return boolNode(func(r *record.Record) (bool, error) {
 			v, err := xf(r)
 			if err != nil {
-				return false, err
+				return false, inErr(err)
 			}
 			for _, l := range lits {
 				if l.F == v {
@@ -616,7 +622,7 @@ func (c *compiler) in(args []celast.Expr) (node, bool) {
 		return boolNode(func(r *record.Record) (bool, error) {
 			v, err := xb(r)
 			if err != nil {
-				return false, err
+				return false, inErr(err)
 			}
 			for _, l := range lits {
 				if (l.I != 0) == v {
@@ -627,4 +633,13 @@ func (c *compiler) in(args []celast.Expr) (node, bool) {
 		}), true
 	}
 	return node{}, false
+}
+
+// inErr is the result of `null in [...]`: false, as CEL's heterogeneous
+// equality finds no element equal to null.
+func inErr(err error) error {
+	if err == errNull {
+		return nil
+	}
+	return err
 }
