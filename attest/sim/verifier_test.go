@@ -165,6 +165,9 @@ func TestVerifyRefusals(t *testing.T) {
 			return a.Marshal()
 		}, wantRl: attest.RuleSignature},
 		{name: "signed by another platform of the same root", blob: resign(sameRoot.key, func(a *Attestation) {}), wantRl: attest.RuleSignature},
+		{name: "another platform of the same root impersonating this one", blob: resign(sameRoot.key, func(a *Attestation) {
+			a.PlatformCert = sameRoot.cert.Raw // valid chain and signature, but the id names p
+		}), wantRl: attest.RuleSignature},
 		{name: "evidence of a platform of another root", blob: func([]byte) []byte {
 			return issue(t, foreign.Issuer(), rd).Blob
 		}, wantRl: attest.RuleRoot},
@@ -260,6 +263,34 @@ func TestNewVerifierErrors(t *testing.T) {
 	for _, pl := range []*Platform{p, q} {
 		if _, err := v.Verify(context.Background(), issue(t, pl.Issuer(), [64]byte{}), [64]byte{}); err != nil {
 			t.Errorf("platform %x: %v", pl.ID()[:8], err)
+		}
+	}
+}
+
+func BenchmarkIssue(b *testing.B) {
+	p := testPlatform(b)
+	is := p.Issuer()
+	if _, err := ExecutableMeasurement(); err != nil { // measured once, outside the loop
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := is.Issue(context.Background(), [64]byte{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	p := testPlatform(b)
+	v, err := NewVerifier(p.RootCertPEM())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := issue(b, p.Issuer(), [64]byte{})
+	b.ReportMetric(float64(len(ev.Blob)), "blob-bytes")
+	for b.Loop() {
+		if _, err := v.Verify(context.Background(), ev, [64]byte{}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
