@@ -18,6 +18,10 @@ type TaskSlot struct {
 	// Site, when set, pins the task to a site (sources are placed at their
 	// owner's site).
 	Site string `json:"site,omitempty"`
+	// Reads are the input streams the task reads (it receives their keys).
+	Reads []string `json:"reads,omitempty"`
+	// Writes are the output streams the task writes (it receives their keys).
+	Writes []string `json:"writes,omitempty"`
 }
 
 // Candidate is an admitted node the scheduler may use.

@@ -1,0 +1,171 @@
+package orchestrator
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+
+	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/party"
+	"github.com/sealflow/sealflow/policy"
+)
+
+// Genesis is the orchestrator's founding configuration. Its digest is bound into
+// the orchestrator's attestation evidence, so a client that verifies the
+// evidence knows who the operator is and which workers will be admitted: there
+// is no first-writer-wins bootstrap.
+type Genesis struct {
+	// Name names the deployment.
+	Name string `json:"name"`
+	// Operator is the infrastructure operator's identity: the only party whose
+	// node claims (tier, region, site) are accepted.
+	Operator *party.Identity `json:"operator"`
+	// Workers are the reference values worker evidence must meet (accepted
+	// measurements, minimum TCB, debug, whether sim is allowed).
+	Workers attest.ReferenceValues `json:"workers"`
+	// NodeTTL is how long an admitted node identity lasts before it must
+	// re-attest. Zero means one hour.
+	NodeTTL Duration `json:"node_ttl,omitempty"`
+}
+
+// Digest returns the hex SHA-256 of the genesis configuration's JSON encoding.
+func (g *Genesis) Digest() string {
+	b, _ := json.Marshal(g)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func (g *Genesis) nodeTTL() time.Duration {
+	if g.NodeTTL == 0 {
+		return time.Hour
+	}
+	return time.Duration(g.NodeTTL)
+}
+
+// Duration is a time.Duration that encodes in JSON as a Go duration string.
+type Duration time.Duration
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+// State is everything the orchestrator knows. It is plain data, serialized as
+// JSON and persisted sealed; it holds data keys in clear, so it never leaves the
+// TEE unsealed.
+type State struct {
+	Genesis  Genesis                      `json:"genesis"`
+	Parties  map[party.ID]*party.Identity `json:"parties"`
+	Streams  map[string]*Stream           `json:"streams"`
+	Services map[string]*Service          `json:"services"`
+	Nodes    map[party.ID]*Node           `json:"nodes"`
+	Jobs     map[string]*Job              `json:"jobs"`
+	// Applied counts the statements applied, so a restored state can be
+	// compared with the log.
+	Applied uint64 `json:"applied"`
+}
+
+// Field is a typed field of a stream's record schema.
+type Field struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// Stream is a data owner's registered stream.
+type Stream struct {
+	Name       string          `json:"name"`
+	Owner      party.ID        `json:"owner"`
+	Schema     []Field         `json:"schema"`
+	Partitions int             `json:"partitions"`
+	Site       string          `json:"site,omitempty"`
+	Policy     json.RawMessage `json:"policy"`
+	// PolicyDigest identifies the current policy version.
+	PolicyDigest string `json:"policy_digest"`
+	// Keys are the stream's data-key epochs, in clear inside the TEE.
+	Keys map[uint32][]byte `json:"keys"`
+	// Epoch is the current (highest) key epoch.
+	Epoch uint32 `json:"epoch"`
+	// Approved holds the service digests the owner approved explicitly.
+	Approved map[string]bool `json:"approved"`
+	// Revoked holds the service ids the owner revoked.
+	Revoked map[string]bool `json:"revoked"`
+	// RevokedEpoch records, per revoked service, the first epoch it must never
+	// receive.
+	RevokedEpoch map[string]uint32 `json:"revoked_epoch,omitempty"`
+}
+
+// Manifest is what a service provider submits: the service, its JobSpec digest,
+// what it reads and writes and who receives its outputs.
+type Manifest struct {
+	ID              string   `json:"id"`
+	Version         int64    `json:"version"`
+	SecurityVersion int64    `json:"security_version"`
+	JobDigest       string   `json:"job_digest"`
+	CodeDigests     []string `json:"code_digests,omitempty"`
+	// Inputs are the names of the streams the service reads.
+	Inputs []string `json:"inputs"`
+	// Outputs are the names of the derived streams it writes.
+	Outputs []string `json:"outputs"`
+	// Recipients are the ids of the parties that should receive the outputs.
+	Recipients []party.ID `json:"recipients"`
+	// Tasks are the parallel tasks of the job and their placement constraints.
+	Tasks []TaskSlot `json:"tasks"`
+	// Spec is the JobSpec itself (JSON); its digest must be JobDigest.
+	Spec json.RawMessage `json:"spec,omitempty"`
+}
+
+// Service is a submitted service.
+type Service struct {
+	Manifest Manifest `json:"manifest"`
+	Provider party.ID `json:"provider"`
+	// Digest is the hex SHA-256 of the manifest: what owners approve.
+	Digest    string    `json:"digest"`
+	Submitted time.Time `json:"submitted"`
+}
+
+// Node is an admitted worker node.
+type Node struct {
+	Identity   *party.Identity `json:"identity"`
+	Claims     attest.Claims   `json:"claims"`
+	Location   policy.Location `json:"location"`
+	Slots      int             `json:"slots"`
+	AdmittedAt time.Time       `json:"admitted_at"`
+	Expires    time.Time       `json:"expires"`
+	Draining   bool            `json:"draining,omitempty"`
+}
+
+// Job is a deployed service: its tasks, where they run and its own keys.
+type Job struct {
+	ID      string              `json:"id"`
+	Service string              `json:"service"`
+	Digest  string              `json:"digest"`
+	Tasks   map[string]party.ID `json:"tasks"` // task id → node id
+	// Keys are the job's own keys by purpose ("exchange", "checkpoint",
+	// "output:<stream>"), in clear inside the TEE.
+	Keys     map[string][]byte `json:"keys"`
+	Epoch    uint32            `json:"epoch"`
+	Deployed time.Time         `json:"deployed"`
+	// Recipients holds, per recipient id, whether it received the output key.
+	Recipients map[party.ID]bool `json:"recipients,omitempty"`
+}
+
+func newState(g Genesis) *State {
+	return &State{
+		Genesis:  g,
+		Parties:  map[party.ID]*party.Identity{},
+		Streams:  map[string]*Stream{},
+		Services: map[string]*Service{},
+		Nodes:    map[party.ID]*Node{},
+		Jobs:     map[string]*Job{},
+	}
+}
