@@ -94,11 +94,18 @@ func (r *Rejection) Unwrap() error { return r.Err }
 // ReasonOf returns the Reason of a *Rejection in err's chain, or "" if there is
 // none.
 func ReasonOf(err error) Reason {
-	var r *Rejection
-	if errors.As(err, &r) {
+	if r := asRejection(err); r != nil {
 		return r.Reason
 	}
 	return ""
+}
+
+func asRejection(err error) *Rejection {
+	var r *Rejection
+	if errors.As(err, &r) {
+		return r
+	}
+	return nil
 }
 
 // Sealer seals the frames of one producer partition: it assigns consecutive

@@ -292,6 +292,20 @@ func (r *Keyring) lookup(scope string, epoch uint32) (k *Key, scopeKnown bool) {
 	return s.epochs[epoch], true
 }
 
+// KeyByID returns the key with the given id, searching every scope.
+func (r *Keyring) KeyByID(id KeyID) (*Key, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, s := range r.scopes {
+		for _, k := range s.epochs {
+			if k.id == id {
+				return k, true
+			}
+		}
+	}
+	return nil, false
+}
+
 // Epochs returns the scope's epochs, in increasing order.
 func (r *Keyring) Epochs(scope string) []uint32 {
 	r.mu.RLock()
