@@ -58,7 +58,7 @@ func (n *Nonces) TTL() time.Duration { return n.ttl }
 
 // Issue returns a fresh random nonce of NonceSize bytes, valid until now+TTL.
 func (n *Nonces) Issue(now time.Time) []byte {
-	e := &nonceEntry{expires: now.Add(n.ttl), forget: now.Add(2 * n.ttl)}
+	e := &nonceEntry{expires: now.Add(n.ttl), forget: now.Add(n.ttl).Add(n.ttl)}
 	rand.Read(e.key[:]) // crypto/rand.Read never fails (it crashes the program instead)
 
 	n.mu.Lock()
