@@ -261,6 +261,18 @@ func Parse(data []byte) (*Spec, error) {
 	if len(data) > MaxSpecBytes {
 		return nil, fmt.Errorf("job spec is %d bytes, more than the limit of %d", len(data), MaxSpecBytes)
 	}
+	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+		// JSON: YAML would accept some trailing data after the object.
+		dec := json.NewDecoder(bytes.NewReader(t))
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("job spec: %w", err)
+		}
+		if dec.InputOffset() != int64(len(t)) {
+			return nil, fmt.Errorf("job spec: trailing data after the JSON object at byte %d", dec.InputOffset())
+		}
+	}
+	// Through YAML even for JSON: it refuses duplicate keys.
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return nil, fmt.Errorf("job spec: %w", err)

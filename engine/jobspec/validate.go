@@ -1,9 +1,11 @@
 package jobspec
 
 import (
+	"cmp"
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/sealflow/sealflow/engine/expr"
@@ -109,12 +111,23 @@ func (s *Spec) Validate() error {
 // Resolve type-checks the whole graph, infers each node's input and output
 // schemas, and returns them. On failure the error is Errors.
 func (s *Spec) Resolve() (*Resolved, error) {
-	v := &validator{spec: s.WithDefaults(), info: map[string]*NodeInfo{}}
+	v := &validator{spec: s.WithDefaults(), info: map[string]*NodeInfo{}, goodWindow: map[*Node]bool{}}
 	r := v.run()
 	if len(v.errs) > 0 {
+		// Report in spec order: top-level and schema errors, then by node.
+		slices.SortStableFunc(v.errs, func(a, b *Error) int { return cmp.Compare(errorNode(a), errorNode(b)) })
 		return nil, v.errs
 	}
 	return r, nil
+}
+
+// errorNode returns the node index an error's path starts with, or -1.
+func errorNode(e *Error) int {
+	var i int
+	if _, err := fmt.Sscanf(e.Path, "nodes[%d]", &i); err != nil {
+		return -1
+	}
+	return i
 }
 
 type validator struct {
@@ -122,6 +135,8 @@ type validator struct {
 	errs    Errors
 	info    map[string]*NodeInfo
 	schemas map[string]*record.Schema
+	// goodWindow records nodes whose window passed checkWindow.
+	goodWindow map[*Node]bool
 }
 
 func (v *validator) errorf(path, rule, format string, args ...any) {
@@ -167,7 +182,8 @@ func (v *validator) run() *Resolved {
 				byID[n.ID] = i
 			}
 		}
-		if n.Parallelism < 1 || n.Parallelism > s.MaxParallelism {
+		// A node that inherits an out-of-range default is reported once, above.
+		if n.Parallelism != s.Parallelism && (n.Parallelism < 1 || n.Parallelism > s.MaxParallelism) {
 			v.errorf(p+".parallelism", "parallelism", "%d is out of range: want 1 to maxParallelism (%d)", n.Parallelism, s.MaxParallelism)
 		}
 	}
@@ -202,6 +218,7 @@ func (v *validator) run() *Resolved {
 			}
 		}
 		v.checkParamsApply(p, n)
+		v.staticNode(p, n)
 	}
 	if len(s.Nodes) > 0 {
 		if sources == 0 {
@@ -526,9 +543,6 @@ func (v *validator) typeNode(path string, n *Node, info *NodeInfo) {
 	case KindSource:
 		out, keys = v.typeSource(pp, prm)
 	case KindSink:
-		if prm.Stream == "" {
-			v.errorf(pp+".stream", "stream", "missing output stream name")
-		}
 		out, keys = info.In[0], nil
 	case KindFilter:
 		v.compile(pp+".expr", prm.Expr, info.In[0], record.TypeBool)
@@ -543,9 +557,6 @@ func (v *validator) typeNode(path string, n *Node, info *NodeInfo) {
 		}
 		out, keys = &b.out, v.inputKeys(n)
 	case KindKeyBy:
-		if len(prm.Keys) == 0 {
-			v.errorf(pp+".keys", "keys", "key-by needs at least one key field")
-		}
 		for j, k := range prm.Keys {
 			v.fieldOf(fmt.Sprintf("%s.keys[%d]", pp, j), info.In[0], k)
 		}
@@ -732,14 +743,10 @@ func (b *schemaBuilder) addBounds(w *Window) {
 
 func (v *validator) typeWindowAggregate(pp string, n *Node, in *record.Schema) *record.Schema {
 	prm := &n.Params
-	if !v.checkWindow(pp+".window", prm.Window, true) {
+	if !v.goodWindow[n] || len(prm.Aggregates) == 0 {
 		return nil
 	}
 	keys := v.inputKeys(n)
-	if len(prm.Aggregates) == 0 {
-		v.errorf(pp+".aggregates", "aggregate", "window-aggregate needs at least one aggregate")
-		return nil
-	}
 	b := schemaBuilder{v: v, path: pp + ".aggregates", ok: true}
 	maxRows := -1
 	for j, a := range prm.Aggregates {
@@ -750,12 +757,6 @@ func (v *validator) typeWindowAggregate(pp string, n *Node, in *record.Schema) *
 	if maxRows >= 0 {
 		ap := fmt.Sprintf("%s.aggregates[%d]", pp, maxRows)
 		a := prm.Aggregates[maxRows]
-		if len(prm.Aggregates) > 1 {
-			v.errorf(ap, "aggregate", "max-rows outputs the input rows and cannot be combined with other aggregates")
-		}
-		if a.As != "" {
-			v.errorf(ap+".as", "aggregate", "max-rows outputs the input rows: it takes no 'as'")
-		}
 		if t, ok := v.fieldOf(ap+".field", in, a.Field); ok && t != record.TypeInt && t != record.TypeFloat {
 			v.errorf(ap+".field", "type", "max-rows field %q is %s, want int or float", a.Field, t)
 		}
@@ -798,8 +799,6 @@ func (v *validator) typeWindowAggregate(pp string, n *Node, in *record.Schema) *
 				t = record.TypeFloat
 			}
 			b.add(a.As, t)
-		default:
-			v.errorf(ap+".fn", "aggregate", "unknown aggregate %q (want count, sum, min, max, avg or max-rows)", a.Fn)
 		}
 	}
 	return &b.out
@@ -807,22 +806,7 @@ func (v *validator) typeWindowAggregate(pp string, n *Node, in *record.Schema) *
 
 func (v *validator) typeJoin(pp string, n *Node, left, right *record.Schema) *record.Schema {
 	prm := &n.Params
-	switch n.Kind {
-	case KindWindowJoin:
-		v.checkWindow(pp+".window", prm.Window, false)
-	case KindIntervalJoin:
-		if prm.Between == nil {
-			v.errorf(pp+".between", "interval", "interval join needs between: {lowerMs, upperMs}")
-		} else if prm.Between.LowerMs > prm.Between.UpperMs {
-			v.errorf(pp+".between", "interval", "lowerMs %d is greater than upperMs %d", prm.Between.LowerMs, prm.Between.UpperMs)
-		}
-	}
-	if len(prm.LeftKeys) == 0 {
-		v.errorf(pp+".leftKeys", "keys", "%s needs at least one key pair (leftKeys, rightKeys)", n.Kind)
-	}
-	if len(prm.LeftKeys) != len(prm.RightKeys) {
-		v.errorf(pp+".rightKeys", "keys", "%d right keys for %d left keys: keys pair up", len(prm.RightKeys), len(prm.LeftKeys))
-	} else {
+	if len(prm.LeftKeys) == len(prm.RightKeys) {
 		for j := range prm.LeftKeys {
 			lt, lok := v.fieldOf(fmt.Sprintf("%s.leftKeys[%d]", pp, j), left, prm.LeftKeys[j])
 			rt, rok := v.fieldOf(fmt.Sprintf("%s.rightKeys[%d]", pp, j), right, prm.RightKeys[j])
@@ -846,7 +830,7 @@ func (v *validator) typeJoin(pp string, n *Node, left, right *record.Schema) *re
 			b.out.Fields = append(b.out.Fields, record.Field{Name: name, Type: f.Type})
 		}
 	}
-	if n.Kind == KindWindowJoin && prm.Window != nil {
+	if n.Kind == KindWindowJoin && v.goodWindow[n] {
 		b.path = pp + ".window"
 		b.addBounds(prm.Window)
 	}
@@ -858,18 +842,12 @@ func (v *validator) typeJoin(pp string, n *Node, left, right *record.Schema) *re
 
 func (v *validator) typeTopN(pp string, n *Node, in *record.Schema) *record.Schema {
 	prm := &n.Params
-	if prm.N < 1 {
-		v.errorf(pp+".n", "top-n", "n must be at least 1, got %d", prm.N)
-	}
-	if len(prm.OrderBy) == 0 {
-		v.errorf(pp+".orderBy", "top-n", "top-n needs at least one orderBy field")
-	}
 	for j, o := range prm.OrderBy {
 		v.fieldOf(fmt.Sprintf("%s.orderBy[%d].field", pp, j), in, o.Field)
 	}
 	b := schemaBuilder{v: v, path: pp, ok: true}
 	b.out.Fields = append(b.out.Fields, in.Fields...)
-	if v.checkWindow(pp+".window", prm.Window, false) {
+	if v.goodWindow[n] {
 		b.path = pp + ".window"
 		b.addBounds(prm.Window)
 	}
@@ -878,4 +856,66 @@ func (v *validator) typeTopN(pp string, n *Node, in *record.Schema) *record.Sche
 		b.add(prm.RankField, record.TypeInt)
 	}
 	return &b.out
+}
+
+// staticNode checks the parameters that do not depend on input schemas, so
+// that they are reported even when an upstream node is broken.
+func (v *validator) staticNode(path string, n *Node) {
+	pp := path + ".params"
+	prm := &n.Params
+	switch n.Kind {
+	case KindSink:
+		if prm.Stream == "" {
+			v.errorf(pp+".stream", "stream", "missing output stream name")
+		}
+	case KindKeyBy:
+		if len(prm.Keys) == 0 {
+			v.errorf(pp+".keys", "keys", "key-by needs at least one key field")
+		}
+	case KindWindowAggregate:
+		v.goodWindow[n] = v.checkWindow(pp+".window", prm.Window, true)
+		if len(prm.Aggregates) == 0 {
+			v.errorf(pp+".aggregates", "aggregate", "window-aggregate needs at least one aggregate")
+		}
+		for j, a := range prm.Aggregates {
+			ap := fmt.Sprintf("%s.aggregates[%d]", pp, j)
+			switch a.Fn {
+			case AggCount, AggSum, AggMin, AggMax, AggAvg:
+			case AggMaxRows:
+				if len(prm.Aggregates) > 1 {
+					v.errorf(ap, "aggregate", "max-rows outputs the input rows and cannot be combined with other aggregates")
+				}
+				if a.As != "" {
+					v.errorf(ap+".as", "aggregate", "max-rows outputs the input rows: it takes no 'as'")
+				}
+			default:
+				v.errorf(ap+".fn", "aggregate", "unknown aggregate %q (want count, sum, min, max, avg or max-rows)", a.Fn)
+			}
+		}
+	case KindWindowJoin, KindIntervalJoin, KindJoin:
+		switch n.Kind {
+		case KindWindowJoin:
+			v.goodWindow[n] = v.checkWindow(pp+".window", prm.Window, false)
+		case KindIntervalJoin:
+			if prm.Between == nil {
+				v.errorf(pp+".between", "interval", "interval join needs between: {lowerMs, upperMs}")
+			} else if prm.Between.LowerMs > prm.Between.UpperMs {
+				v.errorf(pp+".between", "interval", "lowerMs %d is greater than upperMs %d", prm.Between.LowerMs, prm.Between.UpperMs)
+			}
+		}
+		if len(prm.LeftKeys) == 0 {
+			v.errorf(pp+".leftKeys", "keys", "%s needs at least one key pair (leftKeys, rightKeys)", n.Kind)
+		}
+		if len(prm.LeftKeys) != len(prm.RightKeys) {
+			v.errorf(pp+".rightKeys", "keys", "%d right keys for %d left keys: keys pair up", len(prm.RightKeys), len(prm.LeftKeys))
+		}
+	case KindTopN:
+		v.goodWindow[n] = v.checkWindow(pp+".window", prm.Window, false)
+		if prm.N < 1 {
+			v.errorf(pp+".n", "top-n", "n must be at least 1, got %d", prm.N)
+		}
+		if len(prm.OrderBy) == 0 {
+			v.errorf(pp+".orderBy", "top-n", "top-n needs at least one orderBy field")
+		}
+	}
 }
