@@ -26,6 +26,83 @@ import (
 
 func init() {
 	register("attest verify", "verify SEV-SNP or TDX evidence offline and print its claims or the check that failed", runAttestVerify)
+	register("attest refvalues keygen", "generate a release signer's Ed25519 key for reference-values files", runRefvaluesKeygen)
+	register("attest refvalues sign", "sign reference values (measurements, minimum SVNs) for a release", runRefvaluesSign)
+}
+
+// runRefvaluesKeygen implements `sealflow attest refvalues keygen --out FILE`:
+// the file holds the base64 Ed25519 seed (mode 0600); the public key, which
+// verifiers pass as --signer, is printed.
+func runRefvaluesKeygen(ctx context.Context, args []string) error {
+	fs := newFlags("attest refvalues keygen")
+	out := fs.String("out", "", "the key file to create (mode 0600); an existing file is never overwritten")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: --out FILE is required and nothing else", errUsage)
+	}
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the key file (an existing file is never overwritten): %w", err)
+	}
+	if _, err := fmt.Fprintln(f, base64.StdEncoding.EncodeToString(priv.Seed())); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stdout, "wrote %s\nsigner: %s\n", *out, base64.StdEncoding.EncodeToString(pub))
+	return nil
+}
+
+// runRefvaluesSign implements `sealflow attest refvalues sign --values FILE
+// --release NAME --key FILE --out FILE`: the values file is the JSON of
+// attest.ReferenceValues.
+func runRefvaluesSign(ctx context.Context, args []string) error {
+	fs := newFlags("attest refvalues sign")
+	valuesPath := fs.String("values", "", `the reference values as JSON: {"measurements": {"snp": ["HEX"], "tdx": ["HEX"]}, "min_svn": {"snp": 8}, "allow_debug": false, "allow_sim": false}`)
+	release := fs.String("release", "", "the release the values are for, e.g. v1.2.0")
+	keyPath := fs.String("key", "", "the release signer's key file (from attest refvalues keygen)")
+	out := fs.String("out", "", "the signed file to write")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *valuesPath == "" || *release == "" || *keyPath == "" || *out == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: --values, --release, --key and --out are required", errUsage)
+	}
+	kb, err := os.ReadFile(*keyPath)
+	if err != nil {
+		return err
+	}
+	seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(kb)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return fmt.Errorf("%s is not a release signer key (base64 of a %d-byte Ed25519 seed)", *keyPath, ed25519.SeedSize)
+	}
+	vb, err := os.ReadFile(*valuesPath)
+	if err != nil {
+		return err
+	}
+	var rv attest.ReferenceValues
+	dec := json.NewDecoder(strings.NewReader(string(vb)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rv); err != nil {
+		return fmt.Errorf("%s: not reference values JSON: %w", *valuesPath, err)
+	}
+	data, err := refvalues.Sign(&refvalues.File{Release: *release, IssuedAt: time.Now().UTC().Truncate(time.Second), Values: rv}, ed25519.NewKeyFromSeed(seed))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, data, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stdout, "wrote %s (release %s)\n", *out, *release)
+	return nil
 }
 
 // multiFlag collects a repeatable string flag.

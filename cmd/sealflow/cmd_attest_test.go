@@ -142,3 +142,41 @@ func TestAttestVerify(t *testing.T) {
 		})
 	}
 }
+
+func TestRefvaluesKeygenSign(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "signer.key")
+	out, err := captureStdout(t, func() error { return runRefvaluesKeygen(context.Background(), []string{"--out", key}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pub, ok := strings.Cut(strings.TrimSpace(out), "signer: ")
+	if !ok {
+		t.Fatalf("keygen printed no signer: %q", out)
+	}
+	if _, err := captureStdout(t, func() error { return runRefvaluesKeygen(context.Background(), []string{"--out", key}) }); err == nil {
+		t.Error("keygen overwrote an existing key file")
+	}
+	values := filepath.Join(dir, "values.json")
+	os.WriteFile(values, []byte(`{"measurements":{"tdx":["6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"]},"min_svn":{"tdx":3}}`), 0o644)
+	signed := filepath.Join(dir, "refvalues.json")
+	if _, err := captureStdout(t, func() error {
+		return runRefvaluesSign(context.Background(), []string{"--values", values, "--release", "v9", "--key", key, "--out", signed})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The signed file accepts the TDX sample under the printed signer key.
+	out, err = captureStdout(t, func() error {
+		return runAttestVerify(context.Background(), []string{"--evidence", tdxData + "quote.dat", "--at", "2023-07-01T00:00:00Z", "--refvalues", signed, "--signer", pub})
+	})
+	if err != nil || !strings.Contains(out, "release v9") {
+		t.Fatalf("verify with the signed values = %v\n%s", err, out)
+	}
+	// Values with an unknown field are not signed.
+	os.WriteFile(values, []byte(`{"measurements":{},"allow_all":true}`), 0o644)
+	if _, err := captureStdout(t, func() error {
+		return runRefvaluesSign(context.Background(), []string{"--values", values, "--release", "v9", "--key", key, "--out", signed + "2"})
+	}); err == nil {
+		t.Error("sign accepted values with an unknown field")
+	}
+}
