@@ -1,0 +1,378 @@
+// Package api serves the orchestrator: it wraps the deterministic state
+// machine with everything that does I/O — sealed persistence in a NATS
+// key-value bucket, the transparency log, the HTTPS JSON API for the parties
+// (served with a TLS key that the orchestrator's evidence binds) and signed
+// worker control over NATS. docs/api.md documents the endpoints.
+package api
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/ledger"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/party"
+)
+
+// LogName is the name in the orchestrator's signed tree heads.
+const LogName = "sealflow-orchestrator"
+
+// Config configures a Server.
+type Config struct {
+	// Genesis is the founding configuration, bound into the evidence.
+	Genesis orchestrator.Genesis
+	// Issuer produces the orchestrator's own evidence (its TEE).
+	Issuer attest.Issuer
+	// SealingKey comes from the TEE's sealing facility; it seals the state.
+	SealingKey [32]byte
+	// Verifiers verify worker evidence by TEE type.
+	Verifiers map[attest.TEE]attest.Verifier
+	// Store keeps the sealed state (a NATS key-value bucket in production).
+	Store Store
+	// Logger receives operational logs; slog.Default() when nil.
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Registerer receives the server's metrics; none when nil.
+	Registerer prometheus.Registerer
+}
+
+// Server is a running orchestrator: the state machine, its log and keys.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	mu      sync.Mutex
+	m       *orchestrator.Machine
+	self    *party.KeyFile
+	ledger  *ledger.Log
+	tlsKey  []byte
+	tlsCert tls.Certificate
+	spki    [32]byte
+	genesis string
+
+	relMu    sync.Mutex
+	releases map[party.ID][]orchestrator.Release
+	notify   func(node party.ID, r []orchestrator.Release)
+
+	metrics *metrics
+}
+
+// New starts an orchestrator: it restores the sealed state from the store, or
+// creates fresh keys (inside the TEE boundary), a fresh TLS key and an empty
+// state and log when the store is empty.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Store == nil {
+		cfg.Store = &MemStore{}
+	}
+	if cfg.Issuer == nil {
+		return nil, errors.New("orchestrator: no attestation issuer configured")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, genesis: cfg.Genesis.Digest(), releases: map[party.ID][]orchestrator.Release{}, metrics: newMetrics(cfg.Registerer)}
+	blob, err := cfg.Store.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if blob != nil {
+		if err := s.restore(blob); err != nil {
+			return nil, fmt.Errorf("orchestrator: restoring sealed state: %w", err)
+		}
+		s.log.Info("orchestrator state restored", "id", s.self.ID().Short(), "log_size", s.ledger.Size(), "applied", s.m.State().Applied)
+	} else {
+		if err := s.fresh(); err != nil {
+			return nil, err
+		}
+		if err := s.persist(ctx); err != nil {
+			return nil, err
+		}
+		s.log.Info("orchestrator started fresh", "id", s.self.ID().Short(), "genesis", s.genesis[:12])
+	}
+	return s, nil
+}
+
+func (s *Server) fresh() error {
+	kf, err := party.Generate(party.RoleOrchestrator, "orchestrator", nil)
+	if err != nil {
+		return err
+	}
+	s.self = kf
+	m, err := orchestrator.NewMachine(s.cfg.Genesis, kf, s.cfg.Verifiers)
+	if err != nil {
+		return err
+	}
+	s.m = m
+	signer, err := ledger.NewSigner(LogName, kf.SigningKey())
+	if err != nil {
+		return err
+	}
+	s.ledger = ledger.NewLog(signer)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "sealflow orchestrator " + kf.ID().Short()},
+		NotBefore:    s.cfg.Now().Add(-time.Hour),
+		NotAfter:     s.cfg.Now().Add(10 * 365 * 24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	return s.setTLS(der, cert)
+}
+
+func (s *Server) setTLS(keyDER, certDER []byte) error {
+	key, err := x509.ParseECPrivateKey(keyDER)
+	if err != nil {
+		return err
+	}
+	leaf, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return err
+	}
+	s.tlsKey = keyDER
+	s.tlsCert = tls.Certificate{Certificate: [][]byte{certDER}, PrivateKey: key, Leaf: leaf}
+	s.spki = sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	return nil
+}
+
+func (s *Server) restore(blob []byte) error {
+	plain, err := openBlob(s.cfg.SealingKey, s.genesis, blob)
+	if err != nil {
+		return err
+	}
+	var p persisted
+	if err := json.Unmarshal(plain, &p); err != nil {
+		return fmt.Errorf("decoding: %w", err)
+	}
+	if p.Genesis != s.genesis {
+		return fmt.Errorf("the saved state belongs to genesis %s, this orchestrator runs genesis %s", p.Genesis, s.genesis)
+	}
+	kf, err := party.ParseKeyFile(p.KeyFile)
+	if err != nil {
+		return err
+	}
+	s.self = kf
+	if s.m, err = orchestrator.Restore(p.State, kf, s.cfg.Verifiers); err != nil {
+		return err
+	}
+	signer, err := ledger.NewSigner(LogName, kf.SigningKey())
+	if err != nil {
+		return err
+	}
+	if s.ledger, err = ledger.Unmarshal(p.Log, signer); err != nil {
+		return err
+	}
+	return s.setTLS(p.TLSKey, p.TLSCert)
+}
+
+// persist seals and saves everything; callers hold s.mu (or are starting).
+func (s *Server) persist(ctx context.Context) error {
+	kf, err := s.self.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	st, err := s.m.MarshalState()
+	if err != nil {
+		return err
+	}
+	plain, err := json.Marshal(persisted{Version: 1, KeyFile: kf, TLSKey: s.tlsKey, TLSCert: s.tlsCert.Certificate[0], State: st, Log: s.ledger.Marshal(), Genesis: s.genesis})
+	if err != nil {
+		return err
+	}
+	blob, err := sealBlob(s.cfg.SealingKey, s.genesis, plain)
+	if err != nil {
+		return err
+	}
+	return s.cfg.Store.Save(ctx, blob)
+}
+
+// Identity returns the orchestrator's public identity.
+func (s *Server) Identity() *party.Identity { return s.self.Identity() }
+
+// TLSCertificate returns the certificate the HTTPS API serves; its public key
+// is bound into the evidence.
+func (s *Server) TLSCertificate() tls.Certificate { return s.tlsCert }
+
+// LogVerifierKey returns the note verifier key of the signed tree heads.
+func (s *Server) LogVerifierKey() string {
+	k, _ := ledger.VerifierKey(LogName, s.self.Identity().SigningKey)
+	return k
+}
+
+// OnRelease sets a function called (outside the server's lock) with the keys
+// released to each node, for example to push them over NATS.
+func (s *Server) OnRelease(f func(node party.ID, r []orchestrator.Release)) {
+	s.relMu.Lock()
+	s.notify = f
+	s.relMu.Unlock()
+}
+
+// ReportData returns the report data the orchestrator's evidence binds for a
+// client nonce: the nonce, its signing and HPKE keys, its TLS public key and
+// its genesis digest.
+func ReportData(nonce []byte, id *party.Identity, spki [32]byte, genesisDigest string) [64]byte {
+	return attest.BindReportData(nonce, id.SigningKey, id.HPKEKey, spki[:], []byte(genesisDigest))
+}
+
+// Attestation is the orchestrator's answer to a client's nonce.
+type Attestation struct {
+	Evidence      *attest.Evidence     `json:"evidence"`
+	Identity      *party.Identity      `json:"identity"`
+	Genesis       orchestrator.Genesis `json:"genesis"`
+	GenesisDigest string               `json:"genesis_digest"`
+	// TLSKeySHA256 is the hex SHA-256 of the TLS certificate's public key.
+	TLSKeySHA256 string `json:"tls_key_sha256"`
+	// LogKey is the note verifier key of the signed tree heads.
+	LogKey string `json:"log_key"`
+}
+
+// Attest issues fresh evidence for a client nonce.
+func (s *Server) Attest(ctx context.Context, nonce []byte) (*Attestation, error) {
+	if len(nonce) < 16 || len(nonce) > 64 {
+		return nil, fmt.Errorf("a nonce must have 16 to 64 bytes, got %d", len(nonce))
+	}
+	id := s.self.Identity()
+	ev, err := s.cfg.Issuer.Issue(ctx, ReportData(nonce, id, s.spki, s.genesis))
+	if err != nil {
+		return nil, fmt.Errorf("issuing the orchestrator's evidence: %w", err)
+	}
+	return &Attestation{Evidence: ev, Identity: id, Genesis: s.cfg.Genesis, GenesisDigest: s.genesis,
+		TLSKeySHA256: hex.EncodeToString(s.spki[:]), LogKey: s.LogVerifierKey()}, nil
+}
+
+// Nonce returns a fresh nonce for a worker admission.
+func (s *Server) Nonce() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m.Nonce(s.cfg.Now())
+}
+
+// Response is the answer to a statement.
+type Response struct {
+	OK     bool   `json:"ok"`
+	Type   string `json:"type"`
+	Result any    `json:"result,omitempty"`
+	// Error and Rule say why a statement was refused.
+	Error string `json:"error,omitempty"`
+	Rule  string `json:"rule,omitempty"`
+	// LogIndexes are the log entries the statement produced.
+	LogIndexes []int64 `json:"log_indexes,omitempty"`
+	// Receipt is the orchestrator's signed receipt (a party statement of type
+	// "receipt" whose body is this response without the receipt).
+	Receipt []byte `json:"receipt,omitempty"`
+}
+
+// Submit applies a signed statement and returns the signed response. A
+// refusal is a Response with OK false (and an error), not a Go error; a Go
+// error means the orchestrator failed (persisting, signing).
+func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
+	s.mu.Lock()
+	now := s.cfg.Now()
+	out, err := s.m.Apply(now, signed)
+	resp := &Response{OK: err == nil}
+	if out != nil {
+		resp.Type, resp.Result = out.Type, out.Result
+	}
+	if err != nil {
+		resp.Error, resp.Rule = err.Error(), ruleOf(err)
+	}
+	var releases []orchestrator.Release
+	if out != nil {
+		for _, e := range out.Entries {
+			stored, aerr := s.ledger.AppendEntry(e)
+			if aerr != nil {
+				s.mu.Unlock()
+				return nil, fmt.Errorf("orchestrator: appending to the log: %w", aerr)
+			}
+			resp.LogIndexes = append(resp.LogIndexes, stored.Index)
+		}
+		releases = out.Releases
+	}
+	if out != nil && (err == nil || len(out.Entries) > 0) {
+		if perr := s.persist(ctx); perr != nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("orchestrator: persisting state: %w", perr)
+		}
+	}
+	s.mu.Unlock()
+	s.metrics.statement(resp)
+	if len(releases) > 0 {
+		s.metrics.keyReleases.Add(float64(len(releases)))
+		s.deliver(releases)
+	}
+	if !resp.OK {
+		s.log.Info("statement refused", "type", resp.Type, "rule", resp.Rule, "error", resp.Error)
+	}
+	receipt, rerr := party.Sign(s.self, "receipt", resp, time.Hour, now)
+	if rerr != nil {
+		return nil, rerr
+	}
+	resp.Receipt = receipt
+	return resp, nil
+}
+
+func ruleOf(err error) string {
+	var r interface{ RefusedBy() string }
+	if errors.As(err, &r) {
+		return r.RefusedBy()
+	}
+	return "error"
+}
+
+func (s *Server) deliver(rs []orchestrator.Release) {
+	by := map[party.ID][]orchestrator.Release{}
+	s.relMu.Lock()
+	for _, r := range rs {
+		if r.Task == "" {
+			continue // recipients get their key in the response
+		}
+		s.releases[r.To] = append(s.releases[r.To], r)
+		by[r.To] = append(by[r.To], r)
+	}
+	notify := s.notify
+	s.relMu.Unlock()
+	if notify != nil {
+		for node, r := range by {
+			notify(node, r)
+		}
+	}
+}
+
+// Releases returns the keys released to a node so far (wrapped to its key).
+func (s *Server) Releases(node party.ID) []orchestrator.Release {
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	return append([]orchestrator.Release(nil), s.releases[node]...)
+}
