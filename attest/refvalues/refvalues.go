@@ -18,7 +18,8 @@
 // zero byte followed by the exact payload bytes, so no JSON canonicalisation is
 // needed. The payload is
 //
-//	{"release": "v1.2.0", "issued_at": "2026-11-25T23:00:00Z", "values": <attest.ReferenceValues>}
+//	{"release": "v1.2.0", "issued_at": "2026-11-25T23:00:00Z", "values": <attest.ReferenceValues>,
+//	 "tdx_rtmrs": {"1": ["HEX"], "2": ["HEX"]}}
 //
 // Unknown fields in the payload are rejected, so a newer format is never read
 // as an older one with a rule silently dropped.
@@ -59,6 +60,11 @@ type File struct {
 	IssuedAt time.Time `json:"issued_at"`
 	// Values are the accepted reference values.
 	Values attest.ReferenceValues `json:"values"`
+	// TDXRTMRs lists, per RTMR index (0 to 3), the accepted values (hex of 48
+	// bytes). TDX's MRTD measures only the TD firmware; the kernel, initrd
+	// and command line of a release are measured into RTMR1 and RTMR2, so a
+	// release that runs on TDX lists them here.
+	TDXRTMRs map[int][]string `json:"tdx_rtmrs,omitempty"`
 }
 
 type envelope struct {
@@ -96,6 +102,16 @@ func (f *File) Check() error {
 	for tee := range f.Values.MinSVN {
 		if _, ok := measurementSize[tee]; !ok {
 			return fmt.Errorf("refvalues: release %s sets a minimum SVN for unknown TEE %q", f.Release, tee)
+		}
+	}
+	for idx, vs := range f.TDXRTMRs {
+		if idx < 0 || idx > 3 {
+			return fmt.Errorf("refvalues: release %s lists values for RTMR%d; TDX has RTMR0 to RTMR3", f.Release, idx)
+		}
+		for i, v := range vs {
+			if b, err := hex.DecodeString(v); err != nil || len(b) != 48 {
+				return fmt.Errorf("refvalues: release %s: RTMR%d value %d (%q) is not 48 hex-encoded bytes", f.Release, idx, i, v)
+			}
 		}
 	}
 	for i, p := range f.Values.PlatformIDs {

@@ -107,6 +107,8 @@ func TestParseRefusals(t *testing.T) {
 		{"unknown payload field", resign(t, []byte(`{"release":"v1","issued_at":"2026-01-01T00:00:00Z","values":{"measurements":{}},"allow_everything":true}`), signer), "", "unknown field"},
 		{"unknown TEE", resign(t, []byte(`{"release":"v1","issued_at":"2026-01-01T00:00:00Z","values":{"measurements":{"sgx":["00"]}}}`), signer), "", "unknown TEE"},
 		{"short measurement", resign(t, []byte(`{"release":"v1","issued_at":"2026-01-01T00:00:00Z","values":{"measurements":{"snp":["abcd"]}}}`), signer), "", "48 hex-encoded bytes"},
+		{"RTMR index out of range", resign(t, []byte(`{"release":"v1","issued_at":"2026-01-01T00:00:00Z","values":{},"tdx_rtmrs":{"4":["`+strings.Repeat("00", 48)+`"]}}`), signer), "", "RTMR4"},
+		{"short RTMR", resign(t, []byte(`{"release":"v1","issued_at":"2026-01-01T00:00:00Z","values":{},"tdx_rtmrs":{"1":["00"]}}`), signer), "", "RTMR1 value 0"},
 		{"no release", resign(t, []byte(`{"release":"","issued_at":"2026-01-01T00:00:00Z","values":{}}`), signer), "", "release is empty"},
 		{"trailing data", append(bytes.Clone(good), []byte(`{}`)...), "", "follows"},
 		{"not JSON", []byte("payload"), "", "not a signed reference-values envelope"},

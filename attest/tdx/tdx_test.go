@@ -108,7 +108,7 @@ func TestSampleVerifies(t *testing.T) {
 	}{
 		{"no collateral", Options{At: collateralTime}},
 		{"pinned MRTD and RTMRs, minimum SVNs", Options{At: collateralTime,
-			Measurements: [][]byte{body.GetMrTd()}, RTMRs: [4][]byte{body.GetRtmrs()[0], nil, body.GetRtmrs()[2]},
+			Measurements: [][]byte{body.GetMrTd()}, RTMRs: [4][][]byte{{body.GetRtmrs()[0]}, nil, {bytes.Repeat([]byte{9}, 48), body.GetRtmrs()[2]}},
 			MinTEETCBSVN: body.GetTeeTcbSvn()[:2], MinQESVN: uint16(q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport().GetIsvSvn())}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -296,7 +296,7 @@ func TestRefusals(t *testing.T) {
 		{"MRTD bit flipped, signature catches it", mutate(t, func(q *pb.QuoteV4) { q.TdQuoteBody.MrTd = flip(q.TdQuoteBody.MrTd, 0) }), rd, Options{At: collateralTime}, RuleSignature},
 		{"report data bit flipped", mutate(t, func(q *pb.QuoteV4) { q.TdQuoteBody.ReportData = flip(q.TdQuoteBody.ReportData, 7) }), rd, Options{At: collateralTime}, RuleReportData},
 		{"report data flipped to match, signature catches it", mutate(t, func(q *pb.QuoteV4) { q.TdQuoteBody.ReportData = flip(q.TdQuoteBody.ReportData, 7) }), [64]byte(flip(rd[:], 7)), Options{At: collateralTime}, RuleSignature},
-		{"RTMR pinned to another value", ev, rd, Options{At: collateralTime, RTMRs: [4][]byte{nil, nil, nil, bytes.Repeat([]byte{1}, 48)}}, RuleRTMR},
+		{"RTMR pinned to another value", ev, rd, Options{At: collateralTime, RTMRs: [4][][]byte{nil, nil, nil, {bytes.Repeat([]byte{1}, 48)}}}, RuleRTMR},
 		{"QE report signature flipped", mutate(t, func(q *pb.QuoteV4) {
 			qrc := q.SignedData.CertificationData.QeReportCertificationData
 			qrc.QeReportSignature = flip(qrc.QeReportSignature, 9)

@@ -28,7 +28,7 @@ const (
 	RuleRoot        = "tdx.root"         // the PCK chain does not end in a trusted Intel root
 	RuleReportData  = "tdx.report-data"  // REPORTDATA is not the expected report data
 	RuleMeasurement = "tdx.measurement"  // MRTD is not among the accepted ones
-	RuleRTMR        = "tdx.rtmr"         // an RTMR differs from the required value
+	RuleRTMR        = "tdx.rtmr"         // an RTMR is not among the accepted values
 	RuleSignature   = "tdx.signature"    // the quote signature over header and TD body does not verify
 	RuleQE          = "tdx.qe-signature" // the QE report is not signed by the PCK or does not bind the attestation key
 	RuleCollateral  = "tdx.collateral"   // the collateral is invalid, expired, or rejects the TCB/QE identity
@@ -59,8 +59,11 @@ type Options struct {
 	AllowDebug bool
 	// Measurements, when not empty, lists the accepted MRTD values (48 bytes).
 	Measurements [][]byte
-	// RTMRs, where an entry is not nil, are the required RTMR0..3 values.
-	RTMRs [4][]byte
+	// RTMRs lists, per index, the accepted RTMR0..3 values (48 bytes each); an
+	// empty list leaves that RTMR unchecked. MRTD measures only the TD
+	// firmware (TDVF): the kernel, initrd and command line are measured into
+	// RTMR1 and RTMR2, so pinning a sealflow build on TDX needs them.
+	RTMRs [4][][]byte
 	// MinTEETCBSVN is the minimum TEE_TCB_SVN (up to 16 bytes), compared byte
 	// by byte.
 	MinTEETCBSVN []byte
@@ -151,9 +154,9 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence, reportData [
 	if len(v.opts.Measurements) > 0 && !contains(v.opts.Measurements, body.GetMrTd()) {
 		return nil, refuse(RuleMeasurement, "MRTD %x is not among the %d accepted", body.GetMrTd(), len(v.opts.Measurements))
 	}
-	for i, want := range v.opts.RTMRs {
-		if want != nil && !bytes.Equal(body.GetRtmrs()[i], want) {
-			return nil, refuse(RuleRTMR, "RTMR%d is %x, required %x", i, body.GetRtmrs()[i], want)
+	for i, accepted := range v.opts.RTMRs {
+		if len(accepted) > 0 && !contains(accepted, body.GetRtmrs()[i]) {
+			return nil, refuse(RuleRTMR, "RTMR%d %x is not among the %d accepted", i, body.GetRtmrs()[i], len(accepted))
 		}
 	}
 	vo := &verify.Options{

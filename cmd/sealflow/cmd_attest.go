@@ -221,6 +221,14 @@ func runAttestVerify(ctx context.Context, args []string) error {
 		v = snp.NewVerifier(snp.Options{At: when, AllowDebug: *allowDebug, Measurements: ms})
 	case attest.TEETDX:
 		opts := tdx.Options{At: when, AllowDebug: *allowDebug, Measurements: ms}
+		if rvFile != nil {
+			for idx, vs := range rvFile.TDXRTMRs {
+				for _, h := range vs {
+					b, _ := hex.DecodeString(h) // refvalues checked the format
+					opts.RTMRs[idx] = append(opts.RTMRs[idx], b)
+				}
+			}
+		}
 		if *collDir != "" {
 			if opts.Collateral, err = tdx.LoadCollateral(*collDir); err != nil {
 				return err

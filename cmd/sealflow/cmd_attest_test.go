@@ -172,6 +172,23 @@ func TestRefvaluesKeygenSign(t *testing.T) {
 	if err != nil || !strings.Contains(out, "release v9") {
 		t.Fatalf("verify with the signed values = %v\n%s", err, out)
 	}
+	// A release that pins RTMR1 to another kernel refuses the sample.
+	rv := &refvalues.File{Release: "v10", IssuedAt: time.Now(), Values: attest.ReferenceValues{Measurements: map[attest.TEE][]string{attest.TEETDX: {"6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"}}},
+		TDXRTMRs: map[int][]string{1: {strings.Repeat("00", 48)}}}
+	kb, _ := os.ReadFile(key)
+	seed, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(kb)))
+	data, err := refvalues.Sign(rv, ed25519.NewKeyFromSeed(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(signed, data, 0o644)
+	_, err = captureStdout(t, func() error {
+		return runAttestVerify(context.Background(), []string{"--evidence", tdxData + "quote.dat", "--at", "2023-07-01T00:00:00Z", "--refvalues", signed, "--signer", pub})
+	})
+	var r *attest.Refusal
+	if !errors.As(err, &r) || r.Rule != "tdx.rtmr" {
+		t.Fatalf("verify with another RTMR1 = %v, want a refusal by tdx.rtmr", err)
+	}
 	// Values with an unknown field are not signed.
 	os.WriteFile(values, []byte(`{"measurements":{},"allow_all":true}`), 0o644)
 	if _, err := captureStdout(t, func() error {
