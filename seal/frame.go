@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 )
 
 // Sizes of the parts of a sealed body.
@@ -121,11 +120,6 @@ type Sealer struct {
 	bucket    int
 	plaintext bool
 	ended     bool
-	// nonces generates the random nonces: ChaCha8, a CSPRNG, seeded with 256
-	// bits from crypto/rand. A nonce need only be unpredictable enough never to
-	// repeat under a key, and asking the kernel for 12 bytes per frame costs
-	// about as much as sealing a 4 KiB frame.
-	nonces *mrand.ChaCha8
 }
 
 // SealerOption configures a Sealer.
@@ -165,10 +159,7 @@ func NewSealer(keys *Keyring, kind Kind, scope string, partition uint32, opts ..
 	if err := checkScope(scope); err != nil {
 		return nil, err
 	}
-	var seed [32]byte
-	rand.Read(seed[:]) // never returns an error; crashes the program if the system's randomness fails
-	s := &Sealer{keys: keys, kind: kind, scope: scope, partition: partition, nonces: mrand.NewChaCha8(seed)}
-	clear(seed[:])
+	s := &Sealer{keys: keys, kind: kind, scope: scope, partition: partition}
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
@@ -245,7 +236,7 @@ func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]
 	}
 	dst = growTo(dst, hdrEnd+bodyLen)
 	nonce := dst[hdrEnd : hdrEnd+NonceSize]
-	s.nonces.Read(nonce)
+	rand.Read(nonce) // never returns an error; crashes the program if the system's randomness fails
 	pt := body
 	if s.bucket > 0 {
 		// Build the padded plaintext where the ciphertext goes and seal it in place.
