@@ -331,3 +331,25 @@ func BenchmarkEval(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkCompile(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Compile("s in ['OR', 'ID', 'CA'] && i == 10", schema, record.TypeBool); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEnvCompile(b *testing.B) {
+	env, err := NewEnv(schema)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := env.Compile("s in ['OR', 'ID', 'CA'] && i == 10", record.TypeBool); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

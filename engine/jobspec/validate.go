@@ -137,6 +137,24 @@ type validator struct {
 	schemas map[string]*record.Schema
 	// goodWindow records nodes whose window passed checkWindow.
 	goodWindow map[*Node]bool
+	// envs caches expression environments per schema.
+	envs map[*record.Schema]*expr.Env
+}
+
+// env returns the expression environment of schema s.
+func (v *validator) env(s *record.Schema) (*expr.Env, error) {
+	if e, ok := v.envs[s]; ok {
+		return e, nil
+	}
+	e, err := expr.NewEnv(s)
+	if err != nil {
+		return nil, err
+	}
+	if v.envs == nil {
+		v.envs = map[*record.Schema]*expr.Env{}
+	}
+	v.envs[s] = e
+	return e, nil
 }
 
 func (v *validator) errorf(path, rule, format string, args ...any) {
@@ -515,7 +533,12 @@ func (v *validator) compile(path, src string, in *record.Schema, want record.Typ
 		v.errorf(path, "expr", "missing expression")
 		return nil, false
 	}
-	p, err := expr.Compile(src, in, want)
+	env, err := v.env(in)
+	if err != nil {
+		v.errorf(path, "expr", "%v", err)
+		return nil, false
+	}
+	p, err := env.Compile(src, want)
 	if err != nil {
 		v.errorf(path, "expr", "%v", err)
 		return nil, false
@@ -597,7 +620,12 @@ func (v *validator) compileList(path, src string, in *record.Schema) (*expr.Prog
 		v.errorf(path, "expr", "missing expression")
 		return nil, false
 	}
-	p, err := expr.CompileList(src, in, record.TypeNull)
+	env, err := v.env(in)
+	if err != nil {
+		v.errorf(path, "expr", "%v", err)
+		return nil, false
+	}
+	p, err := env.CompileList(src, record.TypeNull)
 	if err != nil {
 		v.errorf(path, "expr", "%v", err)
 		return nil, false
