@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -170,9 +171,12 @@ func (s *Server) handleEntries(w http.ResponseWriter, r *http.Request) {
 
 // treeSize reads the size line of a signed tree head.
 func treeSize(head []byte) (int64, error) {
-	var origin string
-	var size int64
-	if _, err := fmt.Sscanf(string(head), "%s\n%d\n", &origin, &size); err != nil {
+	lines := strings.SplitN(string(head), "\n", 3)
+	if len(lines) < 3 {
+		return 0, errors.New("parsing own tree head: too few lines")
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil {
 		return 0, fmt.Errorf("parsing own tree head: %w", err)
 	}
 	return size, nil
