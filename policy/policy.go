@@ -35,6 +35,9 @@ type CompileError struct {
 
 // Error implements error.
 func (e *CompileError) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("policy for stream %s: rule %s does not compile: %s", e.Stream, e.Rule, e.Detail)
+	}
 	return fmt.Sprintf("policy for stream %s: rule %s does not compile at %d:%d: %s", e.Stream, e.Rule, e.Line, e.Column, e.Detail)
 }
 
@@ -115,8 +118,10 @@ func Compile(d *Document, opts ...CompileOption) (*Policy, error) {
 		if iss.Err() != nil {
 			ce := &CompileError{Stream: d.Stream, Rule: r.Name, Detail: iss.Err().Error()}
 			if es := iss.Errors(); len(es) > 0 {
-				ce.Line, ce.Column = es[0].Location.Line(), es[0].Location.Column()+1
 				ce.Detail = es[0].Message
+				if loc := es[0].Location; loc != nil && loc.Line() >= 1 {
+					ce.Line, ce.Column = loc.Line(), loc.Column()+1
+				}
 			}
 			errs = append(errs, ce)
 			continue

@@ -193,6 +193,7 @@ func TestCompileErrors(t *testing.T) {
 		{"second line", "node.svn >= 3 &&\n  node.debugg", "placement", 2, 7, "undefined field 'debugg'"},
 		{"not bool", "node.svn + 1", "placement", 1, 1, "want bool"},
 		{"string result", "service.id", "recipient", 1, 1, "want bool"},
+		{"too deep", strings.Repeat("(", 300) + "true" + strings.Repeat(")", 300), "placement", 0, 0, "recursion limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
