@@ -166,19 +166,9 @@ func (v Verifier) Verify(signed []byte, lookup func(ID) (*Identity, error), now 
 	if skew == 0 {
 		skew = DefaultSkew
 	}
-	if len(signed) > MaxStatement {
-		return nil, refuse(RuleMalformed, "signed statement of %d bytes exceeds the maximum %d", len(signed), MaxStatement)
-	}
-	if len(signed) < envPrefix+ed25519.SignatureSize {
-		return nil, refuse(RuleMalformed, "signed statement of %d bytes is shorter than its envelope", len(signed))
-	}
-	if string(signed[:4]) != signMagic || signed[4] != signVersion {
-		return nil, refuse(RuleMalformed, "not a signed statement of version %d (magic %q, version %d)", signVersion, signed[:4], signed[4])
-	}
-	issuer := ID(hex.EncodeToString(signed[5:37]))
-	n := binary.BigEndian.Uint32(signed[37:41])
-	if uint64(n) != uint64(len(signed)-envPrefix-ed25519.SignatureSize) {
-		return nil, refuse(RuleMalformed, "payload length %d, but %d bytes lie between envelope and signature", n, len(signed)-envPrefix-ed25519.SignatureSize)
+	issuer, payload, err := splitEnvelope(signed)
+	if err != nil {
+		return nil, err
 	}
 	if lookup == nil {
 		return nil, refuse(RuleUnknownParty, "no party lookup to find issuer %s", issuer.Short())
@@ -200,7 +190,7 @@ func (v Verifier) Verify(signed []byte, lookup func(ID) (*Identity, error), now 
 
 	// Only now that the issuer vouches for the bytes, parse them.
 	var st Statement
-	if err := decodeStrict(body[envPrefix:], MaxStatement, &st); err != nil {
+	if err := decodeStrict(payload, MaxStatement, &st); err != nil {
 		return nil, refuse(RuleMalformed, "statement by %s does not parse: %v", issuer.Short(), err)
 	}
 	switch {
@@ -220,6 +210,45 @@ func (v Verifier) Verify(signed []byte, lookup func(ID) (*Identity, error), now 
 		return nil, refuse(RuleExpired, "statement %s by %s expired at %s (now %s)", st.Type, issuer.Short(), st.Expires.Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 	return &st, nil
+}
+
+// PeekUnverified parses a signed statement's envelope and payload strictly
+// WITHOUT checking the signature or the times. It exists for self-certifying
+// statements (a registration carries the identity whose key signs it): use the
+// result only to choose the candidate identity for Verify of the same bytes,
+// and trust nothing in it before Verify accepts them.
+func PeekUnverified(signed []byte) (*Statement, error) {
+	issuer, payload, err := splitEnvelope(signed)
+	if err != nil {
+		return nil, err
+	}
+	var st Statement
+	if err := decodeStrict(payload, MaxStatement, &st); err != nil {
+		return nil, refuse(RuleMalformed, "statement does not parse: %v", err)
+	}
+	if st.Issuer != issuer {
+		return nil, refuse(RuleMalformed, "statement names issuer %s but its envelope names %s", st.Issuer.Short(), issuer.Short())
+	}
+	return &st, nil
+}
+
+// splitEnvelope checks the signed form's envelope and returns the issuer named
+// in it and the payload.
+func splitEnvelope(signed []byte) (ID, []byte, error) {
+	if len(signed) > MaxStatement {
+		return "", nil, refuse(RuleMalformed, "signed statement of %d bytes exceeds the maximum %d", len(signed), MaxStatement)
+	}
+	if len(signed) < envPrefix+ed25519.SignatureSize {
+		return "", nil, refuse(RuleMalformed, "signed statement of %d bytes is shorter than its envelope", len(signed))
+	}
+	if string(signed[:4]) != signMagic || signed[4] != signVersion {
+		return "", nil, refuse(RuleMalformed, "not a signed statement of version %d (magic %q, version %d)", signVersion, signed[:4], signed[4])
+	}
+	n := binary.BigEndian.Uint32(signed[37:41])
+	if uint64(n) != uint64(len(signed)-envPrefix-ed25519.SignatureSize) {
+		return "", nil, refuse(RuleMalformed, "payload length %d, but %d bytes lie between envelope and signature", n, len(signed)-envPrefix-ed25519.SignatureSize)
+	}
+	return ID(hex.EncodeToString(signed[5:37])), signed[envPrefix : len(signed)-ed25519.SignatureSize], nil
 }
 
 // ReplayGuard refuses a statement it has seen before. It remembers each

@@ -145,6 +145,30 @@ func isRule(err error, rule string) bool {
 	return errors.As(err, &r) && r.RefusedBy() == rule
 }
 
+func TestPeekUnverified(t *testing.T) {
+	alice, _ := Generate(RoleOwner, "alice", nil)
+	mallory, _ := Generate(RoleOwner, "mallory", nil)
+	signed, _ := Sign(alice, "party.register", map[string]string{"name": "alice"}, time.Hour, t0)
+	st, err := PeekUnverified(signed)
+	if err != nil || st.Issuer != alice.ID() || st.Type != "party.register" {
+		t.Fatalf("PeekUnverified = %+v, %v", st, err)
+	}
+	// It does not check signatures: a forged signature still peeks...
+	forged := bytes.Clone(signed)
+	forged[len(forged)-1] ^= 1
+	if _, err := PeekUnverified(forged); err != nil {
+		t.Fatalf("PeekUnverified checked the signature: %v", err)
+	}
+	// ...but it is as strict as Verify about the envelope and the payload.
+	bad := [][]byte{nil, signed[:len(signed)-1], signRaw(t, mallory, mallory.ID(), payloadOf(t, alice, nil)),
+		signRaw(t, alice, alice.ID(), payloadOf(t, alice, func(m map[string]any) { m["x"] = 1 }))}
+	for i, b := range bad {
+		if _, err := PeekUnverified(b); !isRule(err, RuleMalformed) {
+			t.Errorf("case %d: PeekUnverified = %v, want statement.malformed", i, err)
+		}
+	}
+}
+
 func TestReplayGuard(t *testing.T) {
 	alice, _ := Generate(RoleOwner, "alice", nil)
 	bob, _ := Generate(RoleOwner, "bob", nil)
@@ -210,13 +234,20 @@ func FuzzVerify(f *testing.F) {
 	}
 	f.Add([]byte("SFST\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		peek, perr := PeekUnverified(b)
 		st, err := Verify(b, dir.Lookup, t0)
+		if perr != nil && err == nil {
+			t.Fatalf("Verify accepted what PeekUnverified refused: %v", perr)
+		}
 		if err != nil {
 			var r *attest.Refusal
 			if !errors.As(err, &r) {
 				t.Fatalf("Verify returned %T %v, want *attest.Refusal", err, err)
 			}
 			return
+		}
+		if peek.Type != st.Type || peek.Issuer != st.Issuer || !bytes.Equal(peek.Body, st.Body) {
+			t.Fatalf("PeekUnverified %+v differs from Verify %+v", peek, st)
 		}
 		for _, g := range genuine {
 			if bytes.Equal(b, g) {
