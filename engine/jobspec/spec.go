@@ -174,13 +174,17 @@ const (
 	WindowSession  WindowType = "session"
 )
 
-// Window configures event-time windows.
+// Window configures event-time windows. Tumbling and sliding windows are
+// aligned to the epoch and half-open, [start, end); a session is [first record
+// time, last record time + gap). A window's results carry the event time
+// end - 1, so that they fall into the same window of a downstream tumbling
+// window of the slide's size.
 type Window struct {
 	// Type is tumbling, sliding or session.
 	Type WindowType `json:"type"`
 	// SizeMs is a tumbling or sliding window's length.
 	SizeMs int64 `json:"sizeMs,omitempty"`
-	// SlideMs is a sliding window's step.
+	// SlideMs is a sliding window's step; it must divide SizeMs.
 	SlideMs int64 `json:"slideMs,omitempty"`
 	// GapMs closes a session after this long without records.
 	GapMs int64 `json:"gapMs,omitempty"`

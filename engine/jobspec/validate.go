@@ -367,7 +367,7 @@ func (v *validator) checkParamsApply(path string, n *Node) {
 			}
 		}
 		if !found {
-			v.errorf(path+".params."+name, "param", "%s does not apply to a %s node (it takes %s)", name, n.Kind, paramList(allowed))
+			v.errorf(path+".params."+name, "param", "%s does not apply to %s nodes (they take %s)", name, n.Kind, paramList(allowed))
 		}
 	}
 }
@@ -727,8 +727,8 @@ func (v *validator) checkWindow(path string, w *Window, allowSession bool) bool 
 		if w.SizeMs <= 0 {
 			v.errorf(path+".sizeMs", "window", "sliding window needs sizeMs > 0, got %d", w.SizeMs)
 		}
-		if w.SlideMs <= 0 || w.SlideMs > w.SizeMs {
-			v.errorf(path+".slideMs", "window", "sliding window needs 0 < slideMs <= sizeMs (%d), got %d", w.SizeMs, w.SlideMs)
+		if w.SlideMs <= 0 || w.SlideMs > w.SizeMs || (w.SizeMs > 0 && w.SizeMs%w.SlideMs != 0) {
+			v.errorf(path+".slideMs", "window", "sliding window needs 0 < slideMs <= sizeMs (%d) with slideMs dividing sizeMs, got %d", w.SizeMs, w.SlideMs)
 		}
 		if w.GapMs != 0 {
 			v.errorf(path+".gapMs", "window", "sliding window takes no gapMs")
