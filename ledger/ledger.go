@@ -84,7 +84,23 @@ type Log struct {
 	records  [][]byte
 	hashes   []tlog.Hash // tlog stored hashes, tlog.StoredHashCount(len(records)) of them
 	subjects map[string][]int64
+	store    Store
 }
+
+// Store persists records as the log appends them, for an orchestrator that
+// keeps its log in durable (sealed) storage instead of re-marshalling it. The
+// log calls Append for each record, in index order, before the record becomes
+// visible; when Append fails, the log is unchanged. Restore a log from its
+// stored records with FromRecords.
+type Store interface {
+	Append(index int64, record []byte) error
+}
+
+// Option configures a Log.
+type Option func(*Log)
+
+// WithStore makes the log write every appended record through to s.
+func WithStore(s Store) Option { return func(l *Log) { l.store = s } }
 
 // NewSigner returns a note signer named name for an Ed25519 private key. The
 // name appears in every signed tree head (for example "sealflow-orchestrator");
@@ -126,8 +142,28 @@ func VerifierKey(name string, pub ed25519.PublicKey) (string, error) {
 }
 
 // NewLog returns an empty log that signs tree heads with signer.
-func NewLog(signer note.Signer) *Log {
-	return &Log{signer: signer, subjects: map[string][]int64{}}
+func NewLog(signer note.Signer, opts ...Option) *Log {
+	l := &Log{signer: signer, subjects: map[string][]int64{}}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// FromRecords rebuilds a log from its records, in index order (as a Store
+// kept them), recomputing every hash. Options apply to later appends only: the
+// given records are not written to a store again.
+func FromRecords(signer note.Signer, records [][]byte, opts ...Option) (*Log, error) {
+	l := NewLog(signer)
+	for i, r := range records {
+		if _, err := l.appendLocked(r, nil, false); err != nil {
+			return nil, fmt.Errorf("ledger: restoring record %d: %w", i, err)
+		}
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	return l, nil
 }
 
 // hashReader reads stored hashes; the caller holds l.mu.
@@ -148,10 +184,13 @@ func (l *Log) hashReader() tlog.HashReader {
 func (l *Log) Append(record []byte) (int64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.appendLocked(record)
+	return l.appendLocked(record, nil, true)
 }
 
-func (l *Log) appendLocked(record []byte) (int64, error) {
+// appendLocked appends a record. subjects, when not nil, are the record's
+// subjects; otherwise the record is decoded as an Entry to find them. The
+// caller holds l.mu.
+func (l *Log) appendLocked(record []byte, subjects []string, store bool) (int64, error) {
 	if len(record) > MaxRecordSize {
 		return 0, fmt.Errorf("ledger: record is %d bytes, larger than the limit of %d", len(record), MaxRecordSize)
 	}
@@ -160,12 +199,20 @@ func (l *Log) appendLocked(record []byte) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ledger: hashing record %d: %w", n, err)
 	}
+	if store && l.store != nil {
+		if err := l.store.Append(n, record); err != nil {
+			return 0, fmt.Errorf("ledger: storing record %d: %w", n, err)
+		}
+	}
 	l.records = append(l.records, bytes.Clone(record))
 	l.hashes = append(l.hashes, hs...)
-	if e, err := DecodeEntry(record); err == nil {
-		for _, s := range uniq(e.Subjects) {
-			l.subjects[s] = append(l.subjects[s], n)
+	if subjects == nil {
+		if e, err := DecodeEntry(record); err == nil {
+			subjects = e.Subjects
 		}
+	}
+	for _, s := range uniq(subjects) {
+		l.subjects[s] = append(l.subjects[s], n)
 	}
 	return n, nil
 }
@@ -195,7 +242,11 @@ func (l *Log) AppendEntry(e Entry) (Entry, error) {
 	if err != nil {
 		return e, fmt.Errorf("ledger: encoding entry of type %s: %w", e.Type, err)
 	}
-	if _, err := l.appendLocked(rec); err != nil {
+	subjects := e.Subjects
+	if subjects == nil {
+		subjects = []string{} // known: no need to decode the record again
+	}
+	if _, err := l.appendLocked(rec, subjects, true); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -311,8 +362,8 @@ func (l *Log) Marshal() []byte {
 
 // Unmarshal restores a log from Marshal's encoding, recomputing every hash,
 // and signs with signer from then on. A log restored from an older encoding is
-// a rolled-back log: witnesses detect it.
-func Unmarshal(data []byte, signer note.Signer) (*Log, error) {
+// a rolled-back log: witnesses detect it. Options apply to later appends.
+func Unmarshal(data []byte, signer note.Signer, opts ...Option) (*Log, error) {
 	if len(data) < len(marshalMagic)+1+sha256.Size || !bytes.HasPrefix(data, marshalMagic) {
 		return nil, errors.New("ledger: restoring log: not a sealflow ledger encoding (bad magic or too short)")
 	}
@@ -332,13 +383,16 @@ func Unmarshal(data []byte, signer note.Signer) (*Log, error) {
 		if k <= 0 || k != uvarintLen(n) || n > uint64(len(rest)-k) {
 			return nil, fmt.Errorf("ledger: restoring log: record %d: bad length", i)
 		}
-		if _, err := l.appendLocked(rest[k : k+int(n)]); err != nil {
+		if _, err := l.appendLocked(rest[k:k+int(n)], nil, false); err != nil {
 			return nil, fmt.Errorf("ledger: restoring log: record %d: %w", i, err)
 		}
 		rest = rest[k+int(n):]
 	}
 	if len(rest) != 0 {
 		return nil, fmt.Errorf("ledger: restoring log: %d bytes of trailing data", len(rest))
+	}
+	for _, o := range opts {
+		o(l)
 	}
 	return l, nil
 }

@@ -411,3 +411,98 @@ func BenchmarkVerifyInclusion(b *testing.B) {
 		}
 	}
 }
+
+// memStore is a Store that can be told to fail.
+type memStore struct {
+	records [][]byte
+	fail    bool
+}
+
+func (m *memStore) Append(index int64, record []byte) error {
+	if m.fail {
+		return errors.New("disk full")
+	}
+	if index != int64(len(m.records)) {
+		return fmt.Errorf("append at %d, have %d", index, len(m.records))
+	}
+	m.records = append(m.records, bytes.Clone(record))
+	return nil
+}
+
+func TestStore(t *testing.T) {
+	s, c := testKey(t, 1)
+	st := &memStore{}
+	l := NewLog(s, WithStore(st))
+	fill(t, l, 0, 6, "a")
+	if len(st.records) != 6 {
+		t.Fatalf("store holds %d records, want 6", len(st.records))
+	}
+	st.fail = true
+	if _, err := l.AppendEntry(entry(6, "a")); err == nil {
+		t.Fatal("append succeeded although the store failed")
+	}
+	if l.Size() != 6 {
+		t.Fatalf("a failed store append changed the log: size %d", l.Size())
+	}
+	st.fail = false
+	r, err := FromRecords(s, st.records, WithStore(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head(t, r, c).Hash != head(t, l, c).Hash || len(st.records) != 6 {
+		t.Fatalf("restored log differs or re-stored records (%d)", len(st.records))
+	}
+	fill(t, r, 6, 8, "a")
+	if len(st.records) != 8 {
+		t.Fatalf("store holds %d records after restore and 2 appends, want 8", len(st.records))
+	}
+}
+
+// TestConcurrentUse appends, signs and proves at once; run with -race.
+func TestConcurrentUse(t *testing.T) {
+	s, c := testKey(t, 1)
+	l := NewLog(s)
+	fill(t, l, 0, 1, "a")
+	done := make(chan error, 3)
+	go func() {
+		for i := 1; i < 200; i++ {
+			if _, err := l.AppendEntry(entry(i, "a")); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for range 2 {
+		go func() {
+			for range 100 {
+				sth, err := l.SignedTreeHead()
+				if err != nil {
+					done <- err
+					return
+				}
+				th, err := c.VerifyTreeHead(sth)
+				if err != nil {
+					done <- err
+					return
+				}
+				p, err := l.ProveInclusion(0, th.Size)
+				if err != nil {
+					done <- err
+					return
+				}
+				rec, _ := l.Record(0)
+				if err := CheckInclusion(th, rec, p); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 3 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
