@@ -24,7 +24,7 @@ const (
 	// AggMaxRows keeps the rows whose Field equals the window's maximum
 	// (Nexmark q7; q5's "auctions whose count equals the window's max").
 	AggMaxRows
-	// AggTopN keeps the N rows with the largest Field (smallest if Ascending).
+	// AggTopN keeps the first N rows in OrderBy order.
 	AggTopN
 )
 
@@ -52,25 +52,40 @@ func (k AggKind) String() string {
 // Agg is one aggregate of a window operator.
 type Agg struct {
 	Kind AggKind
-	// Field is the input field index aggregated (ignored by AggCount).
+	// Field is the input field index aggregated (AggCount: see NonNull).
 	Field int
+	// NonNull makes AggCount count the rows whose Field is not null, instead
+	// of all rows.
+	NonNull bool
 	// N is the number of rows AggTopN keeps.
 	N int
-	// WithTies makes AggTopN also keep rows tied with the N-th and rank rows
-	// like SQL RANK() (equal values, equal rank); without it ties are broken by
-	// arrival order and ranks are 1..N.
+	// OrderBy is AggTopN's order: the first key decides, later ones break
+	// ties. Nulls sort last in either direction.
+	OrderBy []SortKey
+	// WithTies makes AggTopN also keep the rows tied with the N-th (equal on
+	// every OrderBy key) and rank like SQL RANK() (equal rows, equal rank);
+	// without it ties are broken by arrival order and ranks are 1..N.
 	WithTies bool
-	// Ascending makes AggTopN keep the smallest values instead of the largest.
-	Ascending bool
+	// Rank makes AggTopN append each row's rank (int) after the window bounds.
+	Rank bool
+}
+
+// SortKey is one key of a top-N order.
+type SortKey struct {
+	Field int
+	// Desc orders larger values first.
+	Desc bool
 }
 
 // WindowConfig configures a WindowAggregate.
 //
-// Result rows: with scalar aggregates (count, sum, min, max, avg) one row per
-// key and window: the KeyFields values, one value per aggregate, window_start,
-// window_end. With AggMaxRows (which must be the only aggregate) one row per
-// kept row: its values, window_start, window_end, in arrival order. With
-// AggTopN (also alone): its values, rank, window_start, window_end, best first.
+// Result rows (the layout engine/jobspec infers): with scalar aggregates
+// (count, sum, min, max, avg) one row per key and window: the KeyFields
+// values, window_start, window_end, then one value per aggregate. With
+// AggMaxRows (which must be the only aggregate) one row per kept row: its
+// values, window_start, window_end, in arrival order. With AggTopN (also
+// alone): its values, window_start, window_end and, if Agg.Rank, the rank,
+// best first. OmitStart and OmitEnd leave the bounds out.
 // Every result has Time = window_end - 1 and is emitted when the watermark
 // reaches window_end - 1; a late record within AllowedLateness updates the
 // window and re-emits its result. Windows without records emit nothing.
@@ -94,6 +109,8 @@ type WindowConfig struct {
 	// ErrorSide names the side output for records the aggregates cannot use
 	// (too few fields, a string to sum) (DefaultErrorSide if "").
 	ErrorSide string
+	// OmitStart and OmitEnd leave window_start or window_end out of results.
+	OmitStart, OmitEnd bool
 }
 
 // acc is the running state of one scalar aggregate.
@@ -156,8 +173,13 @@ func NewWindowAggregate(cfg WindowConfig) (*WindowAggregate, error) {
 			if len(cfg.Aggs) != 1 {
 				return nil, fmt.Errorf("window aggregate: %s (aggregate %d) must be the only aggregate", a.Kind, i)
 			}
-			if a.Kind == AggTopN && a.N < 1 {
-				return nil, fmt.Errorf("window aggregate: top-n N=%d, want at least 1", a.N)
+			if a.Kind == AggTopN && (a.N < 1 || len(a.OrderBy) == 0) {
+				return nil, fmt.Errorf("window aggregate: top-n needs N >= 1 (got %d) and at least one OrderBy key", a.N)
+			}
+			for _, k := range a.OrderBy {
+				if k.Field < 0 {
+					return nil, fmt.Errorf("window aggregate: top-n orders by negative field %d", k.Field)
+				}
 			}
 			op.rowsMode = a.Kind
 		default:
@@ -227,7 +249,15 @@ func (op *WindowAggregate) ProcessBatch(_ int, b *record.Batch, out Emitter) err
 func (op *WindowAggregate) check(r *record.Record) error {
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]
-		if a.Kind == AggCount {
+		if a.Kind == AggCount && !a.NonNull {
+			continue
+		}
+		for _, k := range a.OrderBy {
+			if k.Field >= len(r.Values) {
+				return fmt.Errorf("top-n orders by field %d of a record with %d fields", k.Field, len(r.Values))
+			}
+		}
+		if a.Kind == AggTopN {
 			continue
 		}
 		if a.Field >= len(r.Values) {
@@ -407,7 +437,16 @@ func (op *WindowAggregate) addRow(w *window, r *record.Record) error {
 	w.count++
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]
-		if a.Kind == AggCount {
+		switch a.Kind {
+		case AggCount:
+			if a.NonNull && r.Values[a.Field].T != record.TypeNull {
+				w.accs[i].n++
+			}
+			continue
+		case AggTopN:
+			if err := op.addTopN(w, a, r); err != nil {
+				return err
+			}
 			continue
 		}
 		v := r.Values[a.Field]
@@ -424,10 +463,6 @@ func (op *WindowAggregate) addRow(w *window, r *record.Record) error {
 			}
 		case AggMaxRows:
 			if err := op.addMaxRow(w, a, &v, r); err != nil {
-				return err
-			}
-		case AggTopN:
-			if err := op.addTopN(w, a, &v, r); err != nil {
 				return err
 			}
 		}
@@ -489,20 +524,39 @@ func (op *WindowAggregate) addMaxRow(w *window, a *Agg, v *record.Value, r *reco
 	return nil
 }
 
-// better reports how a ranks against b for top-N: >0 if a ranks before b.
-func better(a *Agg, x, y *record.Value) (int, error) {
-	cmp, err := compareValues(x, y)
-	if a.Ascending {
-		cmp = -cmp
+// better reports how row x ranks against row y in a's top-N order: >0 if x
+// comes first, 0 if they tie on every key.
+func better(a *Agg, x, y *record.Record) (int, error) {
+	for _, k := range a.OrderBy {
+		xv, yv := &x.Values[k.Field], &y.Values[k.Field]
+		xn, yn := xv.T == record.TypeNull, yv.T == record.TypeNull
+		switch {
+		case xn && yn:
+			continue
+		case xn:
+			return -1, nil
+		case yn:
+			return 1, nil
+		}
+		cmp, err := compareValues(xv, yv)
+		if err != nil {
+			return 0, fmt.Errorf("top-n order field %d: %w", k.Field, err)
+		}
+		if !k.Desc {
+			cmp = -cmp
+		}
+		if cmp != 0 {
+			return cmp, nil
+		}
 	}
-	return cmp, err
+	return 0, nil
 }
 
-func (op *WindowAggregate) addTopN(w *window, a *Agg, v *record.Value, r *record.Record) error {
-	// Find the first row that v ranks strictly before (ties keep arrival order).
+func (op *WindowAggregate) addTopN(w *window, a *Agg, r *record.Record) error {
+	// Find the first row that r ranks strictly before (ties keep arrival order).
 	pos := len(w.rows)
 	for j := range w.rows {
-		cmp, err := better(a, v, &w.rows[j].Values[a.Field])
+		cmp, err := better(a, r, &w.rows[j])
 		if err != nil {
 			return err
 		}
@@ -515,7 +569,7 @@ func (op *WindowAggregate) addTopN(w *window, a *Agg, v *record.Value, r *record
 		return nil
 	}
 	if pos >= a.N { // with ties: keep only if tied with the N-th row
-		if cmp, _ := better(a, v, &w.rows[a.N-1].Values[a.Field]); cmp < 0 {
+		if cmp, _ := better(a, r, &w.rows[a.N-1]); cmp < 0 {
 			return nil
 		}
 	}
@@ -531,9 +585,8 @@ func trimTopN(w *window, a *Agg) {
 	if keep > a.N {
 		keep = a.N
 		if a.WithTies {
-			nth := &w.rows[a.N-1].Values[a.Field]
 			for keep < len(w.rows) {
-				if cmp, _ := better(a, &w.rows[keep].Values[a.Field], nth); cmp != 0 {
+				if cmp, _ := better(a, &w.rows[keep], &w.rows[a.N-1]); cmp != 0 {
 					break
 				}
 				keep++
@@ -552,6 +605,8 @@ func (op *WindowAggregate) mergeWindow(dst, src *window) error {
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]
 		switch a.Kind {
+		case AggCount:
+			dst.accs[i].n += src.accs[i].n
 		case AggSum, AggAvg, AggMin, AggMax:
 			if src.accs[i].n > 0 {
 				if err := addAcc(a.Kind, &dst.accs[i], src.accs[i].v, src.accs[i].n); err != nil {
@@ -567,8 +622,7 @@ func (op *WindowAggregate) mergeWindow(dst, src *window) error {
 			}
 		case AggTopN:
 			for j := range src.rows {
-				v := src.rows[j].Values[a.Field]
-				if err := op.addTopN(dst, a, &v, &src.rows[j]); err != nil {
+				if err := op.addTopN(dst, a, &src.rows[j]); err != nil {
 					return err
 				}
 			}
@@ -577,13 +631,23 @@ func (op *WindowAggregate) mergeWindow(dst, src *window) error {
 	return nil
 }
 
+// appendBounds appends the window bounds that are not omitted.
+func (op *WindowAggregate) appendBounds(dst []record.Value, w *window) []record.Value {
+	if !op.cfg.OmitStart {
+		dst = append(dst, record.Int(w.start))
+	}
+	if !op.cfg.OmitEnd {
+		dst = append(dst, record.Int(w.end))
+	}
+	return dst
+}
+
 // emit sends the current result of window w of ks downstream.
 func (op *WindowAggregate) emit(ks *keyState, w *window, out Emitter) {
-	bounds := [2]record.Value{record.Int(w.start), record.Int(w.end)}
 	switch op.rowsMode {
 	case AggMaxRows:
 		for j := range w.rows {
-			op.buf = append(append(op.buf[:0], w.rows[j].Values...), bounds[:]...)
+			op.buf = op.appendBounds(append(op.buf[:0], w.rows[j].Values...), w)
 			out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
 		}
 		return
@@ -593,22 +657,28 @@ func (op *WindowAggregate) emit(ks *keyState, w *window, out Emitter) {
 		for j := range w.rows {
 			if !a.WithTies || j == 0 {
 				rank = j + 1
-			} else if cmp, _ := better(a, &w.rows[j-1].Values[a.Field], &w.rows[j].Values[a.Field]); cmp != 0 {
+			} else if cmp, _ := better(a, &w.rows[j-1], &w.rows[j]); cmp != 0 {
 				rank = j + 1
 			}
-			op.buf = append(append(op.buf[:0], w.rows[j].Values...), record.Int(int64(rank)))
-			op.buf = append(op.buf, bounds[:]...)
+			op.buf = op.appendBounds(append(op.buf[:0], w.rows[j].Values...), w)
+			if a.Rank {
+				op.buf = append(op.buf, record.Int(int64(rank)))
+			}
 			out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
 		}
 		return
 	}
-	op.buf = append(op.buf[:0], ks.keyVals...)
+	op.buf = op.appendBounds(append(op.buf[:0], ks.keyVals...), w)
 	for i := range op.cfg.Aggs {
 		c := &w.accs[i]
 		var v record.Value
-		switch op.cfg.Aggs[i].Kind {
+		switch a := &op.cfg.Aggs[i]; a.Kind {
 		case AggCount:
-			v = record.Int(w.count)
+			if a.NonNull {
+				v = record.Int(c.n)
+			} else {
+				v = record.Int(w.count)
+			}
 		case AggSum, AggMin, AggMax:
 			if c.n > 0 {
 				v = c.v
@@ -620,7 +690,6 @@ func (op *WindowAggregate) emit(ks *keyState, w *window, out Emitter) {
 		}
 		op.buf = append(op.buf, v)
 	}
-	op.buf = append(op.buf, bounds[:]...)
 	out.Emit(record.Record{Time: w.end - 1, Values: op.buf})
 }
 

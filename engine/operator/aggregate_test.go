@@ -20,28 +20,28 @@ func TestWindowAggregate(t *testing.T) {
 			W(9),
 			F(),
 		},
-		want: []string{"9:1,2,0,10", "9:2,1,0,10", "19:1,1,10,20"},
+		want: []string{"9:1,0,10,2", "9:2,0,10,1", "19:1,10,20,1"},
 	}, {
 		name:  "windows are aligned to the epoch, negative times included",
 		cfg:   WindowConfig{Windowing: Tumbling(10), Aggs: count},
 		steps: []step{B(rec(-1), rec(-10), rec(-11), rec(25)), F()},
-		want:  []string{"-11:1,-20,-10", "-1:2,-10,0", "29:1,20,30"},
+		want:  []string{"-11:-20,-10,1", "-1:-10,0,2", "29:20,30,1"},
 	}, {
 		name:  "empty windows emit nothing",
 		cfg:   WindowConfig{Windowing: Tumbling(10), Aggs: count},
 		steps: []step{B(rec(5)), W(100), B(rec(105)), F()},
-		want:  []string{"9:1,0,10", "109:1,100,110"},
+		want:  []string{"9:0,10,1", "109:100,110,1"},
 	}, {
 		name:  "late records are dropped and counted",
 		cfg:   WindowConfig{Windowing: Tumbling(10), Aggs: count},
 		steps: []step{B(rec(5)), W(9), B(rec(7), rec(12)), F()},
-		want:  []string{"9:1,0,10", "19:1,10,20"},
+		want:  []string{"9:0,10,1", "19:10,20,1"},
 		late:  1,
 	}, {
 		name:  "late records go to the named side output",
 		cfg:   WindowConfig{Windowing: Tumbling(10), Aggs: count, LateSide: "late"},
 		steps: []step{B(rec(5)), W(9), B(rec(7, 42)), F()},
-		want:  []string{"9:1,0,10"},
+		want:  []string{"9:0,10,1"},
 		late:  1,
 		side:  []string{"7:42"},
 	}, {
@@ -54,7 +54,7 @@ func TestWindowAggregate(t *testing.T) {
 			B(rec(7)), // too late
 			F(),
 		},
-		want: []string{"9:1,0,10", "9:2,0,10"},
+		want: []string{"9:0,10,1", "9:0,10,2"},
 		late: 1,
 	}, {
 		name: "allowed lateness: a late record opening a new window fires at once",
@@ -64,17 +64,17 @@ func TestWindowAggregate(t *testing.T) {
 			B(rec(3)), // window [0,10) never existed; end-1+20 > 29
 			F(),
 		},
-		want: []string{"29:1,20,30", "9:1,0,10"},
+		want: []string{"29:20,30,1", "9:0,10,1"},
 	}, {
 		name:  "sliding windows overlap",
 		cfg:   WindowConfig{Windowing: Sliding(10, 5), Aggs: count},
 		steps: []step{B(rec(7), rec(12)), F()},
-		want:  []string{"9:1,0,10", "14:2,5,15", "19:1,10,20"},
+		want:  []string{"9:0,10,1", "14:5,15,2", "19:10,20,1"},
 	}, {
 		name:  "sliding: a record late for one window still counts in the next",
 		cfg:   WindowConfig{Windowing: Sliding(10, 5), Aggs: count},
 		steps: []step{B(rec(2)), W(9), B(rec(7)), F()},
-		want:  []string{"4:1,-5,5", "9:1,0,10", "14:1,5,15"},
+		want:  []string{"4:-5,5,1", "9:0,10,1", "14:5,15,1"},
 		late:  0,
 	}, {
 		name: "session windows merge when a record bridges two sessions",
@@ -84,17 +84,17 @@ func TestWindowAggregate(t *testing.T) {
 			B(rec(9, 1)), // [9,19) touches [0,10) and [18,28)
 			F(),
 		},
-		want: []string{"27:1,3,0,28", "59:2,1,50,60"},
+		want: []string{"27:1,0,28,3", "59:2,50,60,1"},
 	}, {
 		name:  "sessions stay apart when the gap is exceeded",
 		cfg:   WindowConfig{Windowing: Session(10), Aggs: count},
 		steps: []step{B(rec(0), rec(11)), W(10), B(rec(30)), F()},
-		want:  []string{"9:1,0,10", "20:1,11,21", "39:1,30,40"},
+		want:  []string{"9:0,10,1", "20:11,21,1", "39:30,40,1"},
 	}, {
 		name:  "late session record is dropped",
 		cfg:   WindowConfig{Windowing: Session(10), Aggs: count},
 		steps: []step{B(rec(100)), W(200), B(rec(150)), F()},
-		want:  []string{"109:1,100,110"},
+		want:  []string{"109:100,110,1"},
 		late:  1,
 	}, {
 		name: "scalar aggregates with nulls and floats",
@@ -103,7 +103,7 @@ func TestWindowAggregate(t *testing.T) {
 			{Kind: AggSum, Field: 1}, {Kind: AggMax, Field: 2}, {Kind: AggSum, Field: 3},
 		}},
 		steps: []step{B(rec(1, 4, 1.5, "b", nil), rec(2, -2, 2, "c", nil), rec(3, nil, 1, "a", nil)), F()},
-		want:  []string{"9:3,2,-2,4,1,4.5,c,null,0,10"},
+		want:  []string{"9:0,10,3,2,-2,4,1,4.5,c,null"},
 	}, {
 		name: "max-rows keeps every row equal to the maximum",
 		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggMaxRows, Field: 1}}},
@@ -114,28 +114,40 @@ func TestWindowAggregate(t *testing.T) {
 		want: []string{"9:2,7,0,10", "9:3,7,0,10", "19:5,1,10,20"},
 	}, {
 		name: "top-n by arrival among ties",
-		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, Field: 1, N: 2}}},
+		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, N: 2, OrderBy: []SortKey{{Field: 1, Desc: true}}, Rank: true}}},
 		steps: []step{
 			B(rec(1, 1, 5), rec(2, 2, 7), rec(3, 3, 5), rec(4, 4, 1)),
 			F(),
 		},
-		want: []string{"9:2,7,1,0,10", "9:1,5,2,0,10"},
+		want: []string{"9:2,7,0,10,1", "9:1,5,0,10,2"},
 	}, {
 		name: "top-n with ties keeps all rows tied with the n-th, ranked like RANK()",
-		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, Field: 1, N: 2, WithTies: true}}},
+		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, N: 2, OrderBy: []SortKey{{Field: 1, Desc: true}}, WithTies: true, Rank: true}}},
 		steps: []step{
 			B(rec(1, 1, 5), rec(2, 2, 7), rec(3, 3, 5), rec(4, 4, 1), rec(5, 5, 5)),
 			F(),
 		},
-		want: []string{"9:2,7,1,0,10", "9:1,5,2,0,10", "9:3,5,2,0,10", "9:5,5,2,0,10"},
+		want: []string{"9:2,7,0,10,1", "9:1,5,0,10,2", "9:3,5,0,10,2", "9:5,5,0,10,2"},
 	}, {
 		name: "top-n ascending",
-		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, Field: 1, N: 1, Ascending: true}}},
+		cfg:  WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, N: 1, OrderBy: []SortKey{{Field: 1}}, Rank: true}}},
 		steps: []step{
 			B(rec(1, 1, 5), rec(2, 2, 7), rec(3, 3, 1)),
 			F(),
 		},
-		want: []string{"9:3,1,1,0,10"},
+		want: []string{"9:3,1,0,10,1"},
+	}, {
+		name: "top-n orders by several keys, nulls last",
+		cfg: WindowConfig{Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN, N: 3,
+			OrderBy: []SortKey{{Field: 1, Desc: true}, {Field: 0}}}}},
+		steps: []step{B(rec(1, 5, 2), rec(2, 3, 2), rec(3, 4, nil), rec(4, 1, 9)), F()},
+		want:  []string{"9:1,9,0,10", "9:3,2,0,10", "9:5,2,0,10"},
+	}, {
+		name: "count of non-null values, window start omitted",
+		cfg: WindowConfig{Windowing: Tumbling(10), OmitStart: true,
+			Aggs: []Agg{{Kind: AggCount}, {Kind: AggCount, Field: 0, NonNull: true}}},
+		steps: []step{B(rec(1, nil), rec(2, 3)), F()},
+		want:  []string{"9:10,2,1"},
 	}, {
 		name: "session max-rows merge keeps the larger maximum",
 		cfg:  WindowConfig{Windowing: Session(10), Aggs: []Agg{{Kind: AggMaxRows, Field: 0}}},
@@ -174,7 +186,7 @@ func TestWindowAggregateErrorsAndConfig(t *testing.T) {
 	}
 	var out recorder
 	run(t, op, &out, B(rec(1, 1), rec(2, 1, "x"), rec(3, 1, 4)), F())
-	checkRows(t, "results", out.out, []string{"9:4,0,10"})
+	checkRows(t, "results", out.out, []string{"9:0,10,4"})
 	checkRows(t, "errors", out.side[DefaultErrorSide], []string{"1:1", "2:1,x"})
 	if op.Errors() != 2 {
 		t.Errorf("errors = %d, want 2", op.Errors())

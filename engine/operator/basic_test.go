@@ -198,5 +198,5 @@ func TestIdleSourceLetsWindowsFire(t *testing.T) {
 			feed(i, func(out Emitter) error { return gens[i].Tick(now, out) })
 		}
 	}
-	checkRows(t, "after input 1 went idle", final.out, []string{"99:1,0,100"})
+	checkRows(t, "after input 1 went idle", final.out, []string{"99:0,100,1"})
 }

@@ -41,8 +41,8 @@ func ExampleNewWindowAggregate() {
 	op.ProcessBatch(0, &record.Batch{Records: []record.Record{bid(5_000, 7)}}, out)
 	op.Finish(out)
 	// Output:
-	// 9999: 7 2 0 10000
-	// 9999: 8 1 0 10000
+	// 9999: 7 0 10000 2
+	// 9999: 8 0 10000 1
 	// side late 5000
-	// 19999: 7 1 10000 20000
+	// 19999: 7 10000 20000 1
 }

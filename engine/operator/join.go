@@ -208,6 +208,8 @@ type WindowJoinConfig struct {
 	// Semi emits each left row at most once per window, if some right row
 	// matches it, as its own values (Output is not used).
 	Semi bool
+	// OmitStart and OmitEnd leave window_start or window_end out of results.
+	OmitStart, OmitEnd bool
 }
 
 // WindowJoin joins left and right records with equal keys in the same window.
@@ -283,17 +285,26 @@ func (op *WindowJoin) fire(t int64, keys []uint64, out Emitter) {
 				continue
 			}
 			bounds := [2]record.Value{record.Int(p.start), record.Int(p.end)}
+			bs := bounds[:]
+			switch {
+			case op.wcfg.OmitStart && op.wcfg.OmitEnd:
+				bs = bs[:0]
+			case op.wcfg.OmitStart:
+				bs = bs[1:]
+			case op.wcfg.OmitEnd:
+				bs = bs[:1]
+			}
 			for li := range p.left {
 				l := &p.left[li]
 				if op.wcfg.Semi {
 					if len(p.right) > 0 {
-						op.buf = append(append(op.buf[:0], l.Values...), bounds[:]...)
+						op.buf = append(append(op.buf[:0], l.Values...), bs...)
 						out.Emit(record.Record{Time: p.end - 1, Values: op.buf})
 					}
 					continue
 				}
 				for ri := range p.right {
-					op.emitPair(l, &p.right[ri], p.end-1, out, bounds[:]...)
+					op.emitPair(l, &p.right[ri], p.end-1, out, bs...)
 				}
 			}
 			last := len(js.parts) - 1

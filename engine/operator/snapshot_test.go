@@ -132,7 +132,7 @@ func TestSnapshotRestoreAndRescale(t *testing.T) {
 		}, [2]KeyFunc{left, left}},
 		{"session top-n", func(r state.Range) keyedOp {
 			return must(NewWindowAggregate(WindowConfig{Windowing: Session(3), Key: left,
-				Aggs: []Agg{{Kind: AggTopN, Field: 1, N: 2, WithTies: true}}, MaxParallelism: maxP, KeyGroups: r}))
+				Aggs: []Agg{{Kind: AggTopN, N: 2, OrderBy: []SortKey{{Field: 1, Desc: true}, {Field: 0}}, WithTies: true}}, MaxParallelism: maxP, KeyGroups: r}))
 		}, [2]KeyFunc{left, left}},
 		{"window join", func(r state.Range) keyedOp {
 			return must(NewWindowJoin(WindowJoinConfig{Windowing: Tumbling(20),
