@@ -3,16 +3,20 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/sealflow/sealflow/nexmark"
 )
 
 func init() {
-	register("nexmark gen", "write Nexmark events as JSON lines to stdout", runNexmarkGen)
+	register("nexmark gen", "write Nexmark events as JSON lines to stdout", func(ctx context.Context, args []string) error {
+		return nexmarkGen(ctx, args, os.Stdout)
+	})
 }
 
-func runNexmarkGen(ctx context.Context, args []string) error {
+// nexmarkGen implements "sealflow nexmark gen", writing to w.
+func nexmarkGen(ctx context.Context, args []string, w io.Writer) error {
 	fs := newFlags("nexmark gen")
 	events := fs.Int64("events", 1000, "number of events to generate")
 	seed := fs.Int64("seed", 1, "random seed; equal seeds give equal events")
@@ -31,5 +35,5 @@ func runNexmarkGen(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return nexmark.WriteEvents(ctx, os.Stdout, g, *events)
+	return nexmark.WriteEvents(ctx, w, g, *events)
 }
