@@ -227,13 +227,8 @@ func (m *Machine) identity(id party.ID, signed []byte) *party.Identity {
 // parses the payload before the signature is checked, which is safe: the result
 // is only used as the candidate key for that very check.
 func selfIdentity(signed []byte) *party.Identity {
-	const envPrefix, sigSize = 41, 64 // see party's envelope: magic, version, issuer, length
-	if len(signed) < envPrefix+sigSize || len(signed) > party.MaxStatement {
-		return nil
-	}
-	var st party.Statement
-	if json.Unmarshal(signed[envPrefix:len(signed)-sigSize], &st) != nil ||
-		(st.Type != TypePartyRegister && st.Type != TypeNodeAdmit) {
+	st, err := party.PeekUnverified(signed)
+	if err != nil || (st.Type != TypePartyRegister && st.Type != TypeNodeAdmit) {
 		return nil
 	}
 	var body struct {
