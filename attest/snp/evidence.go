@@ -141,8 +141,26 @@ func Decode(blob []byte) (*spb.Attestation, error) {
 	if err := abi.ValidateReportFormat(raw); err != nil {
 		return nil, fmt.Errorf("snp: the attestation report is malformed: %w", err)
 	}
+	// The signature field holds R and S (72 bytes each, little endian); the
+	// rest is reserved and must be zero. The signature does not cover it, so
+	// a non-zero value would make two different blobs verify as one report.
+	if sig := a.GetReport().GetSignature(); len(sig) < sigComponentsSize || !allZero(sig[sigComponentsSize:]) {
+		return nil, errors.New("snp: the reserved bytes after the report signature's R and S are not zero")
+	}
 	if _, err := abi.ParseSignerInfo(a.GetReport().GetSignerInfo()); err != nil {
 		return nil, fmt.Errorf("snp: the attestation report's signer info: %w", err)
 	}
 	return a, nil
+}
+
+// sigComponentsSize is the size of R and S in the report's signature field.
+const sigComponentsSize = 2 * 72
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
