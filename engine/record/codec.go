@@ -139,34 +139,41 @@ func (d *Decoder) Decode(data []byte, s *Schema, b *Batch) error {
 	}
 	vals := d.values[:total]
 	if cap(b.Records) < int(n) {
-		b.Records = make([]Record, 0, n)
+		b.Records = make([]Record, n)
 	}
+	b.Records = b.Records[:n]
 	for i := 0; i < int(n); i++ {
-		rec := Record{Values: vals[i*len(s.Fields) : (i+1)*len(s.Fields) : (i+1)*len(s.Fields)]}
+		rec := &b.Records[i]
+		rec.Values = vals[i*len(s.Fields) : (i+1)*len(s.Fields) : (i+1)*len(s.Fields)]
 		if rec.Time, err = r.varint("time"); err != nil {
+			b.Records = b.Records[:0]
 			return fmt.Errorf("record %d: %w", i, err)
 		}
 		if r.pos+mapLen > len(data) {
+			b.Records = b.Records[:0]
 			return fmt.Errorf("record %d: %w", i, r.fail("truncated null map"))
 		}
 		nulls := data[r.pos : r.pos+mapLen]
 		r.pos += mapLen
 		if rem := len(s.Fields) % 8; rem != 0 && nulls[mapLen-1]>>rem != 0 {
+			b.Records = b.Records[:0]
 			return fmt.Errorf("record %d: %w", i, r.fail("null map has bits set beyond the %d fields", len(s.Fields)))
 		}
 		for j, f := range s.Fields {
 			v := &rec.Values[j]
 			if nulls[j/8]&(1<<(j%8)) != 0 {
-				*v = Value{}
+				v.T, v.I, v.F = TypeNull, 0, 0
+				clearString(v)
 				continue
 			}
 			if err := r.value(v, f.Type, str); err != nil {
+				b.Records = b.Records[:0]
 				return fmt.Errorf("record %d field %q: %w", i, f.Name, err)
 			}
 		}
-		b.Records = append(b.Records, rec)
 	}
 	if r.pos != len(data) {
+		b.Records = b.Records[:0]
 		return r.fail("%d trailing bytes after %d records", len(data)-r.pos, n)
 	}
 	return nil
@@ -183,6 +190,10 @@ func (r *reader) fail(format string, args ...any) error {
 }
 
 func (r *reader) uvarint(what string) (uint64, error) {
+	if r.pos < len(r.data) && r.data[r.pos] < 0x80 { // one-byte fast path
+		r.pos++
+		return uint64(r.data[r.pos-1]), nil
+	}
 	v, n := binary.Uvarint(r.data[r.pos:])
 	if n <= 0 {
 		if n == 0 {
@@ -208,15 +219,20 @@ func (r *reader) varint(what string) (int64, error) {
 
 func (r *reader) value(v *Value, t Type, str string) error {
 	switch t {
+	// Values are written field by field, and S only when it changes: a
+	// whole-struct store of a Value (which holds a pointer) costs a bulk
+	// write barrier while the garbage collector runs.
 	case TypeInt:
 		i, err := r.varint("int")
-		*v = Value{T: TypeInt, I: i}
+		v.T, v.I, v.F = TypeInt, i, 0
+		clearString(v)
 		return err
 	case TypeFloat:
 		if len(r.data)-r.pos < 8 {
 			return r.fail("truncated float")
 		}
-		*v = Value{T: TypeFloat, F: math.Float64frombits(binary.LittleEndian.Uint64(r.data[r.pos:]))}
+		v.T, v.I, v.F = TypeFloat, 0, math.Float64frombits(binary.LittleEndian.Uint64(r.data[r.pos:]))
+		clearString(v)
 		r.pos += 8
 		return nil
 	case TypeString:
@@ -227,7 +243,7 @@ func (r *reader) value(v *Value, t Type, str string) error {
 		if n > uint64(len(r.data)-r.pos) {
 			return r.fail("string of %d bytes overruns the batch (%d bytes left)", n, len(r.data)-r.pos)
 		}
-		*v = Value{T: TypeString, S: str[r.pos : r.pos+int(n)]}
+		v.T, v.I, v.F, v.S = TypeString, 0, 0, str[r.pos:r.pos+int(n)]
 		r.pos += int(n)
 		return nil
 	case TypeBool:
@@ -238,9 +254,16 @@ func (r *reader) value(v *Value, t Type, str string) error {
 		if b > 1 {
 			return r.fail("bool byte is %d, want 0 or 1", b)
 		}
-		*v = Value{T: TypeBool, I: int64(b)}
+		v.T, v.I, v.F = TypeBool, int64(b), 0
+		clearString(v)
 		r.pos++
 		return nil
 	}
 	return r.fail("schema field type %s cannot be decoded", t)
+}
+
+func clearString(v *Value) {
+	if v.S != "" {
+		v.S = ""
+	}
 }
