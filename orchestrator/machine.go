@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sealflow/sealflow/attest"
@@ -120,6 +121,15 @@ func restore(st *State, self *party.KeyFile, verifiers map[attest.TEE]attest.Ver
 		replay:    party.NewReplayGuard(0),
 		policies:  map[string]*policy.Policy{},
 	}
+	if st.Recent == nil {
+		st.Recent = map[string]time.Time{}
+	}
+	for k, exp := range st.Recent {
+		issuer, nonce, _ := strings.Cut(k, "/")
+		n, _ := hex.DecodeString(nonce)
+		// Every remembered statement was unexpired when the last one was seen.
+		_ = m.replay.Check(&party.Statement{Issuer: party.ID(issuer), Nonce: n, Expires: exp}, st.LastSeen)
+	}
 	for name, s := range st.Streams {
 		p, err := policy.CompileBytes(s.Policy)
 		if err != nil {
@@ -164,6 +174,7 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 	if err := m.replay.Check(st, now); err != nil {
 		return nil, err
 	}
+	m.remember(st, now)
 	issuer := m.identity(st.Issuer, signed)
 	out := &Output{Type: st.Type}
 	switch st.Type {
@@ -242,6 +253,20 @@ func selfIdentity(signed []byte) *party.Identity {
 		return nil
 	}
 	return id
+}
+
+// remember records a statement in the persisted replay set and drops the
+// expired ones.
+func (m *Machine) remember(st *party.Statement, now time.Time) {
+	for k, exp := range m.st.Recent {
+		if !now.Before(exp) {
+			delete(m.st.Recent, k)
+		}
+	}
+	m.st.Recent[string(st.Issuer)+"/"+hex.EncodeToString(st.Nonce)] = st.Expires
+	if now.After(m.st.LastSeen) {
+		m.st.LastSeen = now.UTC()
+	}
 }
 
 func decodeBody(st *party.Statement, v any) error {

@@ -413,6 +413,22 @@ func TestStateRestore(t *testing.T) {
 	if _, ok := m2.Policy("meter-a"); !ok {
 		t.Fatal("policy not recompiled on restore")
 	}
+	// The restored machine still refuses a replay of a statement seen before
+	// the restart.
+	w.now = w.now.Add(time.Second)
+	alice := mustKey(t, party.RoleOwner, "alice2")
+	signed, _ := party.Sign(alice, TypePartyRegister, RegisterParty{Identity: Identity{alice.Identity()}}, time.Minute, w.now)
+	if _, err := w.m.Apply(w.now, signed); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = w.m.MarshalState()
+	m3, err := Restore(data, w.self, w.m.verifiers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m3.Apply(w.now.Add(time.Second), signed); rule(err) != party.RuleReplayed {
+		t.Fatalf("replay after restart: %v, want %s", err, party.RuleReplayed)
+	}
 	// The restored machine accepts statements from the restored parties.
 	w.m = m2
 	p := mustKey(t, party.RoleProvider, "p")

@@ -73,6 +73,11 @@ type State struct {
 	// Applied counts the statements applied, so a restored state can be
 	// compared with the log.
 	Applied uint64 `json:"applied"`
+	// Recent holds the statements seen and not yet expired (issuer/nonce →
+	// expiry), so that a restarted orchestrator still refuses their replay.
+	Recent map[string]time.Time `json:"recent,omitempty"`
+	// LastSeen is the time of the last statement seen.
+	LastSeen time.Time `json:"last_seen"`
 }
 
 // Field is a typed field of a stream's record schema.
