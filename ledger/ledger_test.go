@@ -375,11 +375,13 @@ func BenchmarkAppendEntry(b *testing.B) {
 	s, _ := testKey(b, 1)
 	l := NewLog(s)
 	e := entry(1, "bench")
+	cpu := processCPU(b)
 	for b.Loop() {
 		if _, err := l.AppendEntry(e); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
 }
 
@@ -387,6 +389,7 @@ func BenchmarkAppendAndSign(b *testing.B) {
 	s, _ := testKey(b, 1)
 	l := NewLog(s)
 	e := entry(1, "bench")
+	cpu := processCPU(b)
 	for b.Loop() {
 		if _, err := l.AppendEntry(e); err != nil {
 			b.Fatal(err)
@@ -395,6 +398,7 @@ func BenchmarkAppendAndSign(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "signed-entries/s")
 }
 
@@ -405,11 +409,13 @@ func BenchmarkVerifyInclusion(b *testing.B) {
 	th := head(b, l, c)
 	rec, _ := l.Record(1234)
 	p, _ := l.ProveInclusion(1234, th.Size)
+	cpu := processCPU(b)
 	for b.Loop() {
 		if err := CheckInclusion(th, rec, p); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu)
 }
 
 // memStore is a Store that can be told to fail.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -8,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/ext"
 	"github.com/google/cel-go/interpreter"
@@ -65,6 +67,57 @@ type Policy struct {
 type compiledRule struct {
 	name, expr string
 	prg        cel.Program
+	refs       []string // variable fields the rule reads, such as "node.region"
+}
+
+// fieldRefs returns the fields of the stage variables an expression reads
+// ("node.region"), in order of first appearance, for Explain.
+func fieldRefs(a *cel.Ast) []string {
+	var refs []string
+	seen := map[string]bool{}
+	celast.PreOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		if e.Kind() != celast.SelectKind {
+			return
+		}
+		sel := e.AsSelect()
+		op := sel.Operand()
+		if op.Kind() != celast.IdentKind {
+			return
+		}
+		switch op.AsIdent() {
+		case "service", "node", "recipient":
+			ref := op.AsIdent() + "." + sel.FieldName()
+			if !seen[ref] {
+				seen[ref] = true
+				refs = append(refs, ref)
+			}
+		}
+	}))
+	return refs
+}
+
+// fieldValue returns the value of a reference such as "node.region" in an
+// input, found through the cel struct tags.
+func fieldValue(in *Input, ref string) (any, bool) {
+	v, field, _ := strings.Cut(ref, ".")
+	var rv reflect.Value
+	switch v {
+	case "service":
+		rv = reflect.ValueOf(in.Service)
+	case "node":
+		rv = reflect.ValueOf(in.Node)
+	case "recipient":
+		rv = reflect.ValueOf(in.Recipient)
+	default:
+		return nil, false
+	}
+	t := rv.Type()
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("cel") == field {
+			return rv.Field(i).Interface(), true
+		}
+	}
+	return nil, false
 }
 
 var stageEnvs = sync.OnceValues(func() (map[Stage]*cel.Env, error) {
@@ -136,7 +189,7 @@ func Compile(d *Document, opts ...CompileOption) (*Policy, error) {
 			errs = append(errs, &CompileError{Stream: d.Stream, Rule: r.Name, Detail: err.Error()})
 			continue
 		}
-		p.rules[r.Stage] = append(p.rules[r.Stage], compiledRule{name: r.Name, expr: r.Expr, prg: prg})
+		p.rules[r.Stage] = append(p.rules[r.Stage], compiledRule{name: r.Name, expr: r.Expr, prg: prg, refs: fieldRefs(ast)})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -178,6 +231,15 @@ type RuleResult struct {
 	// Error is the evaluation error, if any (a missing map key, the cost limit,
 	// ...). A rule with an error does not hold.
 	Error string `json:"error,omitempty"`
+	// Values holds, for a rule that does not hold, the input fields it reads
+	// and their values, so that Explain can say what was wrong.
+	Values []Value `json:"values,omitempty"`
+}
+
+// Value is an input field a rule reads and its value, JSON encoded.
+type Value struct {
+	Field string `json:"field"`
+	Value string `json:"value"`
 }
 
 // Decision is the outcome of evaluating one stage of a policy.
@@ -269,6 +331,14 @@ func (p *Policy) Evaluate(stage Stage, in Input) Decision {
 		default:
 			res.Holds = out.Value().(bool)
 		}
+		if !res.Holds {
+			for _, ref := range r.refs {
+				if v, ok := fieldValue(&in, ref); ok {
+					b, _ := json.Marshal(v)
+					res.Values = append(res.Values, Value{Field: ref, Value: string(b)})
+				}
+			}
+		}
 		d.Trace = append(d.Trace, res)
 		if !res.Holds && d.Allowed {
 			d.Allowed = false
@@ -332,6 +402,17 @@ func Explain(d Decision) string {
 			fmt.Fprintf(&b, "  (error: %s)", r.Error)
 		}
 		b.WriteByte('\n')
+		if len(r.Values) > 0 {
+			fmt.Fprintf(&b, "    %*s  where", width, "")
+			for i, v := range r.Values {
+				sep := ","
+				if i == len(r.Values)-1 {
+					sep = ""
+				}
+				fmt.Fprintf(&b, " %s = %s%s", v.Field, v.Value, sep)
+			}
+			b.WriteByte('\n')
+		}
 	}
 	return b.String()
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -119,7 +120,14 @@ func TestEvaluateTrace(t *testing.T) {
 		}
 	}
 	ex := Explain(d)
-	for _, s := range []string{"✓ tee", "✗ region", "✗ snp-microcode", "REFUSED by policy:households/meter/region"} {
+	if got := fmt.Sprint(d.Trace[1].Values); got != `[{node.region "us-east"} {node.tier "regional"}]` {
+		t.Errorf("region rule values = %s", got)
+	}
+	if len(d.Trace[0].Values) != 0 {
+		t.Errorf("a rule that holds carries values %v", d.Trace[0].Values)
+	}
+	for _, s := range []string{"✓ tee", "✗ region", "✗ snp-microcode", "REFUSED by policy:households/meter/region",
+		`where node.region = "us-east", node.tier = "regional"`, `where node.tee = "snp", node.tcb = null`} {
 		if !strings.Contains(ex, s) {
 			t.Errorf("Explain lacks %q:\n%s", s, ex)
 		}
@@ -311,11 +319,13 @@ func BenchmarkEvaluate(b *testing.B) {
 	p := mustCompile(b, testDoc)
 	in := goodInput()
 	b.ReportAllocs()
+	cpu := processCPU(b)
 	for b.Loop() {
 		if d := p.Evaluate(StagePlacement, in); !d.Allowed {
 			b.Fatal(Explain(d))
 		}
 	}
+	reportCPU(b, cpu)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/4, "ns/rule")
 }
 
