@@ -1,0 +1,307 @@
+// Package runtime executes JobSpecs. It turns a validated spec into tasks and
+// runs their parallel subtasks on goroutines of one process:
+//
+//   - Chaining: a node with one input, fed by a node with one consumer at the
+//     same parallelism over a forward edge, runs in its producer's task; records
+//     pass between chained operators in batches, never serialized.
+//   - Exchanges: every other edge is an exchange (package exchange), local
+//     channels or NATS subjects with credit-based flow control. Records cross it
+//     in frames of up to BatchSize records, encoded with record.AppendBatch and
+//     passed through a FrameCodec (sealing, for confidential pipelines). Edges
+//     into keyed nodes (window aggregates, top-n, joins) are partitioned: key →
+//     key group → subtask (package state); edges between different parallelisms
+//     rebalance; the rest are forward.
+//   - Event time: sources generate watermarks (bounded out-of-orderness,
+//     idleness); an exchange carries watermarks as frames and a consumer's input
+//     watermark is the minimum over its producer channels. End of input is the
+//     final watermark, after which every operator's Finish runs, in chain order.
+//
+// Run blocks until the job has consumed all its (bounded) input, fails, or ctx
+// ends.
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/operator"
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/exchange"
+)
+
+// Split is what a source or sink function learns about the subtask calling it.
+type Split struct {
+	// Node is the source or sink node's ID, Stream its stream.
+	Node, Stream string
+	// Subtask is the calling subtask's index in [0, Parallelism).
+	Subtask, Parallelism int
+	// Schema is the schema of the records produced or written.
+	Schema *record.Schema
+}
+
+// Source produces the records of one source subtask: it calls emit with
+// batches of records of split.Schema, in order, and returns nil at the end of
+// its (bounded) input. emit processes the batch before returning, so the
+// source may reuse the batch; an emit error must be returned. Each subtask
+// reads its own share of the stream. A source that may block for long
+// without records should emit empty batches now and then, so idleness is
+// detected.
+type Source func(ctx context.Context, split Split, emit func(*record.Batch) error) error
+
+// Sink receives the records of one sink subtask. It is called from the
+// subtask's goroutine, concurrently with other subtasks of the same sink; the
+// batch and its values are valid only during the call.
+type Sink func(split Split, b *record.Batch) error
+
+// Options configure a run.
+type Options struct {
+	// Sources maps the stream of each source node to the function producing it.
+	Sources map[string]Source
+	// Sinks maps the stream of each sink node to the function receiving it.
+	Sinks map[string]Sink
+	// Transport carries exchanges; nil uses in-process channels.
+	Transport exchange.Transport
+	// Codec transforms every exchanged frame; IdentityCodec if nil.
+	Codec FrameCodec
+	// JobID names this run's exchange channels; random if empty.
+	JobID string
+	// BatchSize is the number of records per batch and frame; 512 if zero.
+	BatchSize int
+	// LocalCapacity is the number of frames a local channel buffers; 16 if zero.
+	LocalCapacity int
+	// DisableChaining runs every node in its own task, so every edge is an
+	// exchange (for tests and measurements).
+	DisableChaining bool
+	// TickInterval is how often sources tick their watermark generators for
+	// idleness detection; 100 ms if zero.
+	TickInterval time.Duration
+	// Side, if set, receives every record sent to a side output (late
+	// records, records an expression failed on). It is called concurrently
+	// from subtasks. Side records are counted either way.
+	Side func(node, name string, rec record.Record)
+	// Logger receives the run's log lines; slog.Default() if nil.
+	Logger *slog.Logger
+}
+
+// NodeCounters count what one node did over all its subtasks.
+type NodeCounters struct {
+	// RecordsIn and RecordsOut count records received and emitted.
+	RecordsIn, RecordsOut int64
+	// Side counts records sent to each side output.
+	Side map[string]int64
+}
+
+// Result reports a finished run.
+type Result struct {
+	// Nodes holds each node's counters, by node ID.
+	Nodes map[string]*NodeCounters
+	// Tasks is the number of tasks (chains), Subtasks the number of goroutines
+	// that ran them.
+	Tasks, Subtasks int
+	// Frames and Bytes count the frames sent over exchanges and their sealed
+	// size.
+	Frames, Bytes int64
+	// Wall is how long the run took.
+	Wall time.Duration
+}
+
+// partitioning is how an exchange edge routes records.
+type partitioning int
+
+const (
+	forward   partitioning = iota // producer subtask i → consumer subtask i
+	hashed                        // by key group
+	rebalance                     // round-robin, batch by batch
+)
+
+// edge is an exchange between two tasks.
+type edge struct {
+	id       int
+	from, to *task
+	input    int // input index of the consuming task's head node
+	part     partitioning
+	key      operator.KeyFunc
+	schema   *record.Schema // of the records on the edge
+}
+
+// task is a chain of nodes run by Parallelism subtasks.
+type task struct {
+	id          int
+	nodes       []*jobspec.NodeInfo
+	parallelism int
+	in          []*edge // by head input index
+	out         []*edge
+}
+
+// plan is a spec cut into tasks and edges.
+type plan struct {
+	spec  *jobspec.Spec
+	tasks []*task
+	edges []*edge
+}
+
+func newPlan(r *jobspec.Resolved, noChain bool) (*plan, error) {
+	p := &plan{spec: r.Spec}
+	taskOf := map[string]*task{}
+	for _, id := range r.Order {
+		info := r.Nodes[id]
+		n := info.Node
+		if len(n.Inputs) == 1 && !noChain {
+			up := r.Nodes[n.Inputs[0]]
+			_, keyed, err := keyFor(info, 0)
+			if err != nil {
+				return nil, err
+			}
+			if ut := taskOf[up.Node.ID]; len(up.Consumers) == 1 && !keyed && up.Node.Parallelism == n.Parallelism && ut.nodes[len(ut.nodes)-1] == up {
+				ut.nodes = append(ut.nodes, info)
+				taskOf[id] = ut
+				continue
+			}
+		}
+		t := &task{id: len(p.tasks), nodes: []*jobspec.NodeInfo{info}, parallelism: n.Parallelism}
+		p.tasks = append(p.tasks, t)
+		taskOf[id] = t
+		for i, in := range n.Inputs {
+			from := taskOf[in]
+			e := &edge{id: len(p.edges), from: from, to: t, input: i, schema: info.In[i]}
+			key, keyed, err := keyFor(info, i)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case keyed:
+				e.part, e.key = hashed, key
+			case from.parallelism == t.parallelism:
+				e.part = forward
+			default:
+				e.part = rebalance
+			}
+			p.edges = append(p.edges, e)
+			t.in = append(t.in, e)
+			from.out = append(from.out, e)
+		}
+	}
+	return p, nil
+}
+
+// Run executes spec until its sources are exhausted and every operator has
+// finished, and reports what it did.
+func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
+	start := time.Now()
+	resolved, err := spec.Resolve()
+	if err != nil {
+		return nil, err
+	}
+	if o.Transport == nil {
+		o.Transport = exchange.NewLocal(max(o.LocalCapacity, 16), 0, nil)
+	}
+	if o.Codec == nil {
+		o.Codec = IdentityCodec{}
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 512
+	}
+	if o.TickInterval <= 0 {
+		o.TickInterval = 100 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.JobID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		o.JobID = "run-" + hex.EncodeToString(b[:])
+	}
+	p, err := newPlan(resolved, o.DisableChaining)
+	if err != nil {
+		return nil, fmt.Errorf("job %q: planning: %w", spec.Name, err)
+	}
+	for _, t := range p.tasks {
+		for _, info := range t.nodes {
+			n := info.Node
+			switch n.Kind {
+			case jobspec.KindSource:
+				if o.Sources[n.Params.Stream] == nil {
+					return nil, fmt.Errorf("job %q: source node %q reads stream %q, but Options.Sources has no source for it", spec.Name, n.ID, n.Params.Stream)
+				}
+			case jobspec.KindSink:
+				if o.Sinks[n.Params.Stream] == nil {
+					return nil, fmt.Errorf("job %q: sink node %q writes stream %q, but Options.Sinks has no sink for it", spec.Name, n.ID, n.Params.Stream)
+				}
+			}
+		}
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		subs []*subtask
+	)
+	for _, t := range p.tasks {
+		for i := range t.parallelism {
+			st, err := newSubtask(p, t, i, &o)
+			if err != nil {
+				cancel(err)
+				wg.Wait()
+				return nil, fmt.Errorf("job %q: task %d (%s) subtask %d: %w", spec.Name, t.id, t.name(), i, err)
+			}
+			subs = append(subs, st)
+			wg.Go(func() {
+				if err := st.run(ctx); err != nil {
+					err = fmt.Errorf("task %d (%s) subtask %d: %w", t.id, t.name(), i, err)
+					mu.Lock()
+					cancel(err)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, fmt.Errorf("job %q: %w", spec.Name, err)
+	}
+	res := &Result{Nodes: map[string]*NodeCounters{}, Tasks: len(p.tasks), Subtasks: len(subs)}
+	for _, st := range subs {
+		for i, info := range st.t.nodes {
+			c := res.Nodes[info.Node.ID]
+			if c == nil {
+				c = &NodeCounters{Side: map[string]int64{}}
+				res.Nodes[info.Node.ID] = c
+			}
+			s := &st.stats[i]
+			c.RecordsIn += s.in
+			c.RecordsOut += s.out
+			for k, v := range s.side {
+				c.Side[k] += v
+			}
+		}
+		res.Frames += st.frames
+		res.Bytes += st.bytes
+	}
+	res.Wall = time.Since(start)
+	return res, nil
+}
+
+func (t *task) name() string {
+	s := ""
+	for i, n := range t.nodes {
+		if i > 0 {
+			s += "→"
+		}
+		s += n.Node.ID
+	}
+	return s
+}
+
+// errStop is no error: it ends a subtask whose context was cancelled because
+// another subtask failed.
+var errStop = errors.New("stopped")

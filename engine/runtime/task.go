@@ -1,0 +1,399 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/operator"
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/state"
+	"github.com/sealflow/sealflow/exchange"
+)
+
+// nodeStats are one subtask's counters for one node.
+type nodeStats struct {
+	in, out int64
+	side    map[string]int64
+}
+
+// subtask runs one parallel instance of a task.
+type subtask struct {
+	p     *plan
+	t     *task
+	idx   int
+	o     *Options
+	ops   []operator.Operator
+	outs  []operator.Emitter // outs[i] receives what ops[i] emits
+	chain []*chainEmitter    // chain[i] feeds ops[i+1]
+	tail  *tailEmitter
+	stats []nodeStats
+	err   error // first error raised inside an emitter
+	rctx  context.Context
+
+	frames, bytes int64
+}
+
+func newSubtask(p *plan, t *task, idx int, o *Options) (*subtask, error) {
+	st := &subtask{p: p, t: t, idx: idx, o: o, stats: make([]nodeStats, len(t.nodes))}
+	for i, info := range t.nodes {
+		n := info.Node
+		split := Split{Node: n.ID, Stream: n.Params.Stream, Subtask: idx, Parallelism: t.parallelism, Schema: info.Out}
+		op, err := buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split)
+		if err != nil {
+			return nil, fmt.Errorf("node %q (%s): %w", n.ID, n.Kind, err)
+		}
+		st.ops = append(st.ops, op)
+		st.stats[i].side = map[string]int64{}
+	}
+	for i := range t.nodes {
+		if i+1 < len(t.nodes) {
+			ce := &chainEmitter{st: st, node: i, next: st.ops[i+1]}
+			st.chain = append(st.chain, ce)
+			st.outs = append(st.outs, ce)
+		}
+	}
+	st.tail = &tailEmitter{st: st, node: len(t.nodes) - 1}
+	st.outs = append(st.outs, st.tail)
+	// Wire each chain emitter to the emitter of the op it feeds.
+	for i, ce := range st.chain {
+		ce.nextOut = st.outs[i+1]
+	}
+	return st, nil
+}
+
+func (st *subtask) fail(err error) {
+	if st.err == nil {
+		st.err = err
+	}
+}
+
+func (st *subtask) side(node int, name string, rec record.Record) {
+	st.stats[node].side[name]++
+	if st.o.Side != nil {
+		st.o.Side(st.t.nodes[node].Node.ID, name, rec)
+	}
+}
+
+// run executes the subtask to the end of its input.
+func (st *subtask) run(ctx context.Context) error {
+	st.rctx = ctx
+	if err := st.tail.open(ctx); err != nil {
+		return err
+	}
+	head := st.t.nodes[0].Node
+	var err error
+	if head.Kind == jobspec.KindSource {
+		err = st.runSource(ctx)
+	} else {
+		err = st.runInputs(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	// End of input: the final watermark has passed; finish in chain order.
+	for i, op := range st.ops {
+		if err := op.Finish(st.outs[i]); err != nil {
+			return fmt.Errorf("node %q: finish: %w", st.t.nodes[i].Node.ID, err)
+		}
+		if i < len(st.chain) {
+			st.chain[i].flush()
+		}
+		if st.err != nil {
+			return st.err
+		}
+	}
+	return st.tail.close(ctx)
+}
+
+func (st *subtask) process(input int, b *record.Batch) error {
+	st.stats[0].in += int64(b.Len())
+	if err := st.ops[0].ProcessBatch(input, b, st.outs[0]); err != nil {
+		return fmt.Errorf("node %q: %w", st.t.nodes[0].Node.ID, err)
+	}
+	return st.err
+}
+
+func (st *subtask) watermark(input int, wm int64) error {
+	if err := st.ops[0].ProcessWatermark(input, wm, st.outs[0]); err != nil {
+		return fmt.Errorf("node %q: watermark: %w", st.t.nodes[0].Node.ID, err)
+	}
+	return st.err
+}
+
+func (st *subtask) runSource(ctx context.Context) error {
+	info := st.t.nodes[0]
+	n := info.Node
+	split := Split{Node: n.ID, Stream: n.Params.Stream, Subtask: st.idx, Parallelism: st.t.parallelism, Schema: info.Out}
+	ticker, _ := st.ops[0].(operator.Ticker)
+	lastTick := time.Now()
+	tick := func() error {
+		if ticker == nil {
+			return nil
+		}
+		if now := time.Now(); now.Sub(lastTick) >= st.o.TickInterval {
+			lastTick = now
+			if err := ticker.Tick(now.UnixMilli(), st.outs[0]); err != nil {
+				return err
+			}
+		}
+		return st.err
+	}
+	emit := func(b *record.Batch) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := st.process(0, b); err != nil {
+			return err
+		}
+		return tick()
+	}
+	if err := st.o.Sources[n.Params.Stream](ctx, split, emit); err != nil {
+		return fmt.Errorf("source %q (stream %q): %w", n.ID, n.Params.Stream, err)
+	}
+	return st.watermark(0, operator.FinalWatermark)
+}
+
+// inChannel is one exchange channel into this subtask.
+type inChannel struct {
+	e    *edge
+	from int
+	seq  uint64
+}
+
+func (st *subtask) runInputs(ctx context.Context) error {
+	var (
+		rs    []exchange.Receiver
+		chans []inChannel
+	)
+	combiners := make([]*operator.WatermarkCombiner, len(st.t.in))
+	for i, e := range st.t.in {
+		combiners[i] = operator.NewWatermarkCombiner(e.from.parallelism)
+		for from := range e.from.parallelism {
+			r, err := st.o.Transport.Receiver(ctx, exchange.ChannelID{Job: st.o.JobID, Edge: e.id, From: from, To: st.idx})
+			if err != nil {
+				for _, r := range rs {
+					_ = r.Close()
+				}
+				return err
+			}
+			rs = append(rs, r)
+			chans = append(chans, inChannel{e: e, from: from})
+		}
+	}
+	m := exchange.Merge(ctx, rs)
+	defer m.Close()
+	var (
+		dec   record.Decoder
+		batch record.Batch
+	)
+	for {
+		ev, err := m.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ch := &chans[ev.Input]
+		wm := int64(0)
+		if ev.EOS {
+			wm = operator.FinalWatermark
+		} else {
+			ch.seq++
+			hdr := FrameHeader{Job: st.o.JobID, Edge: ch.e.id, From: ch.from, To: st.idx, Seq: ch.seq}
+			plain, err := st.o.Codec.Open(hdr, ev.Frame)
+			if err != nil {
+				return fmt.Errorf("opening frame %s: %w", hdr, err)
+			}
+			isBatch, w, err := decodeFrame(plain, ch.e.schema, &dec, &batch)
+			if err != nil {
+				return fmt.Errorf("frame %s: %w", hdr, err)
+			}
+			if isBatch {
+				if err := st.process(ch.e.input, &batch); err != nil {
+					return err
+				}
+				continue
+			}
+			wm = w
+		}
+		if w, ok := combiners[ch.e.input].Update(ch.from, wm); ok {
+			if err := st.watermark(ch.e.input, w); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// batchBuf accumulates copies of emitted records into a batch.
+type batchBuf struct {
+	batch record.Batch
+	slab  []record.Value
+}
+
+func (b *batchBuf) add(r *record.Record) {
+	start := len(b.slab)
+	b.slab = append(b.slab, r.Values...)
+	b.batch.Records = append(b.batch.Records, record.Record{Time: r.Time, Values: b.slab[start:len(b.slab):len(b.slab)]})
+}
+
+func (b *batchBuf) reset() {
+	b.batch.Records = b.batch.Records[:0]
+	b.slab = b.slab[:0]
+}
+
+// chainEmitter batches what ops[node] emits and feeds it to ops[node+1].
+type chainEmitter struct {
+	st      *subtask
+	node    int
+	next    operator.Operator
+	nextOut operator.Emitter
+	buf     batchBuf
+}
+
+func (c *chainEmitter) Emit(r record.Record) {
+	c.buf.add(&r)
+	if len(c.buf.batch.Records) >= c.st.o.BatchSize {
+		c.flush()
+	}
+}
+
+func (c *chainEmitter) flush() {
+	n := len(c.buf.batch.Records)
+	if n == 0 {
+		return
+	}
+	c.st.stats[c.node].out += int64(n)
+	c.st.stats[c.node+1].in += int64(n)
+	if err := c.next.ProcessBatch(0, &c.buf.batch, c.nextOut); err != nil {
+		c.st.fail(fmt.Errorf("node %q: %w", c.st.t.nodes[c.node+1].Node.ID, err))
+	}
+	c.buf.reset()
+}
+
+func (c *chainEmitter) EmitSide(name string, r record.Record) { c.st.side(c.node, name, r) }
+
+func (c *chainEmitter) EmitWatermark(wm int64) {
+	c.flush()
+	if err := c.next.ProcessWatermark(0, wm, c.nextOut); err != nil {
+		c.st.fail(fmt.Errorf("node %q: watermark: %w", c.st.t.nodes[c.node+1].Node.ID, err))
+	}
+}
+
+// outEdge is the producing side of one exchange edge in one subtask.
+type outEdge struct {
+	e    *edge
+	fan  *exchange.Fanout
+	bufs []batchBuf
+	seqs []uint64
+	rr   int // rebalance target
+}
+
+// tailEmitter routes what the chain's last op emits to the task's out edges.
+type tailEmitter struct {
+	st    *subtask
+	node  int
+	edges []*outEdge
+}
+
+func (t *tailEmitter) open(ctx context.Context) error {
+	for _, e := range t.st.t.out {
+		fan, err := exchange.OpenFanout(ctx, t.st.o.Transport, t.st.o.JobID, e.id, t.st.idx, e.to.parallelism)
+		if err != nil {
+			return err
+		}
+		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism})
+	}
+	return nil
+}
+
+func (t *tailEmitter) Emit(r record.Record) {
+	t.st.stats[t.node].out++
+	for _, oe := range t.edges {
+		var to int
+		switch oe.e.part {
+		case forward:
+			to = t.st.idx
+		case hashed:
+			maxP := t.st.p.spec.MaxParallelism
+			to = state.SubtaskFor(state.KeyGroup(oe.e.key(&r), maxP), oe.e.to.parallelism, maxP)
+		case rebalance:
+			to = oe.rr
+		}
+		b := &oe.bufs[to]
+		b.add(&r)
+		if len(b.batch.Records) >= t.st.o.BatchSize {
+			t.flushTarget(oe, to)
+			if oe.e.part == rebalance {
+				oe.rr = (oe.rr + 1) % len(oe.bufs)
+			}
+		}
+	}
+}
+
+func (t *tailEmitter) EmitSide(name string, r record.Record) { t.st.side(t.node, name, r) }
+
+func (t *tailEmitter) EmitWatermark(wm int64) {
+	for _, oe := range t.edges {
+		for to := range oe.bufs {
+			t.flushTarget(oe, to)
+			t.send(oe, to, appendWatermarkFrame(make([]byte, 0, 9), wm))
+		}
+	}
+}
+
+func (t *tailEmitter) flushTarget(oe *outEdge, to int) {
+	b := &oe.bufs[to]
+	if len(b.batch.Records) == 0 || t.st.err != nil {
+		return
+	}
+	frame, err := appendBatchFrame(make([]byte, 0, 64*len(b.batch.Records)), oe.e.schema, &b.batch)
+	b.reset()
+	if err != nil {
+		t.st.fail(fmt.Errorf("node %q: encoding a batch for edge %d: %w", t.st.t.nodes[t.node].Node.ID, oe.e.id, err))
+		return
+	}
+	t.send(oe, to, frame)
+}
+
+// ctx is the context emitters block on: the run's.
+func (st *subtask) ctx() context.Context { return st.rctx }
+
+func (t *tailEmitter) send(oe *outEdge, to int, plain []byte) {
+	if t.st.err != nil {
+		return
+	}
+	oe.seqs[to]++
+	hdr := FrameHeader{Job: t.st.o.JobID, Edge: oe.e.id, From: t.st.idx, To: to, Seq: oe.seqs[to]}
+	sealed, err := t.st.o.Codec.Seal(hdr, plain)
+	if err != nil {
+		t.st.fail(fmt.Errorf("sealing frame %s: %w", hdr, err))
+		return
+	}
+	if err := oe.fan.Send(t.st.ctx(), to, sealed); err != nil {
+		t.st.fail(err)
+		return
+	}
+	t.st.frames++
+	t.st.bytes += int64(len(sealed))
+}
+
+func (t *tailEmitter) close(ctx context.Context) error {
+	for _, oe := range t.edges {
+		for to := range oe.bufs {
+			t.flushTarget(oe, to)
+		}
+	}
+	if t.st.err != nil {
+		return t.st.err
+	}
+	for _, oe := range t.edges {
+		if err := oe.fan.Close(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
