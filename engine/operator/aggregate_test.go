@@ -77,6 +77,38 @@ func TestWindowAggregate(t *testing.T) {
 		want:  []string{"4:-5,5,1", "9:0,10,1", "14:5,15,1"},
 		late:  0,
 	}, {
+		name: "sliding with allowed lateness re-fires every window a late record is in",
+		cfg:  WindowConfig{Windowing: Sliding(10, 5), Aggs: count, AllowedLateness: 10},
+		steps: []step{
+			B(rec(7)), W(14), // fires [0,10) and [5,15)
+			B(rec(8)), // re-fires both
+			W(20),     // [0,10) is gone (9+10 <= 20), [5,15) is not
+			B(rec(6)), // counts in [5,15) only: not late
+			W(24),     // [5,15) is gone
+			B(rec(9)), // late
+			F(),
+		},
+		want: []string{"9:0,10,1", "14:5,15,1", "9:0,10,2", "14:5,15,2", "14:5,15,3"},
+		late: 1,
+	}, {
+		name: "sliding: windows fire in order of their end, across keys",
+		cfg:  WindowConfig{Windowing: Sliding(20, 5), Key: KeyOf(0), KeyFields: []int{0}, Aggs: []Agg{{Kind: AggSum, Field: 1}}},
+		steps: []step{
+			B(rec(3, 2, 10), rec(12, 1, 1), rec(4, 1, 100)),
+			W(14),
+			B(rec(17, 2, 5)),
+			F(),
+		},
+		want: []string{
+			"4:1,-15,5,100", "4:2,-15,5,10",
+			"9:1,-10,10,100", "9:2,-10,10,10",
+			"14:1,-5,15,101", "14:2,-5,15,10",
+			"19:1,0,20,101", "19:2,0,20,15",
+			"24:1,5,25,1", "24:2,5,25,5",
+			"29:1,10,30,1", "29:2,10,30,5",
+			"34:2,15,35,5",
+		},
+	}, {
 		name: "session windows merge when a record bridges two sessions",
 		cfg:  WindowConfig{Windowing: Session(10), Key: KeyOf(0), KeyFields: []int{0}, Aggs: count},
 		steps: []step{
