@@ -362,3 +362,9 @@ func (s *Stream) TopN(n int, w WindowSpec, rankField string, order ...Order) *St
 func (s *Stream) Sink(stream string) *Stream {
 	return s.b.add(KindSink, Params{Stream: stream}, s)
 }
+
+// UDF passes the stream through the WebAssembly function fn of the module
+// with the given digest, which returns records with the output fields.
+func (s *Stream) UDF(module, fn string, output []Field, allow ...string) *Stream {
+	return s.b.add(KindUDF, Params{UDF: &UDF{Module: module, Function: fn, Output: output, Allow: allow}}, s)
+}

@@ -60,12 +60,13 @@ const (
 	KindIntervalJoin    Kind = "interval-join"    // params leftKeys, rightKeys, between
 	KindJoin            Kind = "join"             // regular join, unbounded state: params leftKeys, rightKeys
 	KindTopN            Kind = "top-n"            // params n, orderBy, window; per input key and window
+	KindUDF             Kind = "udf"              // a WebAssembly function over batches: params udf
 	KindSink            Kind = "sink"             // writes a stream: params stream
 )
 
 // Kinds lists every operator kind, in documentation order.
 var Kinds = []Kind{KindSource, KindMap, KindFilter, KindFlatMap, KindKeyBy, KindUnion,
-	KindWindowAggregate, KindWindowJoin, KindIntervalJoin, KindJoin, KindTopN, KindSink}
+	KindWindowAggregate, KindWindowJoin, KindIntervalJoin, KindJoin, KindTopN, KindUDF, KindSink}
 
 // Spec is a job: named record schemas and an ordered list of operator nodes.
 type Spec struct {
@@ -152,7 +153,33 @@ type Params struct {
 	OrderBy []Order `json:"orderBy,omitempty"`
 	// RankField, when set, names the int field (1..N) a top-n adds.
 	RankField string `json:"rankField,omitempty"`
+
+	// UDF references the WebAssembly function of a udf node.
+	UDF *UDF `json:"udf,omitempty"`
 }
+
+// UDF references a user-defined function in a WebAssembly module. The module
+// is identified by the digest of its plaintext, so that owners approve
+// exactly that code without seeing it; the function is called a batch at a
+// time and returns a batch of records of schema Output.
+type UDF struct {
+	// Module is the module's digest, "sha256:<64 hex digits>".
+	Module string `json:"module"`
+	// Function is the name of the exported function.
+	Function string `json:"function"`
+	// Output is the schema of the records the function returns.
+	Output []Field `json:"output"`
+	// Allow lists the capabilities the module may use beyond pure
+	// computation: "clock" and "random". Filesystem and network access are
+	// never granted.
+	Allow []string `json:"allow,omitempty"`
+}
+
+// UDF capabilities a spec may grant.
+const (
+	AllowClock  = "clock"
+	AllowRandom = "random"
+)
 
 // Watermark configures a source's event-time watermarks.
 type Watermark struct {
@@ -404,6 +431,12 @@ func (s *Spec) clone() *Spec {
 		if p.Between != nil {
 			b := *p.Between
 			p.Between = &b
+		}
+		if p.UDF != nil {
+			u := *p.UDF
+			u.Output = slices.Clone(u.Output)
+			u.Allow = slices.Clone(u.Allow)
+			p.UDF = &u
 		}
 		p.Fields = slices.Clone(p.Fields)
 		p.Keys = slices.Clone(p.Keys)

@@ -388,6 +388,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"name":"x","nodes":[{"id":"a","kind":"source","params":{"stream":"s","schema":"q"}}]}`))
 	f.Add([]byte("name: x\nnodes:\n  - {id: a, kind: sink, inputs: [a]}\n"))
 	f.Add([]byte("name: [\n"))
+	f.Add([]byte("name: x\nnodes:\n  - {id: out, kind: sink, params: {stream: out}}\n"))
+	f.Add([]byte("name: x\nnodes:\n  - {id: j, kind: join, inputs: [a]}\n  - {id: a, kind: union, inputs: [j]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Parse(data)
 		if err != nil {
@@ -418,4 +420,80 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("validity changed across canonical round trip:\n%s", js)
 		}
 	})
+}
+
+func TestUDFNode(t *testing.T) {
+	const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	b := nexmark("scored")
+	b.Source("bids", "bid").
+		UDF(digest, "score", []Field{Int("auction"), Float("score")}, AllowClock).
+		Filter("score > 0.5").
+		Sink("alerts")
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := s.Resolve()
+	if got := fieldsText(r.Nodes["udf1"].Out); got != "auction:int,score:float" {
+		t.Errorf("udf output %s", got)
+	}
+
+	y := `
+name: bad-udf
+schemas: {bid: [{name: price, type: int}]}
+nodes:
+  - {id: bids, kind: source, params: {stream: bids, schema: bid}}
+  - id: model
+    kind: udf
+    inputs: [bids]
+    params:
+      udf:
+        module: sha256:XYZ
+        function: "score-it"
+        output: [{name: s, type: float}, {name: s, type: int}]
+        allow: [clock, network]
+  - {id: out, kind: sink, inputs: [model], params: {stream: out}}
+`
+	err = mustParse(t, y).Validate()
+	for _, want := range []string{
+		`nodes[1] (id "model").params.udf.module: module "sha256:XYZ" is not a digest`,
+		`nodes[1] (id "model").params.udf.function: function name "score-it"`,
+		`nodes[1] (id "model").params.udf.output[1].name: output field "s" appears twice`,
+		`nodes[1] (id "model").params.udf.allow[1]: capability "network" cannot be granted`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestMissingSourceOrSink(t *testing.T) {
+	noSink := `
+name: x
+schemas: {bid: [{name: price, type: int}]}
+nodes:
+  - {id: bids, kind: source, params: {stream: bids, schema: bid}}
+`
+	noSource := `
+name: x
+nodes:
+  - {id: out, kind: sink, inputs: [], params: {stream: out}}
+`
+	for name, tt := range map[string]struct{ yaml, rule string }{
+		"no sink":   {noSink, "jobspec.missing-sink"},
+		"no source": {noSource, "jobspec.missing-source"},
+	} {
+		err := mustParse(t, tt.yaml).Validate()
+		var es Errors
+		if !errors.As(err, &es) {
+			t.Fatalf("%s: got %v", name, err)
+		}
+		found := false
+		for _, e := range es {
+			found = found || (e.RefusedBy() == tt.rule && e.Path == "nodes")
+		}
+		if !found {
+			t.Errorf("%s: no %s error in:\n%v", name, tt.rule, err)
+		}
+	}
 }

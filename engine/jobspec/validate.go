@@ -269,7 +269,8 @@ func (v *validator) run() *Resolved {
 		n := &s.Nodes[i]
 		info := &NodeInfo{Node: n, Index: i, Consumers: consumers[id]}
 		v.info[id] = info
-		ok := true
+		min, max, known := inputArity(n.Kind)
+		ok := known && len(n.Inputs) >= min && len(n.Inputs) <= max // else already reported
 		for _, in := range n.Inputs {
 			up, found := v.info[in]
 			if !found || up.Out == nil {
@@ -310,7 +311,7 @@ func inputArity(k Kind) (min, max int, ok bool) {
 		return 2, 1 << 20, true
 	case KindWindowJoin, KindIntervalJoin, KindJoin:
 		return 2, 2, true
-	case KindMap, KindFilter, KindFlatMap, KindKeyBy, KindWindowAggregate, KindTopN, KindSink:
+	case KindMap, KindFilter, KindFlatMap, KindKeyBy, KindWindowAggregate, KindTopN, KindUDF, KindSink:
 		return 1, 1, true
 	}
 	return 0, 0, false
@@ -342,6 +343,7 @@ var allowedParams = map[Kind][]string{
 	KindIntervalJoin:    {"between", "leftKeys", "rightKeys", "leftPrefix", "rightPrefix", "expr"},
 	KindJoin:            {"leftKeys", "rightKeys", "leftPrefix", "rightPrefix", "expr"},
 	KindTopN:            {"n", "orderBy", "window", "rankField"},
+	KindUDF:             {"udf"},
 	KindSink:            {"stream"},
 }
 
@@ -601,6 +603,8 @@ func (v *validator) typeNode(path string, n *Node, info *NodeInfo) {
 	case KindTopN:
 		out = v.typeTopN(pp, n, info.In[0])
 		info.GroupBy = v.inputKeys(n)
+	case KindUDF:
+		out = v.udfSchema(pp, prm.UDF)
 	}
 	if len(v.errs) == before {
 		info.Out, info.Keys = out, keys
@@ -946,4 +950,44 @@ func (v *validator) staticNode(path string, n *Node) {
 			v.errorf(pp+".orderBy", "top-n", "top-n needs at least one orderBy field")
 		}
 	}
+}
+
+var digestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// udfSchema checks a udf reference and returns its declared output schema.
+func (v *validator) udfSchema(pp string, u *UDF) *record.Schema {
+	if u == nil {
+		v.errorf(pp+".udf", "udf", "missing udf reference {module, function, output}")
+		return nil
+	}
+	up := pp + ".udf"
+	if !digestPattern.MatchString(u.Module) {
+		v.errorf(up+".module", "udf", "module %q is not a digest of the form sha256:<64 lowercase hex digits>", u.Module)
+	}
+	if !expr.ValidIdent(u.Function) {
+		v.errorf(up+".function", "udf", "function name %q is not a valid export name (letters, digits, '_')", u.Function)
+	}
+	for i, a := range u.Allow {
+		if a != AllowClock && a != AllowRandom {
+			v.errorf(fmt.Sprintf("%s.allow[%d]", up, i), "udf", "capability %q cannot be granted (want %s or %s; filesystem and network never are)", a, AllowClock, AllowRandom)
+		}
+	}
+	if len(u.Output) == 0 {
+		v.errorf(up+".output", "udf", "missing output schema")
+		return nil
+	}
+	out := &record.Schema{}
+	for i, f := range u.Output {
+		fp := fmt.Sprintf("%s.output[%d]", up, i)
+		switch {
+		case !expr.ValidIdent(f.Name):
+			v.errorf(fp+".name", "field", "output field name %q must be a letter or '_' followed by letters, digits or '_', and not a CEL reserved word", f.Name)
+		case out.Index(f.Name) >= 0:
+			v.errorf(fp+".name", "duplicate-field", "output field %q appears twice", f.Name)
+		case f.Type == record.TypeNull:
+			v.errorf(fp+".type", "schema", "field %q has no type (want int, float, string or bool)", f.Name)
+		}
+		out.Fields = append(out.Fields, record.Field{Name: f.Name, Type: f.Type})
+	}
+	return out
 }
