@@ -370,3 +370,22 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestConcurrentVerify runs one verifier from several goroutines (the
+// orchestrator admits nodes concurrently); run with -race.
+func TestConcurrentVerify(t *testing.T) {
+	v := NewVerifier(Options{At: sampleTime, AllowDebug: true})
+	ev := sampleEvidence(t)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			_, err := v.Verify(context.Background(), ev, sampleReportData)
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -76,7 +76,7 @@ type Options struct {
 }
 
 // Verifier verifies SNP evidence offline: it never contacts AMD's KDS.
-// It implements attest.Verifier.
+// It implements attest.Verifier and is safe for concurrent use.
 type Verifier struct {
 	opts Options
 }
@@ -94,6 +94,7 @@ func refuse(rule, format string, args ...any) error {
 // certificates it carries, never with AMD's KDS.
 type offlineGetter struct{}
 
+// Get implements trust.HTTPSGetter by refusing.
 func (offlineGetter) Get(url string) ([]byte, error) {
 	return nil, fmt.Errorf("snp: verification is offline; refusing to fetch %s (carry the certificate in the evidence)", url)
 }

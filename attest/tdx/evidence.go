@@ -63,9 +63,11 @@ func NewEvidence(rawQuote []byte) (*attest.Evidence, error) {
 	return &attest.Evidence{Type: attest.TEETDX, Blob: bytes.Clone(rawQuote)}, nil
 }
 
-// Chain is the PCK certificate chain a quote carries.
+// Chain is the PCK certificate chain a quote carries, unverified.
 type Chain struct {
-	PCK, Intermediate, Root *x509.Certificate
+	PCK          *x509.Certificate // the platform's PCK leaf certificate
+	Intermediate *x509.Certificate // the PCK platform or processor CA
+	Root         *x509.Certificate // the root the quote claims (checked against trusted roots, never trusted itself)
 }
 
 // Decode parses a raw v4 TDX quote and the PCK certificate chain in its

@@ -538,3 +538,26 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestConcurrentVerify runs one verifier from several goroutines (the
+// orchestrator admits nodes concurrently); run with -race.
+func TestConcurrentVerify(t *testing.T) {
+	coll, err := LoadCollateral("testdata/collateral")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVerifier(t, Options{At: collateralTime, Collateral: coll})
+	ev, rd, _ := sample(t)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			_, err := v.Verify(context.Background(), ev, rd)
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; !refusedBy(err, RuleTCBStatus) {
+			t.Errorf("concurrent Verify = %v, want the same tdx.tcb-status refusal every time", err)
+		}
+	}
+}

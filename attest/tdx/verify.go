@@ -72,7 +72,7 @@ type Options struct {
 }
 
 // Verifier verifies TDX quotes offline: it never contacts Intel PCS.
-// It implements attest.Verifier.
+// It implements attest.Verifier and is safe for concurrent use.
 type Verifier struct {
 	opts  Options
 	roots *x509.CertPool
