@@ -18,7 +18,9 @@
 //
 //	node.tee in ['snp', 'tdx'] && node.svn >= 3 && !node.debug
 //
-// means the same thing everywhere.
+// means the same thing everywhere. Besides the CEL standard library, rules may
+// use optional values (node.tcb.?snp.orValue(0)), the strings and sets
+// extensions, and tcbAtLeast(node.tcb, {'snp': 8}).
 package policy
 
 import (

@@ -11,6 +11,8 @@ import (
 	"github.com/google/cel-go/cel"
 	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
 	"github.com/google/cel-go/ext"
 	"github.com/google/cel-go/interpreter"
 
@@ -21,6 +23,15 @@ import (
 // WithCostLimit says otherwise. A typical rule costs tens of units; the limit
 // stops rules that iterate over large lists from running away.
 const DefaultCostLimit = 100_000
+
+// Rule names of refusals that no owner rule caused. They contain '#', which
+// rule names cannot, so they never collide with an owner's rule.
+const (
+	// RuleUnknownStage refuses an evaluation for a stage no policy knows.
+	RuleUnknownStage = "#unknown-stage"
+	// RuleNoPolicy refuses an EvaluateAll without policies.
+	RuleNoPolicy = "#no-policy"
+)
 
 // CompileError reports a rule that cannot become a program: it does not parse,
 // does not type-check against the stage's variables, or is not of type bool.
@@ -120,6 +131,38 @@ func fieldValue(in *Input, ref string) (any, bool) {
 	return nil, false
 }
 
+// tcbAtLeast declares tcbAtLeast(tcb, minimum): true when every component
+// named in minimum is present in tcb with at least that value. TCB component
+// names differ per backend (see attest.Claims.TCB), so a policy combines it
+// with the TEE: node.tee == 'snp' && tcbAtLeast(node.tcb, {'snp': 8, 'microcode': 209}).
+var tcbAtLeast = cel.Function("tcbAtLeast",
+	cel.Overload("tcbAtLeast_map_map",
+		[]*cel.Type{cel.MapType(cel.StringType, cel.IntType), cel.MapType(cel.StringType, cel.IntType)},
+		cel.BoolType,
+		cel.BinaryBinding(func(tcb, minimum ref.Val) ref.Val {
+			have, ok1 := tcb.(traits.Mapper)
+			want, ok2 := minimum.(traits.Mapper)
+			if !ok1 || !ok2 {
+				return types.NewErr("tcbAtLeast: want two maps of string to int")
+			}
+			for it := want.Iterator(); it.HasNext() == types.True; {
+				k := it.Next()
+				h, found := have.Find(k)
+				if !found {
+					return types.False
+				}
+				hv, ok1 := h.(types.Int)
+				wv, ok2 := want.Get(k).(types.Int)
+				if !ok1 || !ok2 {
+					return types.NewErr("tcbAtLeast: component %v is not an int", k)
+				}
+				if hv < wv {
+					return types.False
+				}
+			}
+			return types.True
+		})))
+
 var stageEnvs = sync.OnceValues(func() (map[Stage]*cel.Env, error) {
 	base, err := cel.NewEnv(
 		ext.NativeTypes(reflect.TypeFor[Service](), reflect.TypeFor[Node](), reflect.TypeFor[Recipient](), ext.ParseStructTags(true)),
@@ -128,6 +171,7 @@ var stageEnvs = sync.OnceValues(func() (map[Stage]*cel.Env, error) {
 		cel.OptionalTypes(),
 		ext.Strings(),
 		ext.Sets(),
+		tcbAtLeast,
 		cel.ParserExpressionSizeLimit(MaxExprLength),
 	)
 	if err != nil {
@@ -309,7 +353,7 @@ func (a *activation) Parent() interpreter.Activation { return nil }
 func (p *Policy) Evaluate(stage Stage, in Input) Decision {
 	d := Decision{Stream: p.doc.Stream, Stage: stage, PolicyDigest: p.digest, Allowed: true}
 	if !stage.valid() {
-		d.Allowed, d.Rule = false, "stage"
+		d.Allowed, d.Rule = false, RuleUnknownStage
 		d.Reason = fmt.Sprintf("unknown stage %q", stage)
 		return d
 	}
@@ -362,7 +406,7 @@ func (p *Policy) Evaluate(stage Stage, in Input) Decision {
 // refuses: a stream without a policy is not readable.
 func EvaluateAll(stage Stage, in Input, policies ...*Policy) Decision {
 	if len(policies) == 0 {
-		return Decision{Stage: stage, Rule: "none", Reason: "no policies to evaluate"}
+		return Decision{Stage: stage, Rule: RuleNoPolicy, Reason: "no policies to evaluate"}
 	}
 	var last Decision
 	for _, p := range policies {

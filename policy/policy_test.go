@@ -73,7 +73,7 @@ func TestEvaluate(t *testing.T) {
 		{"other provider recipient", StageRecipient, func(in *Input) { in.Recipient.ID = "rival" }, "grid-operators"},
 		{"public recipient", StageRecipient, func(in *Input) { in.Recipient.Role = "public" }, "grid-operators"},
 		{"recipient stage ignores node", StageRecipient, func(in *Input) { in.Node.TEE = "sim" }, ""},
-		{"unknown stage", Stage("export"), func(*Input) {}, "stage"},
+		{"unknown stage", Stage("export"), func(*Input) {}, RuleUnknownStage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,6 +334,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"stream":"s","rules":[{"name":"a","stage":"recipient","expr":"recipient.role == 'x'"}]}`))
 	f.Add([]byte("stream: s\nrules:\n - {name: a, stage: placement, expr: 'node.'}\n"))
 	f.Add([]byte("- 1\n- 2"))
+	f.Add([]byte("stream: s\nrules:\n - {name: t, stage: placement, expr: \"tcbAtLeast(node.tcb, {'snp': 8})\"}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Decode(data)
 		if err != nil {
@@ -363,4 +364,59 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestTCBAtLeast(t *testing.T) {
+	p := mustCompile(t, `
+stream: s
+rules:
+  - name: tcb
+    stage: placement
+    expr: "node.tee == 'snp' ? tcbAtLeast(node.tcb, {'snp': 8, 'microcode': 209}) : tcbAtLeast(node.tcb, {'tee_tcb_svn_0': 3})"
+`)
+	tests := []struct {
+		tee   string
+		tcb   map[string]int64
+		allow bool
+	}{
+		{"snp", map[string]int64{"snp": 8, "microcode": 209, "tee": 1}, true},
+		{"snp", map[string]int64{"snp": 9, "microcode": 300}, true},
+		{"snp", map[string]int64{"snp": 7, "microcode": 300}, false},
+		{"snp", map[string]int64{"snp": 8}, false},
+		{"snp", nil, false},
+		{"tdx", map[string]int64{"tee_tcb_svn_0": 3}, true},
+		{"tdx", map[string]int64{"tee_tcb_svn_0": 2}, false},
+	}
+	for _, tt := range tests {
+		d := p.Evaluate(StagePlacement, Input{Node: Node{TEE: tt.tee, TCB: tt.tcb}})
+		if d.Allowed != tt.allow {
+			t.Errorf("%s %v: allowed=%v, want %v\n%s", tt.tee, tt.tcb, d.Allowed, tt.allow, Explain(d))
+		}
+	}
+	if _, err := CompileBytes([]byte("stream: s\nrules:\n - {name: a, stage: placement, expr: \"tcbAtLeast(node.tcb, {'a': 'b'})\"}\n")); err == nil {
+		t.Fatal("tcbAtLeast with a string minimum compiled")
+	}
+}
+
+func TestConcurrentEvaluate(t *testing.T) {
+	p := mustCompile(t, testDoc)
+	done := make(chan bool, 4)
+	for i := range 4 {
+		go func() {
+			in := goodInput()
+			in.Node.SVN = int64(i + 1) // goroutines 0 and 1 are refused
+			ok := true
+			for range 50 {
+				if d := p.Evaluate(StagePlacement, in); d.Allowed != (i >= 2) {
+					ok = false
+				}
+			}
+			done <- ok
+		}()
+	}
+	for range 4 {
+		if !<-done {
+			t.Fatal("concurrent evaluations disagree with sequential ones")
+		}
+	}
 }
