@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/big"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -388,4 +389,73 @@ func TestConcurrentVerify(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+func TestEmbeddedRoots(t *testing.T) {
+	for _, line := range []string{"Milan", "Genoa", "Turin"} {
+		r, err := embeddedRoot(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc := r.ProductCerts
+		if pc.Ask == nil || pc.Asvk == nil || pc.Ark == nil {
+			t.Fatalf("%s root lacks a certificate: %+v", line, pc)
+		}
+		if pc.Ask.CheckSignatureFrom(pc.Ark) != nil || pc.Asvk.CheckSignatureFrom(pc.Ark) != nil {
+			t.Errorf("%s: ASK or ASVK is not signed by the ARK", line)
+		}
+		if !strings.Contains(pc.Asvk.Subject.CommonName, "VLEK") || !strings.Contains(pc.Ark.Subject.CommonName, line) {
+			t.Errorf("%s: unexpected names %q, %q", line, pc.Asvk.Subject.CommonName, pc.Ark.Subject.CommonName)
+		}
+	}
+	if _, err := embeddedRoot("Naples"); err == nil {
+		t.Error("embeddedRoot accepted an unknown product line")
+	}
+}
+
+func TestVLEK(t *testing.T) {
+	signer, roots := fakeRoot(t)
+	if signer.Vlek == nil {
+		t.Skip("go-sev-guest's fake chain has no VLEK")
+	}
+	var nonce [64]byte
+	copy(nonce[:], "vlek")
+	r := sgtest.CreateRawReport(&sgtest.TestReportOptions{ReportData: nonce[:], SignerInfo: abi.SignerInfo{SigningKey: abi.VlekReportSigner}})
+	raw := bytes.Clone(r[:abi.ReportSize])
+	p := abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true})
+	for i := range 8 {
+		raw[0x08+i] = byte(p >> (8 * i))
+	}
+	R, S, err := signer.Sign(abi.SignedComponent(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := abi.SetSignature(R, S, raw); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := NewEvidence(raw, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewVerifier(Options{Roots: roots}).Verify(context.Background(), ev, nonce); !refusedBy(err, RuleMissingCert) {
+		t.Errorf("VLEK report without its certificate: %v, want %s", err, RuleMissingCert)
+	}
+	if ev, err = AddCertificates(ev, Certificates{VLEK: signer.Vlek.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewVerifier(Options{Roots: roots}).Verify(context.Background(), ev, nonce)
+	if err != nil {
+		t.Fatalf("VLEK-signed report: %v", err)
+	}
+	if c.Extra["signer"] != "VLEK" {
+		t.Errorf("signer = %q, want VLEK", c.Extra["signer"])
+	}
+	if _, err := NewVerifier(Options{}).Verify(context.Background(), ev, nonce); !refusedBy(err, RuleRoot) {
+		t.Errorf("fake VLEK against AMD's roots: %v, want %s", err, RuleRoot)
+	}
+}
+
+func refusedBy(err error, rule string) bool {
+	var r *attest.Refusal
+	return errors.As(err, &r) && r.Rule == rule
 }

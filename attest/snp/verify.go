@@ -192,9 +192,9 @@ func (v *Verifier) chain(a *spb.Attestation, key abi.ReportSigner, at time.Time)
 	}
 	roots := v.opts.Roots[line]
 	if v.opts.Roots == nil {
-		r, err := trust.GetDefaultRootCerts(line)
+		r, err := embeddedRoot(line)
 		if err != nil {
-			return nil, nil, refuse(RuleRoot, "no AMD root for product line %q: %v", line, err)
+			return nil, nil, refuse(RuleRoot, "%v", err)
 		}
 		roots = []*trust.AMDRootCerts{r}
 	}
@@ -369,4 +369,37 @@ func claims(a *spb.Attestation, key abi.ReportSigner, productLine string) *attes
 	}
 	copy(c.ReportData[:], r.GetReportData())
 	return c
+}
+
+// embeddedBundles are the KDS cert_chain bundles go-sev-guest embeds, per
+// product line: the VCEK chain (ASK, ARK) and the VLEK chain (ASVK, ARK).
+var embeddedBundles = map[string][2][]byte{
+	"Milan": {trust.AskArkMilanVcekBytes, trust.AskArkMilanVlekBytes},
+	"Genoa": {trust.AskArkGenoaVcekBytes, trust.AskArkGenoaVlekBytes},
+	"Turin": {trust.AskArkTurinVcekBytes, trust.AskArkTurinVlekBytes},
+}
+
+// embeddedRoot returns the AMD root of a product line with both
+// intermediates, so that VCEK- and VLEK-signed reports verify.
+// (trust.GetDefaultRootCerts holds only the ASK.)
+func embeddedRoot(line string) (*trust.AMDRootCerts, error) {
+	b, ok := embeddedBundles[line]
+	if !ok {
+		return nil, fmt.Errorf("no embedded AMD root for product line %q (known: Milan, Genoa, Turin)", line)
+	}
+	vcek, vlek := new(trust.ProductCerts), new(trust.ProductCerts)
+	// bytes.TrimSpace: the embedded Turin VLEK bundle ends in extra newlines,
+	// which kds.ParseProductCertChain treats as trailing data.
+	if err := vcek.FromKDSCertBytes(bytes.TrimSpace(b[0])); err != nil {
+		return nil, fmt.Errorf("the embedded %s VCEK chain: %w", line, err)
+	}
+	if err := vlek.FromKDSCertBytes(bytes.TrimSpace(b[1])); err != nil {
+		return nil, fmt.Errorf("the embedded %s VLEK chain: %w", line, err)
+	}
+	if !vcek.Ark.Equal(vlek.Ark) {
+		return nil, fmt.Errorf("the embedded %s VCEK and VLEK chains name different ARKs", line)
+	}
+	r := trust.AMDRootCertsProduct(line)
+	r.ProductCerts = &trust.ProductCerts{Ask: vcek.Ask, Asvk: vlek.Asvk, Ark: vcek.Ark}
+	return r, nil
 }
