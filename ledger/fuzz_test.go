@@ -121,3 +121,29 @@ func FuzzWitnessState(f *testing.F) {
 		}
 	})
 }
+
+func FuzzCheckAudit(f *testing.F) {
+	s, c := testKey(f, 1)
+	l := NewLog(s)
+	fill(f, l, 0, 6, "a")
+	th := head(f, l, c)
+	items, _ := l.Audit("stream-0", 6)
+	good, _ := json.Marshal(items)
+	f.Add(good)
+	f.Add([]byte(`[{"record":"e30=","proof":{"index":0,"tree_size":6,"hashes":[]}}]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		items, err := ParseAudit(data)
+		if err != nil {
+			return
+		}
+		es, err := CheckAudit(th, "stream-0", items)
+		if err != nil {
+			return
+		}
+		for _, e := range es {
+			if e.Index%3 != 0 {
+				t.Fatalf("accepted entry %d, which is not about stream-0", e.Index)
+			}
+		}
+	})
+}

@@ -512,3 +512,41 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+func TestAudit(t *testing.T) {
+	s, c := testKey(t, 1)
+	l := NewLog(s)
+	fill(t, l, 0, 10, "a")
+	th := headAt(t, l, c, 8)
+	items, err := l.Audit("stream-2", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, err := CheckAudit(th, "stream-2", items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	for _, e := range es {
+		got = append(got, e.Index)
+	}
+	if fmt.Sprint(got) != "[2 5]" {
+		t.Fatalf("audit of stream-2 at size 8 = %v, want [2 5]", got)
+	}
+	other, _ := l.Audit("stream-1", 8)
+	tests := map[string][]AuditItem{
+		"other subject":  other,
+		"reordered":      {items[1], items[0]},
+		"tampered":       {{Record: bytes.Replace(items[0].Record, []byte("key.release"), []byte("key.revoke!"), 1), Proof: items[0].Proof}},
+		"missing proof":  {{Record: items[0].Record}},
+		"proof for size": {{Record: items[0].Record, Proof: &InclusionProof{Index: 2, TreeSize: 10, Hashes: items[0].Proof.Hashes}}},
+	}
+	for name, bad := range tests {
+		if _, err := CheckAudit(th, "stream-2", bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := CheckAudit(th, "stream-2", tests["tampered"]); !errors.Is(err, ErrInclusion) {
+		t.Errorf("tampered record: %v, want ErrInclusion", err)
+	}
+}
