@@ -459,3 +459,13 @@ func refusedBy(err error, rule string) bool {
 	var r *attest.Refusal
 	return errors.As(err, &r) && r.Rule == rule
 }
+
+func BenchmarkVerify(b *testing.B) {
+	v := NewVerifier(Options{At: sampleTime, AllowDebug: true})
+	ev := sampleEvidence(b)
+	for b.Loop() {
+		if _, err := v.Verify(context.Background(), ev, sampleReportData); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -561,3 +561,29 @@ func TestConcurrentVerify(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkVerify(b *testing.B) {
+	ev, rd, _ := sample(b)
+	fake := newFakePlatform(b)
+	coll := fake.collateral(b)
+	var nonce [64]byte
+	fev := fake.quote(b, nonce, 0)
+	for _, bc := range []struct {
+		name string
+		ev   *attest.Evidence
+		rd   [64]byte
+		opts Options
+	}{
+		{"no-collateral", ev, rd, Options{At: collateralTime}},
+		{"collateral", fev, nonce, Options{At: collateralTime, Roots: []*x509.Certificate{fake.root}, Collateral: coll}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			v := newVerifier(b, bc.opts)
+			for b.Loop() {
+				if _, err := v.Verify(context.Background(), bc.ev, bc.rd); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
