@@ -232,7 +232,7 @@ func TestTypeText(t *testing.T) {
 		in   string
 		want Type
 		err  bool
-	}{{"int", TypeInt, false}, {"long", TypeInt, false}, {"double", TypeFloat, false}, {"string", TypeString, false}, {"boolean", TypeBool, false}, {"null", 0, true}, {"map", 0, true}} {
+	}{{"int", TypeInt, false}, {"long", TypeInt, false}, {"double", TypeFloat, false}, {"string", TypeString, false}, {"boolean", TypeBool, false}, {"null", TypeNull, false}, {"map", 0, true}} {
 		var got Type
 		err := got.UnmarshalText([]byte(tt.in))
 		if (err != nil) != tt.err || got != tt.want {

@@ -126,9 +126,14 @@ func (t Type) MarshalText() ([]byte, error) {
 	return []byte(t.String()), nil
 }
 
-// UnmarshalText parses a type name as ParseType does. "null" is refused: no
-// field has the null type.
+// UnmarshalText parses a type name as ParseType does, and also "null" (the
+// zero Type, which MarshalText writes for an unset type), so that encoding
+// round-trips; schema validation refuses fields without a type.
 func (t *Type) UnmarshalText(b []byte) error {
+	if string(b) == "null" {
+		*t = TypeNull
+		return nil
+	}
 	v, err := ParseType(string(b))
 	if err != nil {
 		return err
