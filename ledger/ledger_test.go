@@ -550,3 +550,29 @@ func TestAudit(t *testing.T) {
 		t.Errorf("tampered record: %v, want ErrInclusion", err)
 	}
 }
+
+func TestKeyErrors(t *testing.T) {
+	priv := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	pub := priv.Public().(ed25519.PublicKey)
+	tests := []struct {
+		name string
+		priv ed25519.PrivateKey
+		pub  ed25519.PublicKey
+	}{
+		{"", priv, pub},
+		{"has space", priv, pub},
+		{"has+plus", priv, pub},
+		{"short-key", priv[:10], pub[:10]},
+	}
+	for _, tt := range tests {
+		if _, err := NewSigner(tt.name, tt.priv); err == nil {
+			t.Errorf("NewSigner(%q, %d-byte key) succeeded", tt.name, len(tt.priv))
+		}
+		if _, err := NewCheckerForKey(tt.name, tt.pub); err == nil {
+			t.Errorf("NewCheckerForKey(%q, %d-byte key) succeeded", tt.name, len(tt.pub))
+		}
+	}
+	if _, err := NewChecker("not a key"); err == nil {
+		t.Error("NewChecker accepted a malformed verifier key")
+	}
+}

@@ -101,10 +101,50 @@ func Decode(data []byte) (*Document, error) {
 	if err := yaml.UnmarshalStrict(data, &d); err != nil {
 		return nil, fmt.Errorf("policy: decoding document: %w", err)
 	}
+	if err := checkKeys(data); err != nil {
+		return nil, err
+	}
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
 	return &d, nil
+}
+
+// checkKeys rejects keys that differ from the field names only in case
+// ("Stream", "EXPR"): encoding/json would accept them, and a document that
+// reads differently to a human and to the decoder has no place in a policy.
+func checkKeys(data []byte) error {
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return fmt.Errorf("policy: decoding document: %w", err)
+	}
+	var raw struct {
+		Top   map[string]json.RawMessage
+		Rules []map[string]json.RawMessage
+	}
+	if err := json.Unmarshal(j, &raw.Top); err != nil {
+		return fmt.Errorf("policy: decoding document: %w", err)
+	}
+	for k := range raw.Top {
+		if k != "stream" && k != "rules" {
+			return fmt.Errorf("policy: document has key %q; want exactly \"stream\" and \"rules\"", k)
+		}
+	}
+	if r, ok := raw.Top["rules"]; ok {
+		if err := json.Unmarshal(r, &raw.Rules); err != nil {
+			return fmt.Errorf("policy: decoding rules: %w", err)
+		}
+	}
+	for i, r := range raw.Rules {
+		for k := range r {
+			switch k {
+			case "name", "stage", "expr", "description":
+			default:
+				return fmt.Errorf("policy: rule %d has key %q; want name, stage, expr or description", i, k)
+			}
+		}
+	}
+	return nil
 }
 
 // Validate checks the shape of the document: a stream name, 1 to MaxRules

@@ -246,6 +246,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty expr", "stream: s\nrules:\n - {name: a, stage: placement, expr: ''}\n", "empty expression"},
 		{"no stream", "rules:\n - {name: a, stage: placement, expr: 'true'}\n", "stream name"},
 		{"not yaml", "{{{", "decoding"},
+		{"key case", "Stream: s\nrules:\n - {name: a, stage: placement, expr: 'true'}\n", `key "Stream"`},
+		{"rule key case", "stream: s\nrules:\n - {name: a, stage: placement, Expr: 'true'}\n", `key "Expr"`},
+		{"two streams by case", "stream: s\nSTREAM: t\nrules:\n - {name: a, stage: placement, expr: 'true'}\n", `key "STREAM"`},
 		{"too long expr", "stream: s\nrules:\n - {name: a, stage: placement, expr: '" + strings.Repeat("x", MaxExprLength+1) + "'}\n", "longer than"},
 	}
 	for _, tt := range tests {
