@@ -187,6 +187,21 @@ func TestRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A current CRL from the fake ARK that revokes nothing.
+	currentCRL, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(3), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(time.Hour),
+		SignatureAlgorithm: x509.SHA384WithRSAPSS,
+	}, signer.Ark, signer.Keys.Ark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	futureCRL, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(4), ThisUpdate: now.Add(time.Hour), NextUpdate: now.Add(2 * time.Hour),
+		SignatureAlgorithm: x509.SHA384WithRSAPSS,
+	}, signer.Ark, signer.Keys.Ark)
+	if err != nil {
+		t.Fatal(err)
+	}
 	withCRL := func(ev *attest.Evidence, crl []byte) *attest.Evidence {
 		out, err := AddCertificates(ev, Certificates{CRL: crl})
 		if err != nil {
@@ -237,6 +252,8 @@ func TestRefusals(t *testing.T) {
 		{"SMT denied", sample, sampleReportData, Options{At: sampleTime, AllowDebug: true, DenySMT: true}, RuleSMT},
 		{"CRL not signed by the ARK", withCRL(sample, foreignCRL), sampleReportData, Options{At: sampleTime, AllowDebug: true}, RuleCRL},
 		{"VCEK revoked", withCRL(fakeEv, revokingCRL), fakeData, Options{Roots: fakeRoots}, RuleRevoked},
+		{"CRL stale", withCRL(fakeEv, currentCRL), fakeData, Options{Roots: fakeRoots, At: now.Add(2 * time.Hour)}, RuleCRL},
+		{"CRL from the future", withCRL(fakeEv, futureCRL), fakeData, Options{Roots: fakeRoots}, RuleCRL},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,6 +275,9 @@ func TestRefusals(t *testing.T) {
 	// so the refusals above come from the rule named, not from a broken chain.
 	if _, err := NewVerifier(Options{Roots: fakeRoots}).Verify(context.Background(), fakeEv, fakeData); err != nil {
 		t.Errorf("fake-root evidence does not verify against its own root: %v", err)
+	}
+	if _, err := NewVerifier(Options{Roots: fakeRoots}).Verify(context.Background(), withCRL(fakeEv, currentCRL), fakeData); err != nil {
+		t.Errorf("fake-root evidence with a current CRL: %v", err)
 	}
 	if _, err := NewVerifier(Options{At: sampleTime, AllowDebug: true}).Verify(context.Background(), sample, sampleReportData); err != nil {
 		t.Errorf("the sample does not verify: %v", err)

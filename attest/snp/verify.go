@@ -27,7 +27,7 @@ const (
 	RuleMissingCert = "snp.missing-cert" // the VCEK/VLEK certificate is absent (never fetched)
 	RuleRoot        = "snp.root"         // the V[CL]EK does not chain to a trusted AMD root
 	RuleCertExpired = "snp.cert-expired" // a certificate of the chain is not valid at the verification time
-	RuleCRL         = "snp.crl"          // the carried CRL is malformed or not signed by the ARK
+	RuleCRL         = "snp.crl"          // the carried CRL is malformed, not signed by the ARK, or not current
 	RuleRevoked     = "snp.revoked"      // the CRL revokes the ASK or the V[CL]EK
 	RuleReportData  = "snp.report-data"  // REPORT_DATA is not the expected report data
 	RuleMeasurement = "snp.measurement"  // MEASUREMENT is not among the accepted ones
@@ -264,6 +264,9 @@ func checkCRL(a *spb.Attestation, root *trust.AMDRootCerts, ek *x509.Certificate
 	}
 	if at.Before(crl.ThisUpdate) {
 		return refuse(RuleCRL, "the carried CRL was issued at %s, after the verification time %s", crl.ThisUpdate.Format(time.RFC3339), at.Format(time.RFC3339))
+	}
+	if !crl.NextUpdate.IsZero() && at.After(crl.NextUpdate) {
+		return refuse(RuleCRL, "the carried CRL is stale: its next update was due at %s, before the verification time %s (carry a current CRL)", crl.NextUpdate.Format(time.RFC3339), at.Format(time.RFC3339))
 	}
 	for _, bad := range crl.RevokedCertificateEntries {
 		for name, c := range map[string]*x509.Certificate{"ASK": root.ProductCerts.Ask, "ASVK": root.ProductCerts.Asvk, "endorsement key": ek} {
