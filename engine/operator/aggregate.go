@@ -128,16 +128,25 @@ type window struct {
 	rows       []record.Record
 }
 
-// keyState is all the window state of one key.
+// keyState is all the window state of one key. For session windows wins are
+// the sessions; for tumbling and sliding windows they are panes: the
+// slide-long, aligned slices of time a window is made of (a tumbling window
+// is one pane, a sliding one Size/Slide panes), so a record updates one pane
+// and a window's result combines its panes when it fires.
 type keyState struct {
 	keyVals []record.Value
 	wins    []window
+	// firedUpTo is the time of the last timer that fired for this key, so
+	// several timers due at one watermark emit each window once. It is not
+	// snapshotted: after a restore the restored watermark plays its role.
+	firedUpTo int64
 }
 
 // Reset empties the state, keeping its buffers for reuse.
 func (k *keyState) Reset() {
 	k.keyVals = k.keyVals[:0]
 	k.wins = k.wins[:0]
+	k.firedUpTo = math.MinInt64
 }
 
 // WindowAggregate computes aggregates over event-time windows per key.
@@ -147,6 +156,8 @@ type WindowAggregate struct {
 	store    *state.Store[keyState]
 	timers   *timerQueue
 	wm       int64
+	prevWM   int64 // the watermark before the one being processed
+	tmp      window
 	idleOut  bool
 	restored bool
 	late     int64
@@ -281,6 +292,7 @@ func (op *WindowAggregate) keyState(key uint64, r *record.Record) (*keyState, er
 		return nil, fmt.Errorf("window aggregate: %w", err)
 	}
 	if created {
+		ks.firedUpTo = math.MinInt64
 		for _, f := range op.cfg.KeyFields {
 			ks.keyVals = append(ks.keyVals, r.Values[f])
 		}
@@ -319,54 +331,146 @@ func (op *WindowAggregate) lateRecord(r *record.Record, out Emitter) {
 	}
 }
 
-// addAligned adds r to its tumbling or sliding windows.
+// addAligned adds r to the pane of its key holding its time. Windows of the
+// pane that already fired but are within the allowed lateness fire again now.
 func (op *WindowAggregate) addAligned(r *record.Record, out Emitter) error {
 	wd := &op.cfg.Windowing
-	lateness := op.cfg.AllowedLateness
+	slide, size, lateness := wd.slide(), wd.Size, op.cfg.AllowedLateness
+	ps := wd.lastStart(r.Time)
+	if ps+size-1+lateness <= op.wm {
+		op.lateRecord(r, out) // every window r belongs to is gone
+		return nil
+	}
 	key := op.cfg.Key(r)
-	var ks *keyState
-	for s := wd.lastStart(r.Time); s > r.Time-wd.Size; s -= wd.slide() {
-		end := s + wd.Size
-		if end-1+lateness <= op.wm {
-			break // this window and all earlier ones are gone
-		}
-		if ks == nil {
-			var err error
-			if ks, err = op.keyState(key, r); err != nil {
-				return err
-			}
-		}
-		var w *window
-		for j := range ks.wins {
-			if ks.wins[j].start == s {
-				w = &ks.wins[j]
-				break
-			}
-		}
-		isNew := w == nil
-		if isNew {
-			w = op.newWindow(ks, s, end)
-		}
-		if err := op.addRow(w, r); err != nil {
-			op.errors++
-			out.EmitSide(op.cfg.ErrorSide, *r)
-			return nil
-		}
-		switch {
-		case isNew && end-1 > op.wm:
-			op.timers.add(end-1, key)
-		case isNew || w.fired: // within allowed lateness: fire (again) now
-			op.emit(ks, w, out)
-			if !w.fired {
-				w.fired = true
-				op.timers.add(end-1+lateness, key)
-			}
+	ks, err := op.keyState(key, r)
+	if err != nil {
+		return err
+	}
+	var pane *window
+	for j := range ks.wins {
+		if ks.wins[j].start == ps {
+			pane = &ks.wins[j]
+			break
 		}
 	}
-	if ks == nil {
-		op.lateRecord(r, out)
+	isNew := pane == nil
+	if isNew {
+		pane = op.newWindow(ks, ps, ps+slide)
+	}
+	if err := op.addRow(pane, r); err != nil {
+		op.errors++
+		out.EmitSide(op.cfg.ErrorSide, *r)
+		return nil
+	}
+	if isNew {
+		if e, ok := op.nextEnd(ks, op.wm); ok {
+			op.timers.add(e-1, key)
+		}
+		if lateness > 0 {
+			op.timers.add(ps+size-1+lateness, key)
+		}
+	}
+	// Windows of this pane the watermark passed, within lateness: fire again.
+	for e := ps + slide; e <= ps+size && e-1 <= op.wm; e += slide {
+		if e-1+lateness > op.wm {
+			op.emitWindow(ks, e-size, e, out)
+		}
 	}
 	return nil
+}
+
+// nextEnd returns the end of the earliest window ending after time after
+// (end-1 > after) that holds a pane of ks.
+func (op *WindowAggregate) nextEnd(ks *keyState, after int64) (int64, bool) {
+	wd := &op.cfg.Windowing
+	slide, size := wd.slide(), wd.Size
+	best, found := int64(math.MaxInt64), false
+	for j := range ks.wins {
+		p := ks.wins[j].start
+		if p+size-1 <= after {
+			continue // every window of this pane ended
+		}
+		e := p + slide // the first window holding the pane
+		if e-1 <= after {
+			e = wd.lastStart(after+1) + slide
+		}
+		if e < best {
+			best, found = e, true
+		}
+	}
+	return best, found
+}
+
+// emitWindow emits the result of window [start, end) of ks from its panes.
+func (op *WindowAggregate) emitWindow(ks *keyState, start, end int64, out Emitter) {
+	if op.cfg.Windowing.Kind == TumblingWindows {
+		for j := range ks.wins {
+			if ks.wins[j].start == start {
+				op.emit(ks, &ks.wins[j], out)
+				return
+			}
+		}
+		return
+	}
+	w := &op.tmp
+	w.start, w.end, w.count = start, end, 0
+	w.accs = w.accs[:0]
+	for range op.cfg.Aggs {
+		w.accs = append(w.accs, acc{})
+	}
+	clear(w.rows)
+	w.rows = w.rows[:0]
+	found := false
+	for j := range ks.wins {
+		if p := &ks.wins[j]; p.start >= start && p.start < end {
+			if err := op.mergeWindow(w, p); err != nil {
+				op.errors++
+				return
+			}
+			found = true
+		}
+	}
+	if found {
+		w.start, w.end = start, end
+		op.emit(ks, w, out)
+	}
+}
+
+// fireAligned emits, for each key, its windows that ended since it last
+// fired (end-1 in (max(previous watermark, firedUpTo), t]) in order, drops
+// the panes beyond their allowed lateness, and sets the key's next timer.
+func (op *WindowAggregate) fireAligned(t int64, keys []uint64, out Emitter) {
+	size, lateness := op.cfg.Windowing.Size, op.cfg.AllowedLateness
+	for _, key := range keys {
+		ks := op.store.Get(key)
+		if ks == nil {
+			continue
+		}
+		from := max(op.prevWM, ks.firedUpTo)
+		for from < t {
+			e, ok := op.nextEnd(ks, from)
+			if !ok || e-1 > t {
+				break
+			}
+			op.emitWindow(ks, e-size, e, out)
+			from = e - 1
+		}
+		ks.firedUpTo = max(ks.firedUpTo, t)
+		for j := 0; j < len(ks.wins); {
+			if ks.wins[j].start+size-1+lateness <= t {
+				removeWindow(ks, j)
+				continue
+			}
+			j++
+		}
+		if len(ks.wins) == 0 {
+			op.store.Delete(key)
+			continue
+		}
+		if e, ok := op.nextEnd(ks, t); ok {
+			op.timers.add(e-1, key)
+		}
+	}
 }
 
 // addSession adds r to its key's sessions, merging those it bridges.
@@ -710,21 +814,25 @@ func (op *WindowAggregate) ProcessWatermark(_ int, wm int64, out Emitter) error 
 		}
 		return nil
 	}
-	op.wm = wm
+	op.prevWM, op.wm = op.wm, wm
 	op.idleOut = false
 	for {
 		t, keys, ok := op.timers.popDue(wm)
 		if !ok {
 			break
 		}
-		op.fire(t, keys, out)
+		if op.cfg.Windowing.Kind == SessionWindows {
+			op.fireSession(t, keys, out)
+		} else {
+			op.fireAligned(t, keys, out)
+		}
 	}
 	out.EmitWatermark(wm)
 	return nil
 }
 
-// fire handles the timers at time t for keys.
-func (op *WindowAggregate) fire(t int64, keys []uint64, out Emitter) {
+// fireSession handles the timers at time t for keys' sessions.
+func (op *WindowAggregate) fireSession(t int64, keys []uint64, out Emitter) {
 	lateness := op.cfg.AllowedLateness
 	for _, key := range keys {
 		ks := op.store.Get(key)
@@ -781,15 +889,28 @@ func (op *WindowAggregate) Restore(from, to int, data []byte) error {
 	}
 	op.restored = true
 	maxP := op.store.MaxParallelism()
+	sessions := op.cfg.Windowing.Kind == SessionWindows
 	op.store.ForEach(func(key uint64, ks *keyState) bool {
-		if r.Contains(state.KeyGroup(key, maxP)) {
-			for j := range ks.wins {
-				w := &ks.wins[j]
-				if w.fired {
-					op.timers.add(w.end-1+op.cfg.AllowedLateness, key)
-				} else {
-					op.timers.add(w.end-1, key)
+		if !r.Contains(state.KeyGroup(key, maxP)) {
+			return true
+		}
+		ks.firedUpTo = math.MinInt64
+		if !sessions {
+			if e, ok := op.nextEnd(ks, op.wm); ok {
+				op.timers.add(e-1, key)
+			}
+		}
+		for j := range ks.wins {
+			w := &ks.wins[j]
+			switch {
+			case !sessions:
+				if op.cfg.AllowedLateness > 0 {
+					op.timers.add(w.start+op.cfg.Windowing.Size-1+op.cfg.AllowedLateness, key)
 				}
+			case w.fired:
+				op.timers.add(w.end-1+op.cfg.AllowedLateness, key)
+			default:
+				op.timers.add(w.end-1, key)
 			}
 		}
 		return true
