@@ -123,6 +123,19 @@ func TestWindowAggregate(t *testing.T) {
 		steps: []step{B(rec(0), rec(11)), W(10), B(rec(30)), F()},
 		want:  []string{"9:0,10,1", "20:11,21,1", "39:30,40,1"},
 	}, {
+		name: "session within allowed lateness grows, fires again, then is dropped",
+		cfg:  WindowConfig{Windowing: Session(10), Aggs: count, AllowedLateness: 20},
+		steps: []step{
+			B(rec(0)), W(9), // fires [0,10)
+			B(rec(5)), // extends the session to [0,15): fires when the watermark reaches 14
+			W(14),
+			W(40),     // cleaned up at 14+20
+			B(rec(3)), // late
+			F(),
+		},
+		want: []string{"9:0,10,1", "14:0,15,2"},
+		late: 1,
+	}, {
 		name:  "late session record is dropped",
 		cfg:   WindowConfig{Windowing: Session(10), Aggs: count},
 		steps: []step{B(rec(100)), W(200), B(rec(150)), F()},

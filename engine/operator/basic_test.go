@@ -149,6 +149,9 @@ func TestWatermarksGenerator(t *testing.T) {
 	if want := []int64{25, IdleWatermark, 25, FinalWatermark}; !slices.Equal(out.wms, want) {
 		t.Fatalf("watermarks %v, want %v", out.wms, want)
 	}
+	if err := g.ProcessBatch(0, &record.Batch{Records: []record.Record{rec(0, 40)}}, &out); err == nil {
+		t.Error("a batch after the final watermark was accepted")
+	}
 	if _, err := NewWatermarks(WatermarksConfig{MaxOutOfOrderness: -1}); err == nil {
 		t.Error("negative out-of-orderness accepted")
 	}

@@ -44,8 +44,8 @@ func NewWatermarks(cfg WatermarksConfig) (*Watermarks, error) {
 
 // ProcessBatch passes b's records on and advances the watermark.
 func (w *Watermarks) ProcessBatch(_ int, b *record.Batch, out Emitter) error {
-	if w.emitted == FinalWatermark {
-		return nil
+	if w.emitted == FinalWatermark && len(b.Records) > 0 {
+		return fmt.Errorf("watermarks: %d records after the final watermark", len(b.Records))
 	}
 	for i := range b.Records {
 		r := &b.Records[i]
