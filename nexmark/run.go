@@ -1,0 +1,130 @@
+package nexmark
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/runtime"
+)
+
+// Input is the events a query runs over: generated, or given.
+type Input struct {
+	// Events is the number of events to generate with Config (ignored when
+	// Given is set).
+	Events int64
+	// Config configures the generator.
+	Config Config
+	// Given, if not nil, are the events to run over instead (read from a
+	// file, for example).
+	Given []Event
+}
+
+// Len returns the number of events of the input.
+func (in *Input) Len() int64 {
+	if in.Given != nil {
+		return int64(len(in.Given))
+	}
+	return in.Events
+}
+
+// Sources returns the runtime sources of the three Nexmark streams for in.
+// Generated events are produced by each source subtask directly into record
+// batches (subtask i of p takes event numbers ≡ i mod p); given events are
+// split by kind and then by position.
+func Sources(in *Input, batchSize int) (map[string]runtime.Source, error) {
+	if batchSize <= 0 {
+		batchSize = 512
+	}
+	srcs := map[string]runtime.Source{}
+	kinds := []Kind{KindPerson, KindAuction, KindBid}
+	if in.Given != nil {
+		byKind := map[Kind][]record.Record{}
+		for i := range in.Given {
+			var rec record.Record
+			in.Given[i].Record(&rec)
+			byKind[in.Given[i].Kind] = append(byKind[in.Given[i].Kind], rec)
+		}
+		for _, k := range kinds {
+			srcs[Stream(k)] = runtime.SliceSource(byKind[k], batchSize)
+		}
+		return srcs, nil
+	}
+	g, err := NewGenerator(in.Config)
+	if err != nil {
+		return nil, err
+	}
+	n := in.Events
+	for _, k := range kinds {
+		srcs[Stream(k)] = func(ctx context.Context, split runtime.Split, emit func(*record.Batch) error) error {
+			s := NewSource(g, k, n, split.Subtask, split.Parallelism)
+			b := &record.Batch{Records: make([]record.Record, 0, batchSize)}
+			for more := true; more; {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				b.Reset()
+				more = s.Fill(b, batchSize)
+				if b.Len() > 0 {
+					if err := emit(b); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+	}
+	return srcs, nil
+}
+
+// RunOptions configure Run.
+type RunOptions struct {
+	// Query is q0, q1, ... (see Queries).
+	Query string
+	// Query options: parallelism, out-of-orderness.
+	QueryOptions
+	// Input is what the query runs over.
+	Input Input
+	// Engine holds the runtime options (transport, codec, batch size). Run
+	// sets Sources and Sinks itself.
+	Engine runtime.Options
+	// Row receives every result row, in the order of Columns(Query). It is
+	// called from one goroutine at a time; vals is valid only during the
+	// call. Nil discards the rows.
+	Row func(vals []record.Value) error
+}
+
+// Run runs a query on the engine over the input and reports the engine's
+// counters.
+func Run(ctx context.Context, o RunOptions) (*runtime.Result, error) {
+	spec, err := JobSpec(o.Query, o.QueryOptions)
+	if err != nil {
+		return nil, err
+	}
+	srcs, err := Sources(&o.Input, o.Engine.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	eo := o.Engine
+	eo.Sources = srcs
+	var mu sync.Mutex
+	eo.Sinks = map[string]runtime.Sink{OutputStream: func(_ runtime.Split, b *record.Batch) error {
+		if o.Row == nil {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range b.Records {
+			if err := o.Row(b.Records[i].Values); err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+	res, err := runtime.Run(ctx, spec, eo)
+	if err != nil {
+		return nil, fmt.Errorf("nexmark %s: %w", o.Query, err)
+	}
+	return res, nil
+}

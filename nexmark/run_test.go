@@ -1,0 +1,95 @@
+package nexmark
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/exchange"
+	"github.com/sealflow/sealflow/substrate"
+)
+
+// runCollect runs a query on the engine and collects its rows.
+func runCollect(t *testing.T, ctx context.Context, o RunOptions) Result {
+	t.Helper()
+	res := Result{Columns: Columns(o.Query)}
+	o.Row = func(vals []record.Value) error {
+		res.Rows = append(res.Rows, slices.Clone(vals))
+		return nil
+	}
+	if _, err := Run(ctx, o); err != nil {
+		t.Fatalf("%s: %v", o.Query, err)
+	}
+	return res
+}
+
+// TestQueriesMatchReference runs every query on the engine (local exchanges,
+// parallelism 1 and 3) over generated events and compares the output multiset
+// with the reference computation over the same events.
+func TestQueriesMatchReference(t *testing.T) {
+	n := 100_000
+	seeds := []int64{1, 2}
+	if testing.Short() {
+		n, seeds = 20_000, seeds[:1]
+	}
+	for _, seed := range seeds {
+		cfg := DefaultConfig(seed)
+		events := mustGenerate(t, cfg, n)
+		for _, q := range Queries {
+			want, err := Reference(q, events)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(want.Rows) == 0 {
+				t.Fatalf("%s seed %d: the reference has no rows; the test would prove nothing", q, seed)
+			}
+			for _, p := range []int{1, 3} {
+				t.Run(fmt.Sprintf("%s/seed%d/p%d", q, seed, p), func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+					defer cancel()
+					got := runCollect(t, ctx, RunOptions{Query: q, QueryOptions: QueryOptions{Parallelism: p},
+						Input: Input{Events: int64(n), Config: cfg}})
+					if d := Diff(want, got, 5); d != "" {
+						t.Error(d)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestQueriesOverGivenEventsAndNATS runs the queries over events given as a
+// slice (as read from a file) through NATS exchanges on an embedded server.
+func TestQueriesOverGivenEventsAndNATS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, err := substrate.Start(ctx, substrate.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := substrate.Connect(ctx, srv.ClientURL(), "nexmark-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	tr, err := exchange.NewNATS(nc, exchange.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := mustGenerate(t, DefaultConfig(5), 30_000)
+	for _, q := range Queries {
+		want, _ := Reference(q, events)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		got := runCollect(t, ctx, RunOptions{Query: q, QueryOptions: QueryOptions{Parallelism: 2},
+			Input: Input{Given: events}, Engine: runtime.Options{Transport: tr}})
+		cancel()
+		if d := Diff(want, got, 5); d != "" {
+			t.Errorf("%s over NATS: %s", q, d)
+		}
+	}
+}
