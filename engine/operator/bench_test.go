@@ -70,6 +70,15 @@ func BenchmarkSlidingMaxRows(b *testing.B) {
 	}
 }
 
+func BenchmarkSlidingCount(b *testing.B) { // Nexmark q5's first stage: bids per auction
+	for _, keys := range []int{1000, 10000} {
+		b.Run(itoa(keys)+"keys", func(b *testing.B) {
+			benchWindow(b, WindowConfig{Windowing: Sliding(10000, 2000), Key: KeyOf(0), KeyFields: []int{0},
+				Aggs: []Agg{{Kind: AggCount}}}, keys)
+		})
+	}
+}
+
 func BenchmarkGlobalTumblingMaxRows(b *testing.B) { // Nexmark q7's shape
 	benchWindow(b, WindowConfig{Windowing: Tumbling(10000), Aggs: []Agg{{Kind: AggMaxRows, Field: 1}}}, 1)
 }
@@ -97,4 +106,43 @@ func cpuNanos() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkRegularJoin has Nexmark q3's shape: 10,000 persons on the left,
+// b.N auctions on the right, each auction joining its seller.
+func BenchmarkRegularJoin(b *testing.B) {
+	op, err := NewRegularJoin(JoinConfig{LeftKey: KeyOf(0), RightKey: KeyOf(1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const persons = 10000
+	var out discard
+	var pb record.Batch
+	for i := 0; i < persons; i++ {
+		pb.Records = append(pb.Records, record.Record{Time: int64(i), Values: []record.Value{record.Int(int64(i)), record.String("name"), record.String("OR")}})
+	}
+	op.ProcessBatch(Left, &pb, &out)
+	const batchSize = 1000
+	batch := record.Batch{Records: make([]record.Record, batchSize)}
+	for i := range batch.Records {
+		batch.Records[i].Values = []record.Value{record.Int(0), record.Int(0), record.Int(10)}
+	}
+	b.ReportAllocs()
+	cpu0 := cpuNanos()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += batchSize {
+		for i := range batch.Records {
+			r := &batch.Records[i]
+			r.Time = int64(n + i)
+			r.Values[0].I = int64(n + i)
+			r.Values[1].I = int64((n + i) % persons)
+		}
+		if err := op.ProcessBatch(Right, &batch, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/record")
+	b.ReportMetric(float64(cpuNanos()-cpu0)/float64(b.N), "cpu-ns/record")
+	b.ReportMetric(float64(out.n)/float64(b.N), "results/record")
 }
