@@ -9,8 +9,10 @@
 // CEL's interpreter costs a few hundred nanoseconds per record for small
 // expressions (see BenchmarkEval). For the hot forms that JobSpecs use in
 // filters and projections (field references, literals, arithmetic,
-// comparisons, boolean logic, string equality, `in` over a constant list,
-// int()/double() casts and the conditional operator), Compile translates the
+// comparisons including int-double ones, boolean logic, string equality and
+// concatenation, `in` over a constant list, int()/double() casts, the
+// conditional operator, size() and the string methods startsWith, endsWith
+// and contains), Compile translates the
 // checked CEL AST into specialised Go closures with CEL's exact semantics
 // (overflow and division errors, NaN ordering, error absorption by && and ||).
 // Anything else falls back to the CEL interpreter, so every valid CEL

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
+	"unicode/utf8"
 
 	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/operators"
@@ -152,11 +154,11 @@ func b2i(b bool) int64 {
 }
 
 func (c *compiler) call(call celast.CallExpr) (node, bool) {
-	if call.IsMemberFunction() {
-		return node{}, false
-	}
 	args := call.Args()
 	fn := call.FunctionName()
+	if call.IsMemberFunction() {
+		return c.member(fn, call.Target(), args)
+	}
 	switch fn {
 	case operators.In:
 		return c.in(args)
@@ -174,7 +176,7 @@ func (c *compiler) call(call celast.CallExpr) (node, bool) {
 		return unary(fn, ns[0])
 	case 2:
 		if ns[0].t != ns[1].t {
-			return node{}, false // mixed numeric types: leave to CEL
+			return mixed(fn, ns[0], ns[1])
 		}
 		return binary(fn, ns[0], ns[1])
 	case 3:
@@ -238,6 +240,10 @@ func unary(fn string, a node) (node, bool) {
 				}
 				return int64(v), nil
 			}}, true
+		}
+	case "size":
+		if a.t == record.TypeString {
+			return sizeNode(a.s), true
 		}
 	case "double":
 		switch a.t {
@@ -642,4 +648,139 @@ func inErr(err error) error {
 		return nil
 	}
 	return err
+}
+
+// sizeNode is size(s): the number of code points, as CEL counts them.
+func sizeNode(a func(*record.Record) (string, error)) node {
+	return node{t: record.TypeInt, i: func(r *record.Record) (int64, error) {
+		v, err := a(r)
+		if err != nil {
+			return 0, nonNull(err)
+		}
+		return int64(utf8.RuneCountInString(v)), nil
+	}}
+}
+
+// member compiles the string methods s.size(), s.startsWith(x),
+// s.endsWith(x) and s.contains(x).
+func (c *compiler) member(fn string, target celast.Expr, args []celast.Expr) (node, bool) {
+	t, ok := c.compile(target)
+	if !ok || t.t != record.TypeString {
+		return node{}, false
+	}
+	if fn == "size" && len(args) == 0 {
+		return sizeNode(t.s), true
+	}
+	if len(args) != 1 {
+		return node{}, false
+	}
+	a, ok := c.compile(args[0])
+	if !ok || a.t != record.TypeString {
+		return node{}, false
+	}
+	var op func(s, x string) bool
+	switch fn {
+	case "startsWith":
+		op = strings.HasPrefix
+	case "endsWith":
+		op = strings.HasSuffix
+	case "contains":
+		op = strings.Contains
+	default:
+		return node{}, false
+	}
+	return cmpNode(t.s, a.s, op)
+}
+
+// mixed compiles ordering comparisons between an int and a double, with
+// CEL's numeric semantics (cross-type numeric comparisons are enabled; CEL's
+// checker refuses == and != between them).
+func mixed(fn string, a, b node) (node, bool) {
+	var cmp func(r *record.Record) (c int, nan bool, err error, null bool)
+	switch {
+	case a.t == record.TypeInt && b.t == record.TypeFloat:
+		ai, bf := a.i, b.f
+		cmp = func(r *record.Record) (int, bool, error, bool) {
+			i, ie := ai(r)
+			if ie != nil && ie != errNull {
+				return 0, false, ie, false
+			}
+			d, de := bf(r)
+			if de != nil && de != errNull {
+				return 0, false, de, false
+			}
+			if ie != nil || de != nil {
+				return 0, false, nil, true
+			}
+			if math.IsNaN(d) {
+				return 0, true, nil, false
+			}
+			return -compareDoubleInt(d, i), false, nil, false
+		}
+	case a.t == record.TypeFloat && b.t == record.TypeInt:
+		af, bi := a.f, b.i
+		cmp = func(r *record.Record) (int, bool, error, bool) {
+			d, de := af(r)
+			if de != nil && de != errNull {
+				return 0, false, de, false
+			}
+			i, ie := bi(r)
+			if ie != nil && ie != errNull {
+				return 0, false, ie, false
+			}
+			if ie != nil || de != nil {
+				return 0, false, nil, true
+			}
+			if math.IsNaN(d) {
+				return 0, true, nil, false
+			}
+			return compareDoubleInt(d, i), false, nil, false
+		}
+	default:
+		return node{}, false
+	}
+	var want func(c int) bool
+	switch fn {
+	case operators.Less:
+		want = func(c int) bool { return c < 0 }
+	case operators.LessEquals:
+		want = func(c int) bool { return c <= 0 }
+	case operators.Greater:
+		want = func(c int) bool { return c > 0 }
+	case operators.GreaterEquals:
+		want = func(c int) bool { return c >= 0 }
+	default:
+		return node{}, false
+	}
+	return boolNode(func(r *record.Record) (bool, error) {
+		c, nan, err, null := cmp(r)
+		switch {
+		case err != nil:
+			return false, err
+		case null:
+			return false, errNullOperand
+		case nan:
+			return false, nil // NaN is unordered: every comparison is false
+		}
+		return want(c), nil
+	}), true
+}
+
+// compareDoubleInt orders a double and an int as CEL does: doubles beyond
+// the int64 range are below or above every int; otherwise the int is
+// converted to a double.
+func compareDoubleInt(d float64, i int64) int {
+	if d < math.MinInt64 {
+		return -1
+	}
+	if d > math.MaxInt64 {
+		return 1
+	}
+	switch f := float64(i); {
+	case d < f:
+		return -1
+	case d > f:
+		return 1
+	}
+	return 0
 }

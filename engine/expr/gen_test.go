@@ -20,9 +20,11 @@ func (g *exprGen) gen(t record.Type, depth int) string {
 	switch t {
 	case record.TypeInt:
 		if leaf {
-			return g.pick("i", "j", "0", "1", "-1", "7", "123", "9223372036854775807")
+			return g.pick("i", "j", "0", "1", "-1", "7", "123", "9223372036854775807", "-9223372036854775807")
 		}
-		switch g.r.IntN(5) {
+		switch g.r.IntN(6) {
+		case 5:
+			return fmt.Sprintf("size(%s)", g.gen(record.TypeString, depth-1))
 		case 0:
 			return fmt.Sprintf("(%s %s %s)", g.gen(t, depth-1), g.pick("+", "-", "*", "/", "%"), g.gen(t, depth-1))
 		case 1:
@@ -36,7 +38,7 @@ func (g *exprGen) gen(t record.Type, depth int) string {
 		}
 	case record.TypeFloat:
 		if leaf {
-			return g.pick("x", "y", "0.0", "1.5", "-2.25", "0.908", "1e300")
+			return g.pick("x", "y", "0.0", "1.5", "-2.25", "0.908", "1e300", "9223372036854775807.0", "-9.3e18")
 		}
 		switch g.r.IntN(4) {
 		case 0:
@@ -60,7 +62,12 @@ func (g *exprGen) gen(t record.Type, depth int) string {
 		if leaf {
 			return g.pick("b", "true", "false")
 		}
-		switch g.r.IntN(7) {
+		switch g.r.IntN(9) {
+		case 7:
+			num := []record.Type{record.TypeInt, record.TypeFloat}
+			return fmt.Sprintf("(%s %s %s)", g.gen(num[g.r.IntN(2)], depth-1), g.pick("<", "<=", ">", ">="), g.gen(num[g.r.IntN(2)], depth-1))
+		case 8:
+			return fmt.Sprintf("%s.%s(%s)", g.gen(record.TypeString, 0), g.pick("startsWith", "endsWith", "contains"), g.gen(record.TypeString, depth-1))
 		case 0:
 			ct := []record.Type{record.TypeInt, record.TypeFloat, record.TypeString}[g.r.IntN(3)]
 			return fmt.Sprintf("(%s %s %s)", g.gen(ct, depth-1), g.pick("<", "<=", ">", ">=", "==", "!="), g.gen(ct, depth-1))
