@@ -347,7 +347,7 @@ func (op *WindowAggregate) addAligned(r *record.Record, out Emitter) error {
 		return err
 	}
 	var pane *window
-	for j := range ks.wins {
+	for j := len(ks.wins) - 1; j >= 0; j-- { // the newest pane is usually last
 		if ks.wins[j].start == ps {
 			pane = &ks.wins[j]
 			break
@@ -418,7 +418,9 @@ func (op *WindowAggregate) emitWindow(ks *keyState, start, end int64, out Emitte
 	for range op.cfg.Aggs {
 		w.accs = append(w.accs, acc{})
 	}
-	clear(w.rows)
+	if op.rowsMode == AggTopN {
+		clear(w.rows) // top-n inserts shift rows: no spare slot may alias a kept one
+	}
 	w.rows = w.rows[:0]
 	found := false
 	for j := range ks.wins {
@@ -710,7 +712,9 @@ func (op *WindowAggregate) mergeWindow(dst, src *window) error {
 		a := &op.cfg.Aggs[i]
 		switch a.Kind {
 		case AggCount:
-			dst.accs[i].n += src.accs[i].n
+			if a.NonNull {
+				dst.accs[i].n += src.accs[i].n
+			}
 		case AggSum, AggAvg, AggMin, AggMax:
 			if src.accs[i].n > 0 {
 				if err := addAcc(a.Kind, &dst.accs[i], src.accs[i].v, src.accs[i].n); err != nil {

@@ -75,6 +75,10 @@ func TestKeyOf(t *testing.T) {
 	if KeyOf(0, 1)(&c) == KeyOf(0, 1)(&d) {
 		t.Error(`("ab","c") and ("a","bc") get the same key`)
 	}
+	short := rec(0)
+	if KeyOf(3)(&short) != KeyOf(0)(&record.Record{Values: []record.Value{{}}}) || KeyOf(1, 4)(&a) == 0 {
+		t.Error("a missing field does not key like null")
+	}
 	if KeyOf()(&a) != 0 {
 		t.Error("KeyOf() is not constant 0")
 	}

@@ -9,7 +9,8 @@ import (
 // KeyOf returns a KeyFunc over the given field indexes. A single int (or bool)
 // field is its own key, so distinct ids never collide; otherwise the key is
 // HashValues of the fields. With no fields every record has key 0 (a global,
-// non-keyed grouping).
+// non-keyed grouping). A field beyond a record's length counts as null (the
+// JobSpec type check guarantees arity; a key function must never panic).
 func KeyOf(fields ...int) KeyFunc {
 	fs := append([]int(nil), fields...)
 	switch len(fs) {
@@ -18,6 +19,9 @@ func KeyOf(fields ...int) KeyFunc {
 	case 1:
 		f := fs[0]
 		return func(r *record.Record) uint64 {
+			if f >= len(r.Values) {
+				return hashValue(fnvOffset, &record.Value{})
+			}
 			v := &r.Values[f]
 			if v.T == record.TypeInt || v.T == record.TypeBool {
 				return uint64(v.I)
@@ -34,10 +38,15 @@ const (
 )
 
 // HashValues returns a 64-bit FNV-1a hash of the values at the given indexes,
-// including their types, so int 1 and string "1" differ.
+// including their types, so int 1 and string "1" differ. Indexes beyond vals
+// hash as null.
 func HashValues(vals []record.Value, fields []int) uint64 {
 	h := uint64(fnvOffset)
 	for _, f := range fields {
+		if f >= len(vals) {
+			h = hashValue(h, &record.Value{})
+			continue
+		}
 		h = hashValue(h, &vals[f])
 	}
 	return h
