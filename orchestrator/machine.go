@@ -722,6 +722,9 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 		return err
 	}
 	if pending := m.pendingOwners(svc); len(pending) > 0 {
+		// The provider learns which input streams still need their owner's
+		// approval (see the api's Response.Result of a refusal).
+		out.Result = map[string]any{"pending": pending, "digest": svc.Digest}
 		return logRefusal(refuse("approval.pending", "service %s (digest %s) is not approved by the owners of %v: every input owner must approve it or have a service rule that admits it", svc.Manifest.ID, svc.Digest[:12], pending))
 	}
 	for _, in := range svc.Manifest.Inputs {

@@ -37,6 +37,7 @@ func (s *Server) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/nodes", s.view(func(st *orchestrator.State) any { return NodeViews(st) }))
 	mux.HandleFunc("GET /v1/services", s.view(func(st *orchestrator.State) any { return ServiceViews(st) }))
 	mux.HandleFunc("GET /v1/jobs", s.view(func(st *orchestrator.State) any { return JobViews(st) }))
+	mux.HandleFunc("GET /v1/parties", s.view(func(st *orchestrator.State) any { return PartyViews(st) }))
 	mux.HandleFunc("GET /v1/releases", s.handleReleases)
 	mux.HandleFunc("GET /v1/policy/explain", s.handleExplain)
 	if gatherer != nil {
@@ -358,5 +359,16 @@ func JobViews(st *orchestrator.State) []JobView {
 		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch})
 	}
 	slices.SortFunc(out, func(a, b JobView) int { return cmpString(a.ID, b.ID) })
+	return out
+}
+
+// PartyViews lists the registered parties' public identities (the genesis
+// operator included), sorted by name then id.
+func PartyViews(st *orchestrator.State) []*party.Identity {
+	out := make([]*party.Identity, 0, len(st.Parties))
+	for _, p := range st.Parties {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b *party.Identity) int { return cmpString(a.Name+string(a.ID()), b.Name+string(b.ID())) })
 	return out
 }
