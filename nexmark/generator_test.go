@@ -288,3 +288,17 @@ func TestExp10x6(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendValueFloats(t *testing.T) {
+	for _, tc := range []struct {
+		f    float64
+		want string
+	}{
+		{0, "0"}, {908, "908"}, {5249702.788, "5249702.788"}, {0.908 * 7, "6.356"}, {1e21, "1e+21"},
+		{1e-7, "1e-07"}, {-2.5, "-2.5"}, {math.NaN(), "null"}, {math.Inf(1), "null"},
+	} {
+		if got := string(AppendValue(nil, record.Float(tc.f))); got != tc.want {
+			t.Errorf("AppendValue(%v) = %s, want %s", tc.f, got, tc.want)
+		}
+	}
+}

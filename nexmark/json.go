@@ -67,6 +67,10 @@ func AppendValue(dst []byte, v record.Value) []byte {
 		if math.IsNaN(v.F) || math.IsInf(v.F, 0) {
 			return append(dst, "null"...)
 		}
+		// Plain decimal notation where JavaScript uses it, exponent otherwise.
+		if a := math.Abs(v.F); a == 0 || (a >= 1e-6 && a < 1e21) {
+			return strconv.AppendFloat(dst, v.F, 'f', -1, 64)
+		}
 		return strconv.AppendFloat(dst, v.F, 'g', -1, 64)
 	case record.TypeString:
 		return appendString(dst, v.S)
