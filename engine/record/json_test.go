@@ -256,3 +256,25 @@ func BenchmarkJSONEncode(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/record")
 }
+
+var bidSchema = &Schema{Fields: []Field{
+	{Name: "auction", Type: TypeInt}, {Name: "bidder", Type: TypeInt}, {Name: "price", Type: TypeInt},
+	{Name: "channel", Type: TypeString}, {Name: "url", Type: TypeString}, {Name: "dateTime", Type: TypeInt},
+	{Name: "extra", Type: TypeString},
+}}
+
+var bidLine = []byte(`{"type":"bid","auction":1007,"bidder":2001,"price":1234,"channel":"channel-3","url":"https://www.nexmark.com/x/y/item.htm?query=1","dateTime":1700000000123,"extra":""}`)
+
+// BenchmarkJSONDecodeBid decodes a Nexmark bid line into the full bid schema.
+func BenchmarkJSONDecodeBid(b *testing.B) {
+	d, _ := NewJSONDecoder(bidSchema, "dateTime")
+	var rec Record
+	b.SetBytes(int64(len(bidLine)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Decode(bidLine, 1, &rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/record")
+}
