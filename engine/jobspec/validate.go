@@ -3,6 +3,7 @@ package jobspec
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"reflect"
 	"regexp"
 	"slices"
@@ -480,16 +481,7 @@ func (v *validator) checkSchemas() {
 }
 
 func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
+	return slices.Sorted(maps.Keys(m))
 }
 
 // schemaBuilder accumulates an output schema and reports duplicate names.
@@ -497,13 +489,11 @@ type schemaBuilder struct {
 	v    *validator
 	path string
 	out  record.Schema
-	ok   bool
 }
 
 func (b *schemaBuilder) add(name string, t record.Type) {
 	if b.out.Index(name) >= 0 {
 		b.v.errorf(b.path, "duplicate-field", "output field %q appears twice", name)
-		b.ok = false
 		return
 	}
 	b.out.Fields = append(b.out.Fields, record.Field{Name: name, Type: t})
@@ -576,7 +566,7 @@ func (v *validator) typeNode(path string, n *Node, info *NodeInfo) {
 		out, keys = v.typeMap(pp, n, info.In[0])
 	case KindFlatMap:
 		in := info.In[0]
-		b := schemaBuilder{v: v, path: pp + ".as", out: record.Schema{Fields: append([]record.Field(nil), in.Fields...)}, ok: true}
+		b := schemaBuilder{v: v, path: pp + ".as", out: record.Schema{Fields: append([]record.Field(nil), in.Fields...)}}
 		if p, ok := v.compileList(pp+".expr", prm.Expr, in); ok && v.checkOutputName(pp+".as", prm.As) {
 			b.add(prm.As, p.Type())
 		}
@@ -685,7 +675,7 @@ func (v *validator) typeMap(pp string, n *Node, in *record.Schema) (*record.Sche
 	if len(prm.Fields) == 0 {
 		v.errorf(pp+".fields", "fields", "map needs at least one output field")
 	}
-	b := schemaBuilder{v: v, ok: true}
+	b := schemaBuilder{v: v}
 	identity := map[string]bool{}
 	for j, f := range prm.Fields {
 		fp := fmt.Sprintf("%s.fields[%d]", pp, j)
@@ -779,7 +769,7 @@ func (v *validator) typeWindowAggregate(pp string, n *Node, in *record.Schema) *
 		return nil
 	}
 	keys := v.inputKeys(n)
-	b := schemaBuilder{v: v, path: pp + ".aggregates", ok: true}
+	b := schemaBuilder{v: v, path: pp + ".aggregates"}
 	maxRows := -1
 	for j, a := range prm.Aggregates {
 		if a.Fn == AggMaxRows {
@@ -847,7 +837,7 @@ func (v *validator) typeJoin(pp string, n *Node, left, right *record.Schema) *re
 			}
 		}
 	}
-	b := schemaBuilder{v: v, path: pp, ok: true}
+	b := schemaBuilder{v: v, path: pp}
 	for _, side := range []struct {
 		s      *record.Schema
 		prefix string
@@ -877,7 +867,7 @@ func (v *validator) typeTopN(pp string, n *Node, in *record.Schema) *record.Sche
 	for j, o := range prm.OrderBy {
 		v.fieldOf(fmt.Sprintf("%s.orderBy[%d].field", pp, j), in, o.Field)
 	}
-	b := schemaBuilder{v: v, path: pp, ok: true}
+	b := schemaBuilder{v: v, path: pp}
 	b.out.Fields = append(b.out.Fields, in.Fields...)
 	if v.goodWindow[n] {
 		b.path = pp + ".window"
