@@ -960,6 +960,7 @@ func restoreEnvelope[V any](s *state.Store[V], r state.Range, data []byte) (int6
 // keyStateCodec encodes keyState in snapshots.
 type keyStateCodec struct{}
 
+// Append implements state.Codec.
 func (keyStateCodec) Append(dst []byte, ks *keyState) []byte {
 	dst = state.AppendUvarint(dst, uint64(len(ks.keyVals)))
 	for _, v := range ks.keyVals {
@@ -989,6 +990,7 @@ func (keyStateCodec) Append(dst []byte, ks *keyState) []byte {
 	return dst
 }
 
+// Decode implements state.Codec, strictly: every byte must be used.
 func (keyStateCodec) Decode(src []byte, ks *keyState) error {
 	d := state.NewDecoder(src)
 	ks.keyVals = ks.keyVals[:0]

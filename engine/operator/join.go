@@ -515,6 +515,7 @@ func (op *RegularJoin) Restore(from, to int, data []byte) error {
 // joinStateCodec encodes joinState in snapshots.
 type joinStateCodec struct{}
 
+// Append implements state.Codec.
 func (joinStateCodec) Append(dst []byte, js *joinState) []byte {
 	dst = state.AppendUvarint(dst, uint64(len(js.parts)))
 	for i := range js.parts {
@@ -531,6 +532,7 @@ func (joinStateCodec) Append(dst []byte, js *joinState) []byte {
 	return dst
 }
 
+// Decode implements state.Codec, strictly: every byte must be used.
 func (joinStateCodec) Decode(src []byte, js *joinState) error {
 	d := state.NewDecoder(src)
 	js.parts = js.parts[:0]
