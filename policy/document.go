@@ -5,6 +5,7 @@
 //   - placement: may this service run on this node? Variables: service and node.
 //   - recipient: may this recipient receive outputs derived from the stream?
 //     Variables: service and recipient.
+//   - service: may this service read the stream at all? Variables: service.
 //
 // Every rule of a stage must hold for the stage to allow. A Document is decoded
 // from YAML or JSON (Decode), compiled once and type-checked against the
@@ -44,12 +45,18 @@ const (
 	// StageRecipient decides whether a recipient may receive outputs derived
 	// from the stream.
 	StageRecipient Stage = "recipient"
+	// StageService decides whether a service may read the stream at all,
+	// wherever it runs: an owner's standing approval of services, beside
+	// approving one exact service digest. Variables: service.
+	StageService Stage = "service"
 )
 
 // Stages lists every stage in a fixed order.
-var Stages = []Stage{StagePlacement, StageRecipient}
+var Stages = []Stage{StagePlacement, StageRecipient, StageService}
 
-func (s Stage) valid() bool { return s == StagePlacement || s == StageRecipient }
+func (s Stage) valid() bool {
+	return s == StagePlacement || s == StageRecipient || s == StageService
+}
 
 // Limits on policy documents, which come from data owners and are untrusted
 // input until compiled.
@@ -170,7 +177,7 @@ func (d *Document) Validate() error {
 		}
 		seen[r.Name] = true
 		if !r.Stage.valid() {
-			return fmt.Errorf("policy for stream %s: rule %s: unknown stage %q (want %q or %q)", d.Stream, r.Name, r.Stage, StagePlacement, StageRecipient)
+			return fmt.Errorf("policy for stream %s: rule %s: unknown stage %q (want %q, %q or %q)", d.Stream, r.Name, r.Stage, StagePlacement, StageRecipient, StageService)
 		}
 		if len(r.Expr) == 0 {
 			return fmt.Errorf("policy for stream %s: rule %s: empty expression", d.Stream, r.Name)

@@ -185,7 +185,7 @@ var stageEnvs = sync.OnceValues(func() (map[Stage]*cel.Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[Stage]*cel.Env{StagePlacement: placement, StageRecipient: recipient}, nil
+	return map[Stage]*cel.Env{StagePlacement: placement, StageRecipient: recipient, StageService: base}, nil
 })
 
 // Compile validates the document and compiles every rule against the variables
@@ -261,6 +261,9 @@ func (p *Policy) Stream() string { return p.doc.Stream }
 
 // Digest returns the hex SHA-256 of the policy's canonical JSON.
 func (p *Policy) Digest() string { return p.digest }
+
+// HasStage reports whether the policy has rules for stage.
+func (p *Policy) HasStage(stage Stage) bool { return len(p.rules[stage]) > 0 }
 
 // Document returns a copy of the policy's document.
 func (p *Policy) Document() Document { return cloneDocument(&p.doc) }

@@ -28,6 +28,9 @@ rules:
   - name: grid-operators
     stage: recipient
     expr: recipient.role == 'operator' || (recipient.role == 'provider' && recipient.id == service.provider)
+  - name: known-providers
+    stage: service
+    expr: service.provider in ['gridco', 'tso'] && service.version >= 3
 `
 
 func mustCompile(t testing.TB, src string, opts ...CompileOption) *Policy {
@@ -74,6 +77,10 @@ func TestEvaluate(t *testing.T) {
 		{"public recipient", StageRecipient, func(in *Input) { in.Recipient.Role = "public" }, "grid-operators"},
 		{"recipient stage ignores node", StageRecipient, func(in *Input) { in.Node.TEE = "sim" }, ""},
 		{"unknown stage", Stage("export"), func(*Input) {}, RuleUnknownStage},
+		{"known provider service", StageService, func(*Input) {}, ""},
+		{"service stage ignores node", StageService, func(in *Input) { in.Node.Debug = true }, ""},
+		{"unknown provider service", StageService, func(in *Input) { in.Service.Provider = "adco" }, "known-providers"},
+		{"old service version", StageService, func(in *Input) { in.Service.Version = 2 }, "known-providers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -197,6 +204,8 @@ func TestCompileErrors(t *testing.T) {
 		{"unknown variable", "nodes.tee == 'snp'", "placement", 1, 1, "undeclared reference"},
 		{"recipient in placement", "recipient.role == 'x'", "placement", 1, 1, "undeclared reference"},
 		{"node in recipient", "node.tee == 'snp'", "recipient", 1, 1, "undeclared reference"},
+		{"node in service", "node.tee == 'snp'", "service", 1, 1, "undeclared reference"},
+		{"recipient in service", "recipient.id == 'x'", "service", 1, 1, "undeclared reference"},
 		{"type mismatch", "node.svn == 'three'", "placement", 1, 10, "no matching overload"},
 		{"second line", "node.svn >= 3 &&\n  node.debugg", "placement", 2, 7, "undefined field 'debugg'"},
 		{"not bool", "node.svn + 1", "placement", 1, 1, "want bool"},
@@ -315,6 +324,9 @@ func TestEvaluateAll(t *testing.T) {
 	}
 	if d := a.Evaluate(StageRecipient, in); !d.Allowed {
 		t.Fatal("a stage without rules refused")
+	}
+	if a.HasStage(StageRecipient) || !a.HasStage(StagePlacement) {
+		t.Fatal("HasStage disagrees with the document")
 	}
 }
 
