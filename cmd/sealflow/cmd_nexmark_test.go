@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/nexmark"
 )
 
@@ -31,6 +37,97 @@ func TestNexmarkGen(t *testing.T) {
 	for _, bad := range [][]string{{"--events", "-1"}, {"extra"}, {"--rate", "-5"}} {
 		if err := nexmarkGen(context.Background(), bad, &out); !errors.Is(err, errUsage) {
 			t.Errorf("nexmark gen %s: error %v, want a usage error", strings.Join(bad, " "), err)
+		}
+	}
+}
+
+// readRows reads result rows written by nexmark run as a Result of cols;
+// numbers in the columns that are floats in like are read as floats.
+func readRows(t *testing.T, path string, cols []string, like nexmark.Result) nexmark.Result {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := nexmark.Result{Columns: cols}
+	for line := range strings.Lines(string(data)) {
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(line))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatalf("row %q: %v", line, err)
+		}
+		if len(m) != len(cols) {
+			t.Fatalf("row %q has %d columns, want %v", line, len(m), cols)
+		}
+		var vals []record.Value
+		for _, c := range cols {
+			switch v := m[c].(type) {
+			case json.Number:
+				if i, err := v.Int64(); err == nil && like.Rows[0][len(vals)].T == record.TypeInt {
+					vals = append(vals, record.Int(i))
+				} else {
+					f, _ := v.Float64()
+					vals = append(vals, record.Float(f))
+				}
+			case string:
+				vals = append(vals, record.String(v))
+			default:
+				t.Fatalf("row %q: column %q is %T", line, c, v)
+			}
+		}
+		res.Rows = append(res.Rows, vals)
+	}
+	return res
+}
+
+func TestNexmarkRun(t *testing.T) {
+	dir := t.TempDir()
+	input := filepath.Join(dir, "events.jsonl")
+	var gen bytes.Buffer
+	if err := nexmarkGen(context.Background(), []string{"--events", "20000", "--seed", "4"}, &gen); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(input, gen.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	events, _ := nexmark.Generate(nexmark.DefaultConfig(4), 20000)
+	for _, tc := range []struct {
+		query string
+		args  []string
+	}{
+		{"q1", []string{"--events", "20000", "--seed", "4", "--plaintext"}},
+		{"q5", []string{"--input", input, "--parallelism", "2"}},
+		{"q3", []string{"--events", "20000", "--seed", "4", "--parallelism", "2"}},
+	} {
+		out := filepath.Join(dir, tc.query+".jsonl")
+		var summary bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := nexmarkRun(ctx, append([]string{"--query", tc.query, "--out", out}, tc.args...), &summary)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.query, err)
+		}
+		var s map[string]any
+		if err := json.Unmarshal(summary.Bytes(), &s); err != nil {
+			t.Fatalf("%s: summary %q: %v", tc.query, summary.String(), err)
+		}
+		for _, k := range []string{"query", "events", "wall_seconds", "cpu_seconds", "events_per_second", "peak_rss_bytes"} {
+			if _, ok := s[k]; !ok {
+				t.Errorf("%s: summary %s lacks %q", tc.query, summary.String(), k)
+			}
+		}
+		if s["query"] != tc.query || s["events"] != float64(20000) || s["peak_rss_bytes"].(float64) <= 0 {
+			t.Errorf("%s: summary %s", tc.query, summary.String())
+		}
+		want, _ := nexmark.Reference(tc.query, events)
+		if d := nexmark.Diff(want, readRows(t, out, nexmark.Columns(tc.query), want), 5); d != "" {
+			t.Errorf("%s: %s", tc.query, d)
+		}
+	}
+	for _, bad := range [][]string{{"--query", "q99", "--out", "x"}, {"--query", "q1"}, {"--query", "q1", "--out", "x", "--parallelism", "0"}} {
+		if err := nexmarkRun(context.Background(), bad, io.Discard); !errors.Is(err, errUsage) {
+			t.Errorf("nexmark run %s: error %v, want a usage error", strings.Join(bad, " "), err)
 		}
 	}
 }
