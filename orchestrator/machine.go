@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/ledger"
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/policy"
@@ -455,6 +456,9 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 		if _, ok := m.st.Streams[in]; !ok {
 			return refuse("stream.unknown", "service %s reads stream %q, which is not registered", man.ID, in)
 		}
+	}
+	if err := checkSpecs(&man); err != nil {
+		return err
 	}
 	if old, ok := m.st.Services[man.ID]; ok && old.Provider != st.Issuer {
 		return refuse("service.owner", "service id %s belongs to another provider", man.ID)
@@ -934,5 +938,40 @@ func (m *Machine) frameRejected(now time.Time, st *party.Statement, issuer *part
 	}
 	out.Entries = append(out.Entries, entry(now, "frame.rejected", subj,
 		map[string]any{"node": st.Issuer, "scope": b.Scope, "reason": b.Reason, "count": b.Count, "detail": b.Detail}))
+	return nil
+}
+
+// checkSpecs type-checks the JobSpecs of a manifest: the single Spec, or the
+// stage specs every task names. A spec that does not type-check is refused
+// with the rule and location the jobspec package names.
+func checkSpecs(man *Manifest) error {
+	check := func(what string, raw json.RawMessage) error {
+		spec, err := jobspec.Parse(raw)
+		if err != nil {
+			return refuse("jobspec.parse", "%s: %v", what, err)
+		}
+		if err := spec.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+	if len(man.Spec) > 0 {
+		if err := check("spec", man.Spec); err != nil {
+			return err
+		}
+	}
+	for name, raw := range man.Stages {
+		if err := check("stage "+name, raw); err != nil {
+			return err
+		}
+	}
+	for _, t := range man.Tasks {
+		if len(man.StageSpec(&t)) == 0 {
+			if t.Stage == "" {
+				return refuse("service.manifest", "task %s has no JobSpec: the manifest has no spec", t.ID)
+			}
+			return refuse("service.manifest", "task %s names stage %q, which the manifest does not define", t.ID, t.Stage)
+		}
+	}
 	return nil
 }

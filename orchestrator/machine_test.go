@@ -13,6 +13,7 @@ import (
 
 	"github.com/sealflow/sealflow/attest"
 	"github.com/sealflow/sealflow/attest/sim"
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/ledger"
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/seal"
@@ -161,7 +162,41 @@ func manifest(id string, inputs ...string) Manifest {
 		tasks = append(tasks, TaskSlot{ID: id + "/src-" + in, Tiers: []string{"edge"}, Reads: []string{in}})
 	}
 	tasks = append(tasks, TaskSlot{ID: id + "/agg", Writes: []string{id + "-out"}})
-	return Manifest{ID: id, Version: 1, JobDigest: "sha256:00", Inputs: inputs, Outputs: []string{id + "-out"}, Tasks: tasks}
+	b := jobspec.New(id).Schema("meter", jobspec.Float("kwh"))
+	var srcs []*jobspec.Stream
+	for _, in := range inputs {
+		srcs = append(srcs, b.Source(in, "meter"))
+	}
+	out := srcs[0]
+	if len(srcs) > 1 {
+		out = srcs[0].Union(srcs[1:]...)
+	}
+	out.Sink(id + "-out")
+	spec, err := b.MustBuild().JSON()
+	if err != nil {
+		panic(err)
+	}
+	d, _ := b.MustBuild().Digest()
+	return Manifest{ID: id, Version: 1, JobDigest: d, Inputs: inputs, Outputs: []string{id + "-out"}, Tasks: tasks, Spec: spec}
+}
+
+func TestSubmitRefusesSpecsThatDoNotTypeCheck(t *testing.T) {
+	w := newWorld(t, nil)
+	w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	man := manifest("svc", "meter-a")
+	man.Spec = json.RawMessage(`{"name": "svc", "nodes": [{"id": "f", "kind": "filter", "inputs": ["nope"], "params": {"expr": "true"}}]}`)
+	if _, err := w.do(grid, TypeServiceSubmit, man); err == nil || !strings.HasPrefix(rule(err), "jobspec.") {
+		t.Fatalf("bad spec: err = %v (rule %q), want a jobspec refusal", err, rule(err))
+	}
+	man = manifest("svc", "meter-a")
+	man.Tasks[0].Stage = "edge"
+	if _, err := w.do(grid, TypeServiceSubmit, man); rule(err) != "service.manifest" {
+		t.Fatalf("unknown stage: %v", err)
+	}
+	if len(w.m.State().Services) != 0 {
+		t.Fatal("a refused service was stored")
+	}
 }
 
 func TestDeployReleasesKeysOnlyWhenEveryOwnerApproves(t *testing.T) {

@@ -18,6 +18,9 @@ type TaskSlot struct {
 	// Site, when set, pins the task to a site (sources are placed at their
 	// owner's site).
 	Site string `json:"site,omitempty"`
+	// Stage names the manifest stage (JobSpec) the task runs; empty for the
+	// manifest's single Spec.
+	Stage string `json:"stage,omitempty"`
 	// Reads are the input streams the task reads (it receives their keys).
 	Reads []string `json:"reads,omitempty"`
 	// Writes are the output streams the task writes (it receives their keys).

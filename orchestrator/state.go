@@ -127,6 +127,19 @@ type Manifest struct {
 	Tasks []TaskSlot `json:"tasks"`
 	// Spec is the JobSpec itself (JSON); its digest must be JobDigest.
 	Spec json.RawMessage `json:"spec,omitempty"`
+	// Stages, when set, split the service into JobSpecs by name, each run by
+	// the tasks whose Stage names it and joined by intermediate streams sealed
+	// with the job's exchange key (for example edge pre-aggregation feeding a
+	// regional aggregation). The manifest digest owners approve covers them.
+	Stages map[string]json.RawMessage `json:"stages,omitempty"`
+}
+
+// StageSpec returns the JobSpec a task runs: its stage's, or Spec.
+func (m *Manifest) StageSpec(t *TaskSlot) json.RawMessage {
+	if t.Stage != "" {
+		return m.Stages[t.Stage]
+	}
+	return m.Spec
 }
 
 // Service is a submitted service.
