@@ -435,3 +435,38 @@ func TestConcurrentEvaluate(t *testing.T) {
 		}
 	}
 }
+
+// reference is testDoc's placement rules written in Go.
+func reference(in Input) string {
+	n, s := in.Node, in.Service
+	switch {
+	case !((n.TEE == "snp" || n.TEE == "tdx") && n.SVN >= 3 && !n.Debug):
+		return "tee"
+	case !((n.Region == "eu-west" || n.Region == "eu-central") && n.Tier != "device"):
+		return "region"
+	case !(n.TEE != "snp" || n.TCB["microcode"] >= 200):
+		return "snp-microcode"
+	case !(s.Provider == "gridco" && s.SecurityVersion >= 2):
+		return "approved-service"
+	}
+	return ""
+}
+
+// FuzzEvaluate checks the CEL evaluation of testDoc against the same rules
+// written in Go, over fuzzed inputs.
+func FuzzEvaluate(f *testing.F) {
+	p := mustCompile(f, testDoc)
+	f.Add("snp", int64(3), false, "eu-west", "edge", int64(200), "gridco", int64(2))
+	f.Add("tdx", int64(-1), true, "us", "device", int64(-5), "x", int64(9))
+	f.Add("sim", int64(1<<62), false, "eu-central", "cloud", int64(0), "gridco", int64(1))
+	f.Fuzz(func(t *testing.T, tee string, svn int64, debug bool, region, tier string, microcode int64, provider string, secver int64) {
+		in := Input{
+			Service: Service{Provider: provider, SecurityVersion: secver},
+			Node:    Node{TEE: tee, SVN: svn, Debug: debug, Region: region, Tier: tier, TCB: map[string]int64{"microcode": microcode}},
+		}
+		d := p.Evaluate(StagePlacement, in)
+		if want := reference(in); d.Rule != want || d.Allowed != (want == "") {
+			t.Fatalf("input %+v: CEL refused by %q, Go reference by %q\n%s", in, d.Rule, want, Explain(d))
+		}
+	})
+}
