@@ -173,8 +173,8 @@ func NewWindowAggregate(cfg WindowConfig) (*WindowAggregate, error) {
 	if len(cfg.Aggs) == 0 {
 		return nil, fmt.Errorf("window aggregate: no aggregates")
 	}
-	if cfg.AllowedLateness < 0 {
-		return nil, fmt.Errorf("window aggregate: negative allowed lateness %d", cfg.AllowedLateness)
+	if cfg.AllowedLateness < 0 || cfg.AllowedLateness > MaxWindowSpan {
+		return nil, fmt.Errorf("window aggregate: allowed lateness %d is negative or above %d", cfg.AllowedLateness, int64(MaxWindowSpan))
 	}
 	op := &WindowAggregate{cfg: cfg, wm: math.MinInt64, timers: newTimerQueue()}
 	for i, a := range cfg.Aggs {
@@ -258,6 +258,9 @@ func (op *WindowAggregate) ProcessBatch(_ int, b *record.Batch, out Emitter) err
 
 // check reports whether the aggregates can use r.
 func (op *WindowAggregate) check(r *record.Record) error {
+	if !validTime(r.Time) {
+		return fmt.Errorf("event time %d is outside ±%d", r.Time, int64(MaxEventTime))
+	}
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]
 		if a.Kind == AggCount && !a.NonNull {

@@ -1,6 +1,9 @@
 package operator
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 func TestWindowAggregate(t *testing.T) {
 	count := []Agg{{Kind: AggCount}}
@@ -230,11 +233,11 @@ func TestWindowAggregateErrorsAndConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out recorder
-	run(t, op, &out, B(rec(1, 1), rec(2, 1, "x"), rec(3, 1, 4)), F())
+	run(t, op, &out, B(rec(1, 1), rec(2, 1, "x"), rec(3, 1, 4), rec(math.MaxInt64-1, 1, 1)), F())
 	checkRows(t, "results", out.out, []string{"9:0,10,4"})
-	checkRows(t, "errors", out.side[DefaultErrorSide], []string{"1:1", "2:1,x"})
-	if op.Errors() != 2 {
-		t.Errorf("errors = %d, want 2", op.Errors())
+	checkRows(t, "errors", out.side[DefaultErrorSide], []string{"1:1", "2:1,x", "9223372036854775806:1,1"})
+	if op.Errors() != 3 {
+		t.Errorf("errors = %d, want 3", op.Errors())
 	}
 	for name, cfg := range map[string]WindowConfig{
 		"no aggs":       {Windowing: Tumbling(10)},
@@ -243,6 +246,7 @@ func TestWindowAggregateErrorsAndConfig(t *testing.T) {
 		"rows + scalar": {Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggCount}, {Kind: AggMaxRows}}},
 		"top-n zero":    {Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggTopN}}},
 		"neg lateness":  {Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggCount}}, AllowedLateness: -1},
+		"huge window":   {Windowing: Tumbling(MaxWindowSpan + 1), Aggs: []Agg{{Kind: AggCount}}},
 		"bad range":     {Windowing: Tumbling(10), Aggs: []Agg{{Kind: AggCount}}, MaxParallelism: 4, KeyGroups: rangeOf(2, 9)},
 	} {
 		if _, err := NewWindowAggregate(cfg); err == nil {

@@ -26,6 +26,9 @@ type JoinConfig struct {
 	// LateSide names the side output for late records ("" drops them; they are
 	// counted either way). Regular joins have no late records.
 	LateSide string
+	// ErrorSide names the side output for records with an event time beyond
+	// ±MaxEventTime (DefaultErrorSide if "").
+	ErrorSide string
 	// MaxParallelism is the job's number of key groups (0: state.DefaultMaxParallelism).
 	MaxParallelism int
 	// KeyGroups is the range this subtask owns (zero value: all groups).
@@ -80,6 +83,7 @@ type joinCore struct {
 	idleOut  bool
 	restored bool
 	late     int64
+	errors   int64
 	buf      []record.Value
 }
 
@@ -89,6 +93,9 @@ func (c *joinCore) init(name string, cfg JoinConfig) error {
 	}
 	if cfg.Output == nil {
 		cfg.Output = concatOutput
+	}
+	if cfg.ErrorSide == "" {
+		cfg.ErrorSide = DefaultErrorSide
 	}
 	store, err := newStore(&cfg.MaxParallelism, &cfg.KeyGroups, joinStateCodec{})
 	if err != nil {
@@ -115,6 +122,19 @@ func (c *joinCore) state(key uint64) (*joinState, error) {
 	}
 	return js, nil
 }
+
+// badTime routes r to the error output if its time is out of range.
+func (c *joinCore) badTime(r *record.Record, out Emitter) bool {
+	if validTime(r.Time) {
+		return false
+	}
+	c.errors++
+	out.EmitSide(c.cfg.ErrorSide, *r)
+	return true
+}
+
+// Errors returns the number of records routed to the error side output.
+func (c *joinCore) Errors() int64 { return c.errors }
 
 func (c *joinCore) lateRecord(r *record.Record, out Emitter) {
 	c.late++
@@ -246,6 +266,9 @@ func (op *WindowJoin) ProcessBatch(input int, b *record.Batch, out Emitter) erro
 		key, err := op.key(input, r)
 		if err != nil {
 			return err
+		}
+		if op.badTime(r, out) {
+			continue
 		}
 		var js *joinState
 		for s := wd.lastStart(r.Time); s > r.Time-wd.Size; s -= wd.slide() {
@@ -380,6 +403,9 @@ func (op *IntervalJoin) ProcessBatch(input int, b *record.Batch, out Emitter) er
 		if err != nil {
 			return err
 		}
+		if op.badTime(r, out) {
+			continue
+		}
 		if r.Time <= op.cur {
 			op.lateRecord(r, out)
 			continue
@@ -476,6 +502,9 @@ func (op *RegularJoin) ProcessBatch(input int, b *record.Batch, out Emitter) err
 		key, err := op.key(input, r)
 		if err != nil {
 			return err
+		}
+		if op.badTime(r, out) {
+			continue
 		}
 		js, err := op.state(key)
 		if err != nil {

@@ -155,6 +155,15 @@ func TestIntervalJoinLateAndCleanup(t *testing.T) {
 	}
 }
 
+func TestJoinsRouteBadTimesToErrors(t *testing.T) {
+	op, _ := NewRegularJoin(joinKeys)
+	var out recorder
+	run(t, op, &out, BI(Left, rec(-MaxEventTime-1, 1, "a")), BI(Right, rec(1, 1, 2)))
+	if len(out.out) != 0 || len(out.side[DefaultErrorSide]) != 1 || op.Errors() != 1 {
+		t.Fatalf("results %v, errors %v (count %d): want the out-of-range record on the error output only", show(out.out), show(out.side[DefaultErrorSide]), op.Errors())
+	}
+}
+
 func TestJoinWatermarkIsMinimumOfInputs(t *testing.T) {
 	op, _ := NewRegularJoin(joinKeys)
 	var out recorder

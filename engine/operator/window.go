@@ -45,9 +45,24 @@ func Sliding(size, slide int64) Windowing {
 // Session returns session windows closed by gap ms of inactivity.
 func Session(gap int64) Windowing { return Windowing{Kind: SessionWindows, Gap: gap} }
 
-// Validate checks sizes: positive, and for sliding windows a slide that
-// divides the size.
+// MaxEventTime bounds the event times (epoch ms, either sign) that windowed
+// operators and joins accept, and MaxWindowSpan their sizes, gaps and
+// lateness, so window arithmetic cannot overflow. A record outside the range
+// goes to the error side output. 2^62 ms is about 146 million years.
+const (
+	MaxEventTime  = 1 << 62
+	MaxWindowSpan = 1 << 50
+)
+
+// validTime reports whether t is within ±MaxEventTime.
+func validTime(t int64) bool { return t >= -MaxEventTime && t <= MaxEventTime }
+
+// Validate checks sizes: positive, at most MaxWindowSpan, and for sliding
+// windows a slide that divides the size.
 func (w Windowing) Validate() error {
+	if w.Size > MaxWindowSpan || w.Slide > MaxWindowSpan || w.Gap > MaxWindowSpan {
+		return fmt.Errorf("window size %d, slide %d or gap %d ms exceeds %d", w.Size, w.Slide, w.Gap, int64(MaxWindowSpan))
+	}
 	switch w.Kind {
 	case TumblingWindows:
 		if w.Size <= 0 {
