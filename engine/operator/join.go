@@ -380,6 +380,9 @@ func NewIntervalJoin(cfg IntervalJoinConfig) (*IntervalJoin, error) {
 	if cfg.Lower > cfg.Upper {
 		return nil, fmt.Errorf("interval join: lower bound %d is above upper bound %d", cfg.Lower, cfg.Upper)
 	}
+	if cfg.Lower < -MaxWindowSpan || cfg.Upper > MaxWindowSpan {
+		return nil, fmt.Errorf("interval join: bounds [%d,%d] exceed ±%d ms", cfg.Lower, cfg.Upper, int64(MaxWindowSpan))
+	}
 	op := &IntervalJoin{lower: cfg.Lower, upper: cfg.Upper}
 	if err := op.init("interval join", cfg.JoinConfig); err != nil {
 		return nil, err

@@ -155,6 +155,36 @@ func TestIntervalJoinLateAndCleanup(t *testing.T) {
 	}
 }
 
+func TestJoinConfigRefusals(t *testing.T) {
+	for name, err := range map[string]error{
+		"no keys": func() error { _, err := NewRegularJoin(JoinConfig{}); return err }(),
+		"lower > upper": func() error {
+			_, err := NewIntervalJoin(IntervalJoinConfig{JoinConfig: joinKeys, Lower: 5, Upper: 1})
+			return err
+		}(),
+		"huge interval": func() error {
+			_, err := NewIntervalJoin(IntervalJoinConfig{JoinConfig: joinKeys, Upper: MaxWindowSpan + 1})
+			return err
+		}(),
+		"bad key range": func() error {
+			_, err := NewRegularJoin(JoinConfig{LeftKey: KeyOf(0), RightKey: KeyOf(0), MaxParallelism: 4, KeyGroups: rangeOf(3, 9)})
+			return err
+		}(),
+		"session window": func() error {
+			_, err := NewWindowJoin(WindowJoinConfig{JoinConfig: joinKeys, Windowing: Session(5)})
+			return err
+		}(),
+	} {
+		if err == nil {
+			t.Errorf("%s: config accepted", name)
+		}
+	}
+	op, _ := NewRegularJoin(joinKeys)
+	if err := op.ProcessBatch(2, &record.Batch{Records: []record.Record{rec(1, 1)}}, &recorder{}); err == nil {
+		t.Error("a join accepted input 2")
+	}
+}
+
 func TestJoinsRouteBadTimesToErrors(t *testing.T) {
 	op, _ := NewRegularJoin(joinKeys)
 	var out recorder
