@@ -9,8 +9,10 @@ import (
 // AuditItem is one record with its inclusion proof, as the orchestrator
 // serves it to an owner auditing a subject.
 type AuditItem struct {
-	Record []byte          `json:"record"`
-	Proof  *InclusionProof `json:"proof"`
+	// Record is the log record (an Entry's JSON).
+	Record []byte `json:"record"`
+	// Proof proves the record's inclusion in the audited tree.
+	Proof *InclusionProof `json:"proof"`
 }
 
 // MaxAuditItems bounds one audit response.

@@ -61,17 +61,21 @@ const MaxProofHashes = 128
 
 // InclusionProof proves that record Index is in the tree of size TreeSize.
 type InclusionProof struct {
-	Index    int64       `json:"index"`
-	TreeSize int64       `json:"tree_size"`
-	Hashes   []tlog.Hash `json:"hashes"`
+	// Index is the record's index; TreeSize the size of the tree it is in.
+	Index    int64 `json:"index"`
+	TreeSize int64 `json:"tree_size"`
+	// Hashes is the tlog record proof.
+	Hashes []tlog.Hash `json:"hashes"`
 }
 
 // ConsistencyProof proves that the tree of size OldSize is a prefix of the
 // tree of size NewSize.
 type ConsistencyProof struct {
-	OldSize int64       `json:"old_size"`
-	NewSize int64       `json:"new_size"`
-	Hashes  []tlog.Hash `json:"hashes"`
+	// OldSize and NewSize are the sizes of the two trees.
+	OldSize int64 `json:"old_size"`
+	NewSize int64 `json:"new_size"`
+	// Hashes is the tlog tree proof.
+	Hashes []tlog.Hash `json:"hashes"`
 }
 
 func decodeStrict(data []byte, v any, what string) error {
@@ -118,9 +122,12 @@ func ParseConsistencyProof(data []byte) (*ConsistencyProof, error) {
 // TreeHead is a verified tree head: the size and hash of the log at the time
 // the orchestrator signed it, with the signed note itself.
 type TreeHead struct {
-	Size   int64     `json:"size"`
-	Hash   tlog.Hash `json:"hash"`
-	Signed []byte    `json:"signed"`
+	// Size is the number of records in the tree.
+	Size int64 `json:"size"`
+	// Hash is the Merkle tree hash of those records.
+	Hash tlog.Hash `json:"hash"`
+	// Signed is the signed note the head was read from.
+	Signed []byte `json:"signed"`
 }
 
 // Checker verifies what an orchestrator publishes against its pinned key.

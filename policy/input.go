@@ -66,15 +66,20 @@ type Recipient struct {
 // Input holds the variables a decision is made on. Placement uses Service and
 // Node; recipient uses Service and Recipient.
 type Input struct {
-	Service   Service   `json:"service"`
-	Node      Node      `json:"node"`
+	// Service is the service the decision is about (every stage).
+	Service Service `json:"service"`
+	// Node is the node the service would run on (placement).
+	Node Node `json:"node"`
+	// Recipient is the party that would receive outputs (recipient).
 	Recipient Recipient `json:"recipient"`
 }
 
 // Location is what the infrastructure provider claims about where a node is.
 // TEEs do not attest location.
 type Location struct {
-	Tier   string `json:"tier"`
+	// Tier is device, edge, regional or cloud.
+	Tier string `json:"tier"`
+	// Region and Site name where the node is, in the operator's terms.
 	Region string `json:"region"`
 	Site   string `json:"site"`
 }
