@@ -11,6 +11,7 @@ import (
 
 	"github.com/sealflow/sealflow/attest"
 	"github.com/sealflow/sealflow/client"
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
@@ -146,7 +147,10 @@ func TestNATSAdmissionAndReleases(t *testing.T) {
 	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
 		t.Fatal(err)
 	}
-	man := orchestrator.Manifest{ID: "balance", Version: 1, JobDigest: "sha256:00", Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
+	sb := jobspec.New("balance").Schema("meter", jobspec.Float("kwh"))
+	sb.Source("meter-a", "meter").Sink("balance-out")
+	spec, _ := sb.MustBuild().JSON()
+	man := orchestrator.Manifest{ID: "balance", Version: 1, Spec: spec, Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
 		Tasks: []orchestrator.TaskSlot{{ID: "balance/src", Tiers: []string{"edge"}, Reads: []string{"meter-a"}, Writes: []string{"balance-out"}}}}
 	r, err := c.Submit(ctx, prov, orchestrator.TypeServiceSubmit, man)
 	if err != nil {
