@@ -136,3 +136,45 @@ func TestDifferentialRandom(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCompile compiles arbitrary expression text (specs carry it from
+// untrusted authors): it must never panic, and whenever the closure compiler
+// takes an expression, both paths must agree on every test record.
+func FuzzCompile(f *testing.F) {
+	for _, e := range exprs {
+		f.Add(e.src)
+	}
+	f.Add("(i / j > 1) && false || s.contains(t)")
+	f.Add("int(x) % 0")
+	f.Add(")(")
+	env, err := NewEnv(schema)
+	if err != nil {
+		f.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(17, 18))
+	recs := make([]*record.Record, 40)
+	for i := range recs {
+		recs[i] = randomRecord(r)
+	}
+	recs = append(recs, &record.Record{Values: make([]record.Value, len(schema.Fields))})
+	f.Fuzz(func(t *testing.T, src string) {
+		if len(src) > 512 {
+			return
+		}
+		fast, err := env.Compile(src, record.TypeNull)
+		if err != nil || !fast.Compiled() {
+			return
+		}
+		slow, err := env.Compile(src, record.TypeNull, InterpretOnly())
+		if err != nil {
+			t.Fatalf("%q compiles only on the fast path: %v", src, err)
+		}
+		for _, rec := range recs {
+			fv, ferr := fast.Eval(rec)
+			sv, serr := slow.Eval(rec)
+			if (ferr != nil) != (serr != nil) || (ferr == nil && !sameValue(fv, sv)) {
+				t.Fatalf("%s over %v:\ncompiled %+v, %v\nCEL      %+v, %v", src, rec.Values, fv, ferr, sv, serr)
+			}
+		}
+	})
+}
