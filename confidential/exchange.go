@@ -1,0 +1,185 @@
+package confidential
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/seal"
+)
+
+// Limits of the exchange channels an ExchangeCodec can seal: a channel's seal
+// partition packs the edge, the producing and the consuming subtask into 32
+// bits.
+const (
+	MaxExchangeEdges       = 1 << 12 // edges per job
+	MaxExchangeParallelism = 1 << 10 // subtasks per task
+)
+
+// ExchangeCodec seals the frames of a job's exchanges (seal.KindExchange)
+// with the job's exchange key: the current key of scope job in its Keyring.
+// Every exchange channel (edge, from, to) is its own seal partition with its
+// own Sealer and Opener, so seal's sequence checks refuse a frame that is
+// replayed, reordered, dropped, moved to another channel or job, tampered
+// with, or sealed with a key the job never received. It implements
+// runtime.FrameCodec and is safe for concurrent use.
+type ExchangeCodec struct {
+	job  string
+	keys *seal.Keyring
+	cfg  *config
+
+	mu    sync.Mutex
+	chans map[uint32]*exchangeChannel
+}
+
+type exchangeChannel struct {
+	mu     sync.Mutex
+	sealer *seal.Sealer
+	opener *seal.Opener
+}
+
+var _ runtime.FrameCodec = (*ExchangeCodec)(nil)
+
+// NewExchangeCodec returns a codec for the exchanges of job (which must be the
+// run's runtime.Options.JobID), sealing with the current key of scope job in
+// keys and opening with the keys of that scope. Options: WithPadding,
+// WithRejectionCounter, WithRejectHandler, WithLogger, WithPlaintext.
+func NewExchangeCodec(job string, keys *seal.Keyring, opts ...Option) (*ExchangeCodec, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if job == "" || len(job) > seal.MaxScope {
+		return nil, fmt.Errorf("confidential: exchange codec job id %q must have 1 to %d bytes", job, seal.MaxScope)
+	}
+	if !cfg.plaintext {
+		if keys == nil {
+			return nil, fmt.Errorf("confidential: exchange codec for job %q has no keyring", job)
+		}
+		if _, ok := keys.Current(job); !ok {
+			return nil, fmt.Errorf("confidential: the keyring holds no exchange key for job %q; the orchestrator releases it with the job's tasks", job)
+		}
+	}
+	return &ExchangeCodec{job: job, keys: keys, cfg: cfg, chans: map[uint32]*exchangeChannel{}}, nil
+}
+
+// NewEphemeralExchangeCodec returns a codec for job with a freshly generated
+// exchange key (epoch 1) that exists only in this process: for runs without an
+// orchestrator, such as `sealflow nexmark run`.
+func NewEphemeralExchangeCodec(job string, opts ...Option) (*ExchangeCodec, error) {
+	keys := seal.NewKeyring()
+	if _, err := keys.Generate(job, 1); err != nil {
+		return nil, fmt.Errorf("confidential: generating the exchange key of job %q: %w", job, err)
+	}
+	return NewExchangeCodec(job, keys, opts...)
+}
+
+// Job returns the job id the codec seals for.
+func (c *ExchangeCodec) Job() string { return c.job }
+
+// ChannelPartition returns the seal partition of an exchange channel: the
+// edge in the top 12 bits, the producing subtask in the next 10 and the
+// consuming subtask in the low 10.
+func ChannelPartition(edge, from, to int) (uint32, error) {
+	if edge < 0 || edge >= MaxExchangeEdges || from < 0 || from >= MaxExchangeParallelism || to < 0 || to >= MaxExchangeParallelism {
+		return 0, fmt.Errorf("confidential: exchange channel e%d/%d->%d out of range (at most %d edges and %d subtasks per task)",
+			edge, from, to, MaxExchangeEdges, MaxExchangeParallelism)
+	}
+	return uint32(edge)<<20 | uint32(from)<<10 | uint32(to), nil
+}
+
+func (c *ExchangeCodec) channel(hdr runtime.FrameHeader) (*exchangeChannel, uint32, error) {
+	if hdr.Job != c.job {
+		return nil, 0, fmt.Errorf("confidential: frame %s belongs to job %q, this codec seals job %q", hdr, hdr.Job, c.job)
+	}
+	part, err := ChannelPartition(hdr.Edge, hdr.From, hdr.To)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.chans[part]
+	if ch == nil {
+		ch = &exchangeChannel{}
+		c.chans[part] = ch
+	}
+	return ch, part, nil
+}
+
+// Seal seals plaintext as the next frame of hdr's channel. hdr.Seq must be
+// the channel's next sequence number (the runtime counts from 1).
+func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, plaintext []byte) ([]byte, error) {
+	ch, part, err := c.channel(hdr)
+	if err != nil {
+		return nil, err
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.sealer == nil {
+		var so []seal.SealerOption
+		if c.cfg.padding > 0 {
+			so = append(so, seal.WithPadding(c.cfg.padding))
+		}
+		if c.cfg.plaintext {
+			so = append(so, seal.WithPlaintext())
+		}
+		if ch.sealer, err = seal.NewSealer(c.keys, seal.KindExchange, c.job, part, so...); err != nil {
+			return nil, fmt.Errorf("confidential: sealer for frame %s: %w", hdr, err)
+		}
+	}
+	if want := ch.sealer.Next() + 1; hdr.Seq != want {
+		return nil, fmt.Errorf("confidential: frame %s is out of order: the channel's next frame is #%d", hdr, want)
+	}
+	n := seal.HeaderSizeFor(c.job) + len(plaintext) + seal.Overhead
+	if c.cfg.padding > 0 {
+		n += c.cfg.padding + 4
+	}
+	return ch.sealer.Seal(make([]byte, 0, n), plaintext, 0, 0)
+}
+
+// Open opens a frame received on hdr's channel. A frame that is not the next
+// authentic frame of exactly that channel is refused with a *seal.Rejection,
+// counted and reported.
+func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, sealed []byte) ([]byte, error) {
+	ch, part, err := c.channel(hdr)
+	if err != nil {
+		return nil, err
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.opener == nil {
+		var oo []seal.OpenerOption
+		if c.cfg.plaintext {
+			oo = append(oo, seal.AcceptPlaintext())
+		}
+		if ch.opener, err = seal.NewOpener(c.keys, seal.KindExchange, []string{c.job}, oo...); err != nil {
+			return nil, fmt.Errorf("confidential: opener for frame %s: %w", hdr, err)
+		}
+	}
+	// A frame of another channel of the same job would open under the same
+	// key: refuse it before it touches this channel's sequence.
+	if h, perr := seal.ParseHeader(sealed); perr == nil && h.Scope == c.job && h.Kind == seal.KindExchange && h.Partition != part {
+		err := &seal.Rejection{Reason: seal.ReasonForeign, Kind: h.Kind, Scope: h.Scope, Partition: h.Partition, Epoch: h.Epoch, Seq: h.Seq,
+			Detail: fmt.Sprintf("the frame belongs to exchange channel partition %#x, not to channel %s (partition %#x)", h.Partition, hdr, part)}
+		c.cfg.reject(c.job, err)
+		return nil, err
+	}
+	h, out, err := ch.opener.Open(make([]byte, 0, len(sealed)), sealed)
+	if err != nil {
+		c.cfg.reject(c.job, err)
+		return nil, fmt.Errorf("confidential: frame %s: %w", hdr, err)
+	}
+	if h.Seq+1 != hdr.Seq {
+		// The opener checked continuity; the runtime's count disagreeing
+		// means frames were skipped below the codec.
+		err := &seal.Rejection{Reason: seal.ReasonGap, Kind: h.Kind, Scope: h.Scope, Partition: h.Partition, Epoch: h.Epoch, Seq: h.Seq, Expected: hdr.Seq - 1,
+			Detail: "the sealed sequence number disagrees with the exchange's frame count"}
+		c.cfg.reject(c.job, err)
+		return nil, err
+	}
+	return out, nil
+}
+
+// errNoKeys is wrapped when a reader has no keyring and is not in plaintext mode.
+var errNoKeys = errors.New("no keyring given")
