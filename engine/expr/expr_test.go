@@ -2,6 +2,7 @@ package expr
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -365,6 +366,38 @@ func BenchmarkEnvCompile(b *testing.B) {
 	for b.Loop() {
 		if _, err := env.Compile("s in ['OR', 'ID', 'CA'] && i == 10", record.TypeBool); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestConcurrentEval evaluates one Program from several goroutines (run with
+// -race): Programs are documented as safe for concurrent use.
+func TestConcurrentEval(t *testing.T) {
+	for _, opts := range [][]Option{nil, {InterpretOnly()}} {
+		p, err := Compile("i % 7 == 0 || s.startsWith('O')", schema, record.TypeBool, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error)
+		for g := range 4 {
+			go func() {
+				r := rand.New(rand.NewPCG(uint64(g), 1))
+				for range 200 {
+					rec := randomRecord(r)
+					want := rec.Values[0].I%7 == 0 || strings.HasPrefix(rec.Values[4].S, "O")
+					got, err := p.EvalBool(rec)
+					if err != nil || got != want {
+						done <- fmt.Errorf("%v: got %v, %v; want %v", rec.Values, got, err, want)
+						return
+					}
+				}
+				done <- nil
+			}()
+		}
+		for range 4 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
 		}
 	}
 }
