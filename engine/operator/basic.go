@@ -324,3 +324,43 @@ func (u *Union) Finish(out Emitter) error {
 	}
 	return nil
 }
+
+// NewProject returns a map operator that keeps the fields at the given
+// indexes, in that order (a field beyond a record's length becomes null).
+func NewProject(fields ...int) (*Map, error) {
+	for _, f := range fields {
+		if f < 0 {
+			return nil, fmt.Errorf("project: negative field index %d", f)
+		}
+	}
+	fs := append([]int(nil), fields...)
+	return NewMap(MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
+		for _, f := range fs {
+			if f < len(r.Values) {
+				dst = append(dst, r.Values[f])
+			} else {
+				dst = append(dst, record.Value{})
+			}
+		}
+		return dst, nil
+	}})
+}
+
+// Compile-time checks of the interfaces operators promise.
+var (
+	_ Operator    = (*Map)(nil)
+	_ Operator    = (*Filter)(nil)
+	_ Operator    = (*FlatMap)(nil)
+	_ Operator    = (*KeyBy)(nil)
+	_ Operator    = (*Union)(nil)
+	_ Operator    = (*Watermarks)(nil)
+	_ Ticker      = (*Watermarks)(nil)
+	_ Snapshotter = (*WindowAggregate)(nil)
+	_ Snapshotter = (*WindowJoin)(nil)
+	_ Snapshotter = (*IntervalJoin)(nil)
+	_ Snapshotter = (*RegularJoin)(nil)
+	_ Operator    = (*WindowAggregate)(nil)
+	_ Operator    = (*WindowJoin)(nil)
+	_ Operator    = (*IntervalJoin)(nil)
+	_ Operator    = (*RegularJoin)(nil)
+)

@@ -31,6 +31,7 @@ func TestStatelessOperators(t *testing.T) {
 		return nil
 	}})
 	keyBy, _ := NewKeyBy(KeyOf(0, 1))
+	project, _ := NewProject(1, 0, 5)
 	input := []record.Record{rec(1, 3, "x"), rec(2, 2, "y"), rec(3, "oops", "z"), rec(4, 0, "w")}
 	for _, tc := range []struct {
 		name      string
@@ -41,6 +42,7 @@ func TestStatelessOperators(t *testing.T) {
 	}{
 		{"map", double, []string{"1:6,3", "2:4,2", "4:0,0"}, DefaultErrorSide, []string{"3:oops,z"}},
 		{"filter", even, []string{"2:2,y", "4:0,w"}, "bad", []string{"3:oops,z"}},
+		{"project", project, []string{"1:x,3,null", "2:y,2,null", "3:z,oops,null", "4:w,0,null"}, DefaultErrorSide, nil},
 		{"flat-map", repeat, []string{"1:0", "2:1", "3:2", "2:0", "3:1"}, DefaultErrorSide, []string{"3:oops,z"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
