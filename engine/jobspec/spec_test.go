@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -495,5 +496,25 @@ nodes:
 		if !found {
 			t.Errorf("%s: no %s error in:\n%v", name, tt.rule, err)
 		}
+	}
+}
+
+// TestFormatExample keeps the example in FORMAT.md valid.
+func TestFormatExample(t *testing.T) {
+	doc, err := os.ReadFile("FORMAT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	y, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("FORMAT.md has no yaml example")
+	}
+	r, err := mustParse(t, y).Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fieldsText(r.Nodes["out"].Out); got != "auction:int,price:int,dateTime:int,window_start:int,window_end:int" {
+		t.Errorf("example output %s", got)
 	}
 }
