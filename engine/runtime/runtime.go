@@ -44,6 +44,10 @@ type Split struct {
 	Subtask, Parallelism int
 	// Schema is the schema of the records produced or written.
 	Schema *record.Schema
+	// Malformed, given to sources, counts input the source could not decode
+	// as a record on the source node's "error" side output, so a bad record
+	// never fails the job. It must be called from the source's goroutine.
+	Malformed func(err error)
 }
 
 // Source produces the records of one source subtask: it calls emit with

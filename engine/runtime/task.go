@@ -127,6 +127,10 @@ func (st *subtask) runSource(ctx context.Context) error {
 	info := st.t.nodes[0]
 	n := info.Node
 	split := Split{Node: n.ID, Stream: n.Params.Stream, Subtask: st.idx, Parallelism: st.t.parallelism, Schema: info.Out}
+	split.Malformed = func(err error) {
+		st.stats[0].side[operator.DefaultErrorSide]++
+		st.o.Logger.Debug("malformed source record", "node", n.ID, "subtask", st.idx, "err", err)
+	}
 	ticker, _ := st.ops[0].(operator.Ticker)
 	lastTick := time.Now()
 	tick := func() error {
