@@ -61,6 +61,9 @@ type nexmarkSummary struct {
 	Rows            int64   `json:"rows"`
 	Parallelism     int     `json:"parallelism"`
 	Sealed          bool    `json:"sealed"`
+	Tasks           int     `json:"tasks"`
+	Frames          int64   `json:"frames"`
+	ExchangeBytes   int64   `json:"exchange_bytes"`
 	WallSeconds     float64 `json:"wall_seconds"`
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	EventsPerSecond float64 `json:"events_per_second"`
@@ -82,6 +85,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	plaintext := fs.Bool("plaintext", false, "exchange frames in plaintext instead of sealing them with AES-256-GCM")
 	natsURL := fs.String("nats", "", "URL of an external NATS server (default: start an embedded one)")
 	batch := fs.Int("batch", 512, "records per batch and frame")
+	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -170,9 +174,9 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 
 	cpu0, _ := rusage()
 	start := time.Now()
-	_, err = nexmark.Run(ctx, nexmark.RunOptions{
+	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par}, Input: in,
-		Engine: runtime.Options{Transport: tr, Codec: codec, BatchSize: *batch}, Row: row,
+		Engine: runtime.Options{Transport: tr, Codec: codec, BatchSize: *batch, DisableChaining: *noChain}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
 	cpu1, rss := rusage()
@@ -188,6 +192,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		}
 	}
 	s := nexmarkSummary{Query: *query, Events: in.Len(), Rows: rows, Parallelism: *par, Sealed: !*plaintext,
+		Tasks: res.Tasks, Frames: res.Frames, ExchangeBytes: res.Bytes,
 		WallSeconds: wall, CPUSeconds: cpu1 - cpu0, PeakRSSBytes: rss}
 	if wall > 0 {
 		s.EventsPerSecond = float64(s.Events) / wall

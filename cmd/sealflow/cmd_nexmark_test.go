@@ -96,7 +96,7 @@ func TestNexmarkRun(t *testing.T) {
 		query string
 		args  []string
 	}{
-		{"q1", []string{"--events", "20000", "--seed", "4", "--plaintext"}},
+		{"q1", []string{"--events", "20000", "--seed", "4", "--plaintext", "--no-chain"}},
 		{"q5", []string{"--input", input, "--parallelism", "2"}},
 		{"q3", []string{"--events", "20000", "--seed", "4", "--parallelism", "2"}},
 	} {
@@ -117,7 +117,7 @@ func TestNexmarkRun(t *testing.T) {
 				t.Errorf("%s: summary %s lacks %q", tc.query, summary.String(), k)
 			}
 		}
-		if s["query"] != tc.query || s["events"] != float64(20000) || s["peak_rss_bytes"].(float64) <= 0 {
+		if s["query"] != tc.query || s["events"] != float64(20000) || s["peak_rss_bytes"].(float64) <= 0 || s["frames"].(float64) <= 0 {
 			t.Errorf("%s: summary %s", tc.query, summary.String())
 		}
 		want, _ := nexmark.Reference(tc.query, events)
