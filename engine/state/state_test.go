@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -269,4 +270,40 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			t.Fatalf("decoded snapshot re-encodes differently:\n in %x\nout %x", data, again)
 		}
 	})
+}
+
+func BenchmarkStoreGetOrCreate(b *testing.B) {
+	for _, keys := range []uint64{1000, 100000} {
+		b.Run(fmt.Sprintf("%dkeys", keys), func(b *testing.B) {
+			s, _ := NewStore[counter](DefaultMaxParallelism, Range{0, DefaultMaxParallelism}, counterCodec{})
+			b.ReportAllocs()
+			x := uint64(1)
+			for i := 0; i < b.N; i++ {
+				x = x*6364136223846793005 + 1442695040888963407
+				v, _, _ := s.GetOrCreate((x >> 33) % keys)
+				v.N++
+			}
+		})
+	}
+}
+
+func BenchmarkSnapshotRestore(b *testing.B) {
+	const keys = 10000
+	all := Range{0, DefaultMaxParallelism}
+	s, _ := NewStore[counter](DefaultMaxParallelism, all, counterCodec{})
+	for k := uint64(0); k < keys; k++ {
+		v, _, _ := s.GetOrCreate(k)
+		v.N = int64(k)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		snap, err := s.Snapshot(all)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Restore(all, snap); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*keys), "ns/key")
 }
