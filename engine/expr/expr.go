@@ -38,6 +38,7 @@ type Program struct {
 	typ     record.Type // result type (element type for list programs)
 	list    bool
 	names   map[string]int
+	types   []record.Type
 	prg     cel.Program
 	fast    *node // nil when the expression runs on the CEL interpreter
 	checked *cel.Ast
@@ -149,7 +150,7 @@ func (e *Env) compile(src string, want record.Type, list bool, opts []Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("expression %q: plan: %w", src, err)
 	}
-	p := &Program{src: src, typ: got, list: list, names: names, prg: prg, checked: checked}
+	p := &Program{src: src, typ: got, list: list, names: names, types: e.types, prg: prg, checked: checked}
 	if !o.interpretOnly && !list {
 		c := compiler{names: names, types: e.types}
 		if n, ok := c.compile(checked.NativeRep().Expr()); ok && n.t == got {
@@ -275,6 +276,7 @@ func (p *Program) Fields() []string {
 // activation resolves CEL variables to the values of one record.
 type activation struct {
 	names map[string]int
+	types []record.Type
 	rec   *record.Record
 }
 
@@ -283,7 +285,13 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	if !ok || i >= len(a.rec.Values) {
 		return nil, false
 	}
-	return toRef(a.rec.Values[i]), true
+	v := a.rec.Values[i]
+	if v.T != a.types[i] && v.T != record.TypeNull {
+		// A record that does not follow the schema fails as on the
+		// compiled path, instead of reaching CEL with another type.
+		return types.WrapErr(fieldErr(name, a.types[i], v.T)), true
+	}
+	return toRef(v), true
 }
 
 func (a *activation) Parent() interpreter.Activation { return nil }
@@ -319,7 +327,7 @@ func fromRef(v ref.Val) (record.Value, error) {
 }
 
 func (p *Program) interpret(rec *record.Record) (ref.Val, error) {
-	out, _, err := p.prg.Eval(&activation{names: p.names, rec: rec})
+	out, _, err := p.prg.Eval(&activation{names: p.names, types: p.types, rec: rec})
 	if err != nil {
 		return nil, fmt.Errorf("evaluate %q: %w", p.src, err)
 	}

@@ -401,3 +401,19 @@ func TestConcurrentEval(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordNotFollowingSchema checks that a value of another type than the
+// schema's fails on both paths with the same message.
+func TestRecordNotFollowingSchema(t *testing.T) {
+	rec := &record.Record{Values: make([]record.Value, len(schema.Fields))}
+	rec.Values[0] = record.String("7") // i is an int field
+	for _, opts := range [][]Option{nil, {InterpretOnly()}} {
+		p, err := Compile("i + 1", schema, record.TypeInt, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Eval(rec); err == nil || !strings.Contains(err.Error(), `field "i" is string, want int`) {
+			t.Errorf("compiled=%v: got %v", p.Compiled(), err)
+		}
+	}
+}
