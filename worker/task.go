@@ -1,0 +1,180 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/seal"
+)
+
+// StreamIO opens the sealed streams a task reads and writes on the substrate.
+type StreamIO interface {
+	// Source returns a source reading the sealed frames of a stream of the
+	// given kind, opened with keys (scope names the keys and the frames).
+	// Rejected frames are passed to reject and never emitted.
+	Source(ctx context.Context, s Stream, keys *seal.Keyring, reject RejectFunc) (runtime.Source, error)
+	// Sink returns a sink sealing records into a stream, and a function that
+	// seals the end of the stream once the task has finished.
+	Sink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.Sink, func(context.Context) error, error)
+}
+
+// Stream names one sealed stream of a task.
+type Stream struct {
+	// Name is the stream's name in the JobSpec.
+	Name string
+	// Kind is what the frames carry: ingest (an owner's stream), exchange (an
+	// intermediate stream between stages of a job) or output.
+	Kind seal.Kind
+	// Scope is the seal scope of the frames and the keyring scope of the key.
+	Scope string
+	// Schema is the schema of the stream's records.
+	Schema *record.Schema
+	// Partitions is the number of partitions (ingest streams).
+	Partitions int
+}
+
+// RejectFunc receives frames a task refused.
+type RejectFunc func(scope, reason string, count int, detail string)
+
+// Task is one task of a job running on this worker.
+type Task struct {
+	ID   string
+	Job  string
+	Slot orchestrator.TaskSlot
+	Spec *jobspec.Spec
+
+	keys   *seal.Keyring
+	io     StreamIO
+	log    *slog.Logger
+	report RejectFunc
+
+	recordsIn, recordsOut atomic.Int64
+	state                 atomic.Value // string
+}
+
+// State is "running", "finished" or "failed: ...".
+func (t *Task) State() string {
+	s, _ := t.state.Load().(string)
+	return s
+}
+
+// Records returns how many records the task read and wrote.
+func (t *Task) Records() (in, out int64) { return t.recordsIn.Load(), t.recordsOut.Load() }
+
+// IntermediateScope is the seal scope of an intermediate stream of a job,
+// sealed with the job's exchange key.
+func IntermediateScope(job, stream string) string { return job + "/x/" + stream }
+
+// streamOf classifies a stream of the task's spec.
+func (t *Task) streamOf(name string, schema *record.Schema, sink bool) (Stream, error) {
+	s := Stream{Name: name, Schema: schema, Partitions: 1}
+	switch {
+	case !sink && slices.Contains(t.Slot.Reads, name):
+		s.Kind, s.Scope = seal.KindIngest, name
+	case sink && slices.Contains(t.Slot.Writes, name):
+		s.Kind, s.Scope = seal.KindOutput, name
+	default:
+		// An intermediate stream between stages: sealed with the job's
+		// exchange key, installed under the stream's own scope.
+		key, ok := t.keys.Current(t.Job + "/exchange")
+		if !ok {
+			return s, fmt.Errorf("no exchange key for job %s", t.Job)
+		}
+		s.Kind, s.Scope = seal.KindExchange, IntermediateScope(t.Job, name)
+		if _, ok := t.keys.Current(s.Scope); !ok {
+			secret, err := key.Bytes()
+			if err != nil {
+				return s, err
+			}
+			_, err = t.keys.AddSecret(s.Scope, key.Epoch(), secret)
+			clear(secret)
+			if err != nil {
+				return s, err
+			}
+		}
+	}
+	if _, ok := t.keys.Current(s.Scope); !ok {
+		return s, fmt.Errorf("task %s has no key for stream %s", t.ID, name)
+	}
+	return s, nil
+}
+
+func (t *Task) run(ctx context.Context) error {
+	t.state.Store("running")
+	err := t.execute(ctx)
+	if err != nil {
+		t.state.Store("failed: " + err.Error())
+		return err
+	}
+	t.state.Store("finished")
+	t.log.Info("task finished", "records_in", t.recordsIn.Load(), "records_out", t.recordsOut.Load())
+	return nil
+}
+
+func (t *Task) execute(ctx context.Context) error {
+	res, err := t.Spec.Resolve()
+	if err != nil {
+		return err
+	}
+	opts := runtime.Options{Sources: map[string]runtime.Source{}, Sinks: map[string]runtime.Sink{}, JobID: t.ID, Logger: t.log}
+	var closers []func(context.Context) error
+	var mu sync.Mutex
+	for i := range t.Spec.Nodes {
+		n := &t.Spec.Nodes[i]
+		info := res.Nodes[n.ID]
+		switch n.Kind {
+		case jobspec.KindSource:
+			s, err := t.streamOf(n.Params.Stream, info.Out, false)
+			if err != nil {
+				return err
+			}
+			src, err := t.io.Source(ctx, s, t.keys, t.report)
+			if err != nil {
+				return err
+			}
+			opts.Sources[n.Params.Stream] = counted(src, &t.recordsIn)
+		case jobspec.KindSink:
+			s, err := t.streamOf(n.Params.Stream, info.Out, true)
+			if err != nil {
+				return err
+			}
+			sink, closeFn, err := t.io.Sink(ctx, s, t.keys)
+			if err != nil {
+				return err
+			}
+			opts.Sinks[n.Params.Stream] = func(sp runtime.Split, b *record.Batch) error {
+				t.recordsOut.Add(int64(b.Len()))
+				mu.Lock()
+				defer mu.Unlock()
+				return sink(sp, b)
+			}
+			closers = append(closers, closeFn)
+		}
+	}
+	if _, err := runtime.Run(ctx, t.Spec, opts); err != nil {
+		return err
+	}
+	for _, c := range closers {
+		if err := c(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func counted(src runtime.Source, n *atomic.Int64) runtime.Source {
+	return func(ctx context.Context, sp runtime.Split, emit func(*record.Batch) error) error {
+		return src(ctx, sp, func(b *record.Batch) error {
+			n.Add(int64(b.Len()))
+			return emit(b)
+		})
+	}
+}

@@ -1,0 +1,277 @@
+// Package worker is sealflow's node agent. It runs inside a TEE: it generates
+// its keys there, attests to the orchestrator over NATS with the operator's
+// signed location claims, receives the keys released to the tasks placed on
+// it (wrapped to its attested HPKE key, held in memory only), and runs those
+// tasks on the stream engine with every frame it reads or writes sealed. It
+// renews its admission by re-attesting before its identity expires and
+// reports rejected frames to the orchestrator, which logs them.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/client"
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/orchestrator/api"
+	"github.com/sealflow/sealflow/party"
+	"github.com/sealflow/sealflow/seal"
+)
+
+// Config configures a worker.
+type Config struct {
+	// Name names the node (its location claims carry the same name).
+	Name string
+	// NATS is the connection to the substrate; the worker only dials out.
+	NATS *nats.Conn
+	// Orchestrator is the verified, pinned orchestrator.
+	Orchestrator *client.Trust
+	// Issuer produces the worker's evidence (its TEE).
+	Issuer attest.Issuer
+	// Claims is the operator's signed node.claims statement for this node.
+	Claims []byte
+	// IO opens the sealed streams tasks read and write.
+	IO StreamIO
+	// Logger receives operational logs; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Worker is a running node agent.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	kf   *party.KeyFile
+	ctl  *api.ControlClient
+	http *client.Client
+
+	mu        sync.Mutex
+	admission *orchestrator.Admission
+	keys      map[string]*seal.Keyring // job → keys of that job's tasks here
+	tasks     map[string]*Task         // task id → task
+	pending   map[string][]orchestrator.Release
+	wg        sync.WaitGroup
+	errs      chan error
+}
+
+// New creates a worker with fresh keys. Nothing leaves the process until Run.
+func New(cfg Config) (*Worker, error) {
+	if cfg.NATS == nil || cfg.Orchestrator == nil || cfg.Issuer == nil || cfg.IO == nil {
+		return nil, errors.New("worker: NATS, Orchestrator, Issuer and IO are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	kf, err := party.Generate(party.RoleWorker, cfg.Name, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), kf: kf,
+		ctl: api.NewControlClient(cfg.NATS, cfg.Orchestrator.Identity), http: client.New(cfg.Orchestrator),
+		keys: map[string]*seal.Keyring{}, tasks: map[string]*Task{}, pending: map[string][]orchestrator.Release{}, errs: make(chan error, 16)}, nil
+}
+
+// ID returns the node's identity id (its admission id).
+func (w *Worker) ID() party.ID { return w.kf.ID() }
+
+// Admit attests to the orchestrator and returns the admission.
+func (w *Worker) Admit(ctx context.Context) (*orchestrator.Admission, error) {
+	a, err := w.ctl.Admit(ctx, w.kf, w.cfg.Issuer, w.cfg.Claims)
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: admission: %w", w.cfg.Name, err)
+	}
+	w.mu.Lock()
+	w.admission = a
+	w.mu.Unlock()
+	w.log.Info("admitted", "id", a.Node.Short(), "tee", a.Claims.TEE, "tier", a.Where.Tier, "region", a.Where.Region, "expires", a.Expires)
+	return a, nil
+}
+
+// Run admits the worker, then runs the tasks placed on it until ctx ends. It
+// re-attests before the admission expires. It returns the first task error,
+// or nil when ctx ends.
+func (w *Worker) Run(ctx context.Context) error {
+	a, err := w.Admit(ctx)
+	if err != nil {
+		return err
+	}
+	sub, err := w.ctl.SubscribeReleases(w.ID(), func(rs []orchestrator.Release) { w.onReleases(ctx, rs) },
+		func(err error) { w.log.Warn("refused a key-release batch", "err", err) })
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	// Keys released before the subscription started.
+	if rs, err := w.ctl.FetchReleases(ctx, w.ID()); err == nil && len(rs) > 0 {
+		w.onReleases(ctx, rs)
+	}
+	renew := time.NewTimer(time.Until(a.Expires) * 3 / 4)
+	defer renew.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			w.wg.Wait()
+			return nil
+		case err := <-w.errs:
+			return err
+		case <-renew.C:
+			a, err := w.Admit(ctx)
+			if err != nil {
+				w.log.Error("re-attestation failed", "err", err)
+				renew.Reset(10 * time.Second)
+				continue
+			}
+			renew.Reset(time.Until(a.Expires) * 3 / 4)
+		}
+	}
+}
+
+// Wait waits for every task started so far to end.
+func (w *Worker) Wait() { w.wg.Wait() }
+
+// Tasks returns the tasks of this worker.
+func (w *Worker) Tasks() []*Task {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]*Task, 0, len(w.tasks))
+	for _, t := range w.tasks {
+		out = append(out, t)
+	}
+	return out
+}
+
+// onReleases installs released keys and starts the tasks they complete.
+func (w *Worker) onReleases(ctx context.Context, rs []orchestrator.Release) {
+	byTask := map[string][]orchestrator.Release{}
+	for _, r := range rs {
+		if r.To != w.ID() {
+			continue
+		}
+		byTask[r.Job+"\x00"+r.Task] = append(byTask[r.Job+"\x00"+r.Task], r)
+	}
+	for _, group := range byTask {
+		job, taskID := group[0].Job, group[0].Task
+		if err := w.install(group); err != nil {
+			w.log.Error("refused released keys", "job", job, "task", taskID, "err", err)
+			continue
+		}
+		w.mu.Lock()
+		_, running := w.tasks[taskID]
+		w.mu.Unlock()
+		if running {
+			continue
+		}
+		if err := w.start(ctx, job, taskID); err != nil {
+			w.log.Error("task did not start", "job", job, "task", taskID, "err", err)
+		}
+	}
+}
+
+// install unwraps released keys into the job's keyring.
+func (w *Worker) install(rs []orchestrator.Release) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range rs {
+		info := orchestrator.WrapInfoFor(r.Purpose, r.Scope, r.Epoch, w.ID())
+		key, err := w.kf.Unwrap(info.Bytes(), r.Wrapped)
+		if err != nil {
+			return fmt.Errorf("%s key %s: %w", r.Purpose, r.KeyID(), err)
+		}
+		ring := w.keys[r.Job]
+		if ring == nil {
+			ring = seal.NewKeyring()
+			w.keys[r.Job] = ring
+		}
+		scope := r.Scope
+		if r.Purpose == "exchange" || r.Purpose == "checkpoint" {
+			scope = r.Job + "/" + r.Purpose
+		}
+		if _, err := ring.AddSecret(scope, r.Epoch, key); err != nil {
+			return err
+		}
+		clear(key)
+	}
+	return nil
+}
+
+// start fetches the job's manifest and runs one task.
+func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
+	var jobs []api.JobView
+	if err := w.http.Get(ctx, "/v1/jobs", &jobs); err != nil {
+		return fmt.Errorf("fetching jobs: %w", err)
+	}
+	var job *api.JobView
+	for i := range jobs {
+		if jobs[i].ID == jobID {
+			job = &jobs[i]
+		}
+	}
+	if job == nil {
+		return fmt.Errorf("job %s is not deployed", jobID)
+	}
+	var services []*orchestrator.Service
+	if err := w.http.Get(ctx, "/v1/services", &services); err != nil {
+		return fmt.Errorf("fetching services: %w", err)
+	}
+	var svc *orchestrator.Service
+	for _, s := range services {
+		if s.Manifest.ID == job.Service && s.Digest == job.Digest {
+			svc = s
+		}
+	}
+	if svc == nil {
+		return fmt.Errorf("service %s with the deployed digest %s is not known", job.Service, job.Digest)
+	}
+	var slot *orchestrator.TaskSlot
+	for i := range svc.Manifest.Tasks {
+		if svc.Manifest.Tasks[i].ID == taskID {
+			slot = &svc.Manifest.Tasks[i]
+		}
+	}
+	if slot == nil {
+		return fmt.Errorf("service %s has no task %s", svc.Manifest.ID, taskID)
+	}
+	raw := svc.Manifest.StageSpec(slot)
+	spec, err := jobspec.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", taskID, err)
+	}
+	w.mu.Lock()
+	ring := w.keys[jobID]
+	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, log: w.log.With("task", taskID), report: w.reportRejected}
+	w.tasks[taskID] = t
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		if err := t.run(ctx); err != nil && ctx.Err() == nil {
+			w.log.Error("task failed", "task", taskID, "err", err)
+			select {
+			case w.errs <- fmt.Errorf("task %s: %w", taskID, err):
+			default:
+			}
+		}
+	}()
+	return nil
+}
+
+// reportRejected tells the orchestrator about frames this worker refused.
+func (w *Worker) reportRejected(scope, reason string, count int, detail string) {
+	signed, err := party.Sign(w.kf, orchestrator.TypeFrameRejected, orchestrator.FrameRejected{Scope: scope, Reason: reason, Count: count, Detail: detail}, time.Minute, time.Now())
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := w.ctl.Submit(ctx, signed); err != nil {
+		w.log.Warn("could not report rejected frames", "err", err)
+	}
+}
+
