@@ -274,4 +274,3 @@ func (w *Worker) reportRejected(scope, reason string, count int, detail string) 
 		w.log.Warn("could not report rejected frames", "err", err)
 	}
 }
-
