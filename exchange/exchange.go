@@ -73,6 +73,10 @@ type Sender interface {
 	// Close sends end-of-stream and, where the transport can tell, waits until
 	// the consumer has received it. No Send may follow.
 	Close(ctx context.Context) error
+	// Abort releases the sender without sending end-of-stream, when the job
+	// failed: the consumer never mistakes an aborted channel for a complete
+	// one. No Send may follow.
+	Abort()
 }
 
 // Receiver is the consuming end of a channel. It is used by one goroutine.

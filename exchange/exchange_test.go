@@ -468,3 +468,31 @@ func FuzzParseGrant(f *testing.F) {
 		}
 	})
 }
+
+// TestAbortIsNotEOS checks that an aborted sender never looks like a complete
+// stream to its consumer.
+func TestAbortIsNotEOS(t *testing.T) {
+	for _, tc := range transports {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := tc.make(t, 4, nil)
+			s, r := open(t, tr, ChannelID{Job: "abort", Edge: 0}, true)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := s.Send(ctx, frameFor(0, 8)); err != nil {
+				t.Fatal(err)
+			}
+			s.Abort()
+			if err := s.Send(ctx, frameFor(1, 8)); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Send after Abort = %v, want ErrClosed", err)
+			}
+			if _, err := r.Recv(ctx); err != nil {
+				t.Fatalf("Recv of the frame sent before Abort: %v", err)
+			}
+			short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancelShort()
+			if _, err := r.Recv(short); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Recv after Abort = %v, want to block until its deadline", err)
+			}
+		})
+	}
+}

@@ -23,7 +23,7 @@ func OpenFanout(ctx context.Context, t Transport, job string, edge, from, consum
 	for to := range consumers {
 		s, err := t.Sender(ctx, ChannelID{Job: job, Edge: edge, From: from, To: to})
 		if err != nil {
-			_ = f.Close(ctx)
+			f.Abort()
 			return nil, err
 		}
 		f.Senders = append(f.Senders, s)
@@ -59,6 +59,13 @@ func (f *Fanout) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Abort releases every sender without end-of-stream.
+func (f *Fanout) Abort() {
+	for _, s := range f.Senders {
+		s.Abort()
+	}
 }
 
 // OpenInputs opens the receivers of edge at consumer subtask to from each of

@@ -85,6 +85,8 @@ func (s *localSender) Send(ctx context.Context, frame []byte) error {
 	return nil
 }
 
+func (s *localSender) Abort() { s.closed = true }
+
 func (s *localSender) Close(context.Context) error {
 	if !s.closed {
 		s.closed = true

@@ -277,6 +277,13 @@ func (s *natsSender) publish(kind byte, seq uint64, frame []byte) error {
 	return nil
 }
 
+func (s *natsSender) Abort() {
+	if !s.closed {
+		s.closed = true
+		_ = s.sub.Unsubscribe()
+	}
+}
+
 // Close sends end-of-stream and waits until the consumer acknowledges it,
 // resending it every RetryInterval. End-of-stream needs no credit.
 func (s *natsSender) Close(ctx context.Context) error {

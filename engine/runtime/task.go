@@ -78,13 +78,17 @@ func (st *subtask) side(node int, name string, rec record.Record) {
 }
 
 // run executes the subtask to the end of its input.
-func (st *subtask) run(ctx context.Context) error {
+func (st *subtask) run(ctx context.Context) (err error) {
 	st.rctx = ctx
+	defer func() {
+		if err != nil {
+			st.tail.abort()
+		}
+	}()
 	if err := st.tail.open(ctx); err != nil {
 		return err
 	}
 	head := st.t.nodes[0].Node
-	var err error
 	if head.Kind == jobspec.KindSource {
 		err = st.runSource(ctx)
 	} else {
@@ -383,6 +387,13 @@ func (t *tailEmitter) send(oe *outEdge, to int, plain []byte) {
 	}
 	t.st.frames++
 	t.st.bytes += int64(len(sealed))
+}
+
+// abort releases the out edges without end-of-stream, after a failure.
+func (t *tailEmitter) abort() {
+	for _, oe := range t.edges {
+		oe.fan.Abort()
+	}
 }
 
 func (t *tailEmitter) close(ctx context.Context) error {
