@@ -84,6 +84,7 @@ func (d *JSONDecoder) Decode(line []byte, lineNo int, rec *Record) error {
 		d.seen[i] = false
 	}
 	p := jsonParser{b: line, line: lineNo}
+	next := 0 // the field expected next: producers usually keep one order
 	p.ws()
 	if !p.eat('{') {
 		return p.fail("", "want a JSON object")
@@ -108,7 +109,7 @@ func (d *JSONDecoder) Decode(line []byte, lineNo int, rec *Record) error {
 				}
 				idx, known = d.index[k]
 			} else {
-				idx, known = d.index[string(key[1:len(key)-1])]
+				idx, known = d.lookup(key[1:len(key)-1], &next)
 			}
 			p.ws()
 			if !p.eat(':') {
@@ -149,6 +150,20 @@ func (d *JSONDecoder) Decode(line []byte, lineNo int, rec *Record) error {
 		rec.Time = v.I
 	}
 	return nil
+}
+
+// lookup finds the schema field named name, trying first the field after
+// the previous match, since lines usually list fields in the same order.
+func (d *JSONDecoder) lookup(name []byte, next *int) (int, bool) {
+	if n := *next; n < len(d.schema.Fields) && d.schema.Fields[n].Name == string(name) {
+		*next = n + 1
+		return n, true
+	}
+	i, ok := d.index[string(name)]
+	if ok {
+		*next = i + 1
+	}
+	return i, ok
 }
 
 type jsonParser struct {
