@@ -43,6 +43,7 @@ func concatOutput(dst []record.Value, l, r *record.Record) []record.Value {
 // join) or for all time (interval and regular joins, start = end = 0).
 type part struct {
 	start, end  int64
+	fired       bool // window join: the window fired (kept for allowed lateness)
 	left, right []record.Record
 }
 
@@ -230,14 +231,18 @@ type WindowJoinConfig struct {
 	Semi bool
 	// OmitStart and OmitEnd leave window_start or window_end out of results.
 	OmitStart, OmitEnd bool
+	// AllowedLateness (ms) keeps a window's rows after it fired; a record up
+	// to this late emits at once its new pairs with the window's other side
+	// (Semi: the left rows that now have their first match).
+	AllowedLateness int64
 }
 
 // WindowJoin joins left and right records with equal keys in the same window.
 // When the watermark (the minimum of both inputs') reaches window_end - 1 it
 // emits, for each matching pair, Output(left, right) followed by window_start
 // and window_end, at Time = window_end - 1, left rows in arrival order and for
-// each its right matches in arrival order. Records whose windows all ended are
-// late.
+// each its right matches in arrival order. Records whose windows all ended
+// (end-1+AllowedLateness <= watermark) are late.
 type WindowJoin struct {
 	joinCore
 	wcfg WindowJoinConfig
@@ -251,6 +256,9 @@ func NewWindowJoin(cfg WindowJoinConfig) (*WindowJoin, error) {
 	if cfg.Windowing.Kind == SessionWindows {
 		return nil, fmt.Errorf("window join: session windows are not supported; use tumbling or sliding windows")
 	}
+	if cfg.AllowedLateness < 0 || cfg.AllowedLateness > MaxWindowSpan {
+		return nil, fmt.Errorf("window join: allowed lateness %d is negative or above %d", cfg.AllowedLateness, int64(MaxWindowSpan))
+	}
 	op := &WindowJoin{wcfg: cfg}
 	if err := op.init("window join", cfg.JoinConfig); err != nil {
 		return nil, err
@@ -258,9 +266,11 @@ func NewWindowJoin(cfg WindowJoinConfig) (*WindowJoin, error) {
 	return op, nil
 }
 
-// ProcessBatch buffers b's records in their windows.
+// ProcessBatch buffers b's records in their windows; in windows that already
+// fired (within the allowed lateness) it emits the new pairs at once.
 func (op *WindowJoin) ProcessBatch(input int, b *record.Batch, out Emitter) error {
 	wd := &op.wcfg.Windowing
+	lateness := op.wcfg.AllowedLateness
 	for i := range b.Records {
 		r := &b.Records[i]
 		key, err := op.key(input, r)
@@ -273,7 +283,7 @@ func (op *WindowJoin) ProcessBatch(input int, b *record.Batch, out Emitter) erro
 		var js *joinState
 		for s := wd.lastStart(r.Time); s > r.Time-wd.Size; s -= wd.slide() {
 			end := s + wd.Size
-			if end-1 <= op.cur {
+			if end-1+lateness <= op.cur {
 				break
 			}
 			if js == nil {
@@ -283,10 +293,18 @@ func (op *WindowJoin) ProcessBatch(input int, b *record.Batch, out Emitter) erro
 			}
 			p := js.part(s, end)
 			if len(p.left) == 0 && len(p.right) == 0 {
-				op.timers.add(end-1, key)
+				if end-1 > op.cur {
+					op.timers.add(end-1, key)
+				} else { // a new window that ended: it has fired, with nothing
+					p.fired = true
+					op.timers.add(end-1+lateness, key)
+				}
 			}
 			side := p.side(input)
 			*side = append(*side, record.Record{Time: r.Time, Values: slices.Clone(r.Values)})
+			if p.fired {
+				op.emitLate(p, input, out)
+			}
 		}
 		if js == nil {
 			op.lateRecord(r, out)
@@ -295,7 +313,56 @@ func (op *WindowJoin) ProcessBatch(input int, b *record.Batch, out Emitter) erro
 	return nil
 }
 
+// bounds returns the window bound values to append to results.
+func (op *WindowJoin) bounds(p *part, buf *[2]record.Value) []record.Value {
+	*buf = [2]record.Value{record.Int(p.start), record.Int(p.end)}
+	bs := buf[:]
+	switch {
+	case op.wcfg.OmitStart && op.wcfg.OmitEnd:
+		bs = bs[:0]
+	case op.wcfg.OmitStart:
+		bs = bs[1:]
+	case op.wcfg.OmitEnd:
+		bs = bs[:1]
+	}
+	return bs
+}
+
+// emitLate emits the results that the record just appended to the input side
+// of fired window p adds.
+func (op *WindowJoin) emitLate(p *part, input int, out Emitter) {
+	var bb [2]record.Value
+	bs := op.bounds(p, &bb)
+	if op.wcfg.Semi {
+		switch {
+		case input == Left && len(p.right) > 0:
+			l := &p.left[len(p.left)-1]
+			op.buf = append(append(op.buf[:0], l.Values...), bs...)
+			out.Emit(record.Record{Time: p.end - 1, Values: op.buf})
+		case input == Right && len(p.right) == 1: // the left rows' first match
+			for li := range p.left {
+				op.buf = append(append(op.buf[:0], p.left[li].Values...), bs...)
+				out.Emit(record.Record{Time: p.end - 1, Values: op.buf})
+			}
+		}
+		return
+	}
+	if input == Left {
+		l := &p.left[len(p.left)-1]
+		for ri := range p.right {
+			op.emitPair(l, &p.right[ri], p.end-1, out, bs...)
+		}
+		return
+	}
+	rr := &p.right[len(p.right)-1]
+	for li := range p.left {
+		op.emitPair(&p.left[li], rr, p.end-1, out, bs...)
+	}
+}
+
 func (op *WindowJoin) fire(t int64, keys []uint64, out Emitter) {
+	lateness := op.wcfg.AllowedLateness
+	var bb [2]record.Value
 	for _, key := range keys {
 		js := op.store.Get(key)
 		if js == nil {
@@ -303,36 +370,33 @@ func (op *WindowJoin) fire(t int64, keys []uint64, out Emitter) {
 		}
 		for j := 0; j < len(js.parts); {
 			p := &js.parts[j]
-			if p.end-1 > t {
-				j++
+			if !p.fired && p.end-1 <= t {
+				bs := op.bounds(p, &bb)
+				for li := range p.left {
+					l := &p.left[li]
+					if op.wcfg.Semi {
+						if len(p.right) > 0 {
+							op.buf = append(append(op.buf[:0], l.Values...), bs...)
+							out.Emit(record.Record{Time: p.end - 1, Values: op.buf})
+						}
+						continue
+					}
+					for ri := range p.right {
+						op.emitPair(l, &p.right[ri], p.end-1, out, bs...)
+					}
+				}
+				p.fired = true
+				if lateness > 0 {
+					op.timers.add(p.end-1+lateness, key)
+				}
+			}
+			if p.fired && p.end-1+lateness <= t {
+				last := len(js.parts) - 1
+				js.parts[j] = js.parts[last]
+				js.parts = js.parts[:last]
 				continue
 			}
-			bounds := [2]record.Value{record.Int(p.start), record.Int(p.end)}
-			bs := bounds[:]
-			switch {
-			case op.wcfg.OmitStart && op.wcfg.OmitEnd:
-				bs = bs[:0]
-			case op.wcfg.OmitStart:
-				bs = bs[1:]
-			case op.wcfg.OmitEnd:
-				bs = bs[:1]
-			}
-			for li := range p.left {
-				l := &p.left[li]
-				if op.wcfg.Semi {
-					if len(p.right) > 0 {
-						op.buf = append(append(op.buf[:0], l.Values...), bs...)
-						out.Emit(record.Record{Time: p.end - 1, Values: op.buf})
-					}
-					continue
-				}
-				for ri := range p.right {
-					op.emitPair(l, &p.right[ri], p.end-1, out, bs...)
-				}
-			}
-			last := len(js.parts) - 1
-			js.parts[j] = js.parts[last]
-			js.parts = js.parts[:last]
+			j++
 		}
 		if len(js.parts) == 0 {
 			op.store.Delete(key)
@@ -352,7 +416,11 @@ func (op *WindowJoin) Finish(out Emitter) error { return op.finish(out, op.fire)
 func (op *WindowJoin) Restore(from, to int, data []byte) error {
 	return op.restore(from, to, data, func(key uint64, js *joinState) {
 		for _, p := range js.parts {
-			op.timers.add(p.end-1, key)
+			if p.fired {
+				op.timers.add(p.end-1+op.wcfg.AllowedLateness, key)
+			} else {
+				op.timers.add(p.end-1, key)
+			}
 		}
 	})
 }
@@ -554,6 +622,11 @@ func (joinStateCodec) Append(dst []byte, js *joinState) []byte {
 		p := &js.parts[i]
 		dst = state.AppendVarint(dst, p.start)
 		dst = state.AppendVarint(dst, p.end)
+		if p.fired {
+			dst = append(dst, 1)
+		} else {
+			dst = append(dst, 0)
+		}
 		for _, rows := range [2][]record.Record{p.left, p.right} {
 			dst = state.AppendUvarint(dst, uint64(len(rows)))
 			for j := range rows {
@@ -568,8 +641,8 @@ func (joinStateCodec) Append(dst []byte, js *joinState) []byte {
 func (joinStateCodec) Decode(src []byte, js *joinState) error {
 	d := state.NewDecoder(src)
 	js.parts = js.parts[:0]
-	for n := d.Count(4); n > 0 && d.Err() == nil; n-- {
-		p := part{start: d.Varint(), end: d.Varint()}
+	for n := d.Count(5); n > 0 && d.Err() == nil; n-- {
+		p := part{start: d.Varint(), end: d.Varint(), fired: d.Bool()}
 		for _, rows := range [2]*[]record.Record{&p.left, &p.right} {
 			for m := d.Count(2); m > 0 && d.Err() == nil; m-- {
 				var r record.Record

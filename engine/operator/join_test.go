@@ -47,6 +47,32 @@ func TestWindowJoin(t *testing.T) {
 			F(),
 		},
 		want: []string{"9:1,p,0,10"},
+	}, {
+		name: "records within the allowed lateness emit their new pairs at once",
+		cfg:  WindowJoinConfig{JoinConfig: joinKeys, Windowing: Tumbling(10), AllowedLateness: 10},
+		steps: []step{
+			BI(Left, rec(1, 7, "a")), BI(Right, rec(2, 7, 100)),
+			WI(Left, 9), WI(Right, 9),
+			BI(Right, rec(3, 7, 101)),
+			BI(Left, rec(4, 7, "b")),
+			WI(Left, 19), WI(Right, 19), // [0,10) dropped at 9+10
+			BI(Left, rec(5, 7, "c")), // late
+			F(),
+		},
+		want: []string{"9:7,a,7,100,0,10", "9:7,a,7,101,0,10", "9:7,b,7,100,0,10", "9:7,b,7,101,0,10"},
+		late: 1,
+	}, {
+		name: "semi join within the allowed lateness emits left rows at their first match",
+		cfg:  WindowJoinConfig{JoinConfig: joinKeys, Windowing: Tumbling(10), Semi: true, AllowedLateness: 10},
+		steps: []step{
+			BI(Left, rec(1, 1, "p"), rec(2, 2, "q")), BI(Right, rec(3, 1, 0)),
+			WI(Left, 9), WI(Right, 9),
+			BI(Right, rec(4, 2, 0)), // q's first match
+			BI(Right, rec(5, 2, 0)), // q already emitted
+			BI(Left, rec(6, 2, "r")),
+			F(),
+		},
+		want: []string{"9:1,p,0,10", "9:2,q,0,10", "9:2,r,0,10"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			op, err := NewWindowJoin(tc.cfg)

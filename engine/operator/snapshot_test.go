@@ -138,6 +138,10 @@ func TestSnapshotRestoreAndRescale(t *testing.T) {
 			return must(NewWindowJoin(WindowJoinConfig{Windowing: Tumbling(20),
 				JoinConfig: JoinConfig{LeftKey: left, RightKey: right, LateSide: "late", MaxParallelism: maxP, KeyGroups: r}}))
 		}, [2]KeyFunc{left, right}},
+		{"sliding window join with lateness", func(r state.Range) keyedOp {
+			return must(NewWindowJoin(WindowJoinConfig{Windowing: Sliding(20, 10), AllowedLateness: 8,
+				JoinConfig: JoinConfig{LeftKey: left, RightKey: right, LateSide: "late", MaxParallelism: maxP, KeyGroups: r}}))
+		}, [2]KeyFunc{left, right}},
 		{"interval join", func(r state.Range) keyedOp {
 			return must(NewIntervalJoin(IntervalJoinConfig{Lower: -10, Upper: 5,
 				JoinConfig: JoinConfig{LeftKey: left, RightKey: right, LateSide: "late", MaxParallelism: maxP, KeyGroups: r}}))
@@ -223,7 +227,7 @@ func FuzzKeyStateCodec(f *testing.F) {
 func FuzzJoinStateCodec(f *testing.F) {
 	js := joinState{parts: []part{{start: 0, end: 10, left: []record.Record{rec(1, 1, "a")}, right: []record.Record{rec(2, 1, 2.5)}}}}
 	f.Add(joinStateCodec{}.Append(nil, &js))
-	f.Add([]byte{1, 0, 20, 0, 0})
+	f.Add([]byte{1, 0, 20, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var js joinState
 		if err := (joinStateCodec{}).Decode(data, &js); err != nil {
