@@ -48,7 +48,8 @@ const (
 	FinalWatermark int64 = math.MaxInt64
 	// IdleWatermark is emitted by an input that has become idle (no records for
 	// its idle timeout). A multi-input operator stops waiting for an idle input
-	// until it sends a real watermark or records again. It is the smallest
+	// until it sends a real watermark again (a Watermarks generator does so
+	// with its next batch). It is the smallest
 	// int64, so an operator that ignores the convention never advances on it.
 	IdleWatermark int64 = math.MinInt64
 )
