@@ -280,6 +280,7 @@ type activation struct {
 	rec   *record.Record
 }
 
+// ResolveName implements interpreter.Activation over the record's values.
 func (a *activation) ResolveName(name string) (any, bool) {
 	i, ok := a.names[name]
 	if !ok || i >= len(a.rec.Values) {
@@ -294,6 +295,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	return toRef(v), true
 }
 
+// Parent implements interpreter.Activation: there is none.
 func (a *activation) Parent() interpreter.Activation { return nil }
 
 func toRef(v record.Value) ref.Val {

@@ -88,7 +88,9 @@ type Spec struct {
 
 // Field is a typed field of a schema.
 type Field struct {
-	Name string      `json:"name"`
+	// Name is the field's name, a CEL identifier.
+	Name string `json:"name"`
+	// Type is int, float, string or bool.
 	Type record.Type `json:"type"`
 }
 
@@ -137,12 +139,14 @@ type Params struct {
 	// Aggregates are a window-aggregate's outputs.
 	Aggregates []Aggregate `json:"aggregates,omitempty"`
 
-	// LeftKeys and RightKeys are a join's equality keys, pairwise.
-	LeftKeys  []string `json:"leftKeys,omitempty"`
+	// LeftKeys are a join's equality keys on its left input.
+	LeftKeys []string `json:"leftKeys,omitempty"`
+	// RightKeys are the right input's keys, pairwise with LeftKeys.
 	RightKeys []string `json:"rightKeys,omitempty"`
-	// LeftPrefix and RightPrefix are prepended to the names of a join's
-	// left and right fields in its output, to keep names unique.
-	LeftPrefix  string `json:"leftPrefix,omitempty"`
+	// LeftPrefix is prepended to the names of a join's left fields in its
+	// output, to keep names unique.
+	LeftPrefix string `json:"leftPrefix,omitempty"`
+	// RightPrefix is prepended to the names of a join's right fields.
 	RightPrefix string `json:"rightPrefix,omitempty"`
 	// Between bounds an interval join.
 	Between *Interval `json:"between,omitempty"`
@@ -221,11 +225,12 @@ type Window struct {
 	// LateOutput names the side output that receives records too late for
 	// every window they belong to; empty drops them (they are counted).
 	LateOutput string `json:"lateOutput,omitempty"`
-	// StartField and EndField name the window bound fields (int, epoch
-	// ms) added to the output (defaults window_start and window_end; "-"
-	// omits the field).
+	// StartField names the window start field (int, epoch ms) added to
+	// the output (default window_start; "-" omits it).
 	StartField string `json:"startField,omitempty"`
-	EndField   string `json:"endField,omitempty"`
+	// EndField names the window end field (default window_end; "-" omits
+	// it).
+	EndField string `json:"endField,omitempty"`
 }
 
 // Aggregate functions.
@@ -261,14 +266,18 @@ type Projection struct {
 // Interval bounds an interval join: a right record joins a left record when
 // left.time+LowerMs <= right.time <= left.time+UpperMs.
 type Interval struct {
+	// LowerMs is the lower bound, relative to the left record's time.
 	LowerMs int64 `json:"lowerMs"`
+	// UpperMs is the upper bound (inclusive), at least LowerMs.
 	UpperMs int64 `json:"upperMs"`
 }
 
 // Order is one sort key of a top-n.
 type Order struct {
+	// Field is the input field to order by.
 	Field string `json:"field"`
-	Desc  bool   `json:"desc,omitempty"`
+	// Desc orders largest first.
+	Desc bool `json:"desc,omitempty"`
 }
 
 // Placement holds placement hints for a node's tasks.

@@ -27,6 +27,7 @@ type Error struct {
 	Msg string
 }
 
+// Error returns "path: message".
 func (e *Error) Error() string { return e.Path + ": " + e.Msg }
 
 // RefusedBy names the rule that refused the spec, as "jobspec.<rule>".
@@ -35,6 +36,7 @@ func (e *Error) RefusedBy() string { return "jobspec." + e.Rule }
 // Errors is every problem found in a spec, in spec order.
 type Errors []*Error
 
+// Error lists every error, one a line.
 func (es Errors) Error() string {
 	var b strings.Builder
 	if len(es) == 1 {

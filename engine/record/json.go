@@ -20,6 +20,7 @@ type JSONError struct {
 	Msg string
 }
 
+// Error says which line and field (or byte) is wrong, and why.
 func (e *JSONError) Error() string {
 	if e.Field != "" {
 		return fmt.Sprintf("line %d: field %q: %s", e.Line, e.Field, e.Msg)

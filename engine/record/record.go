@@ -54,10 +54,10 @@ func ParseType(s string) (Type, error) {
 // values are stored in I (0 or 1). Value is a plain struct, not an interface, so
 // that rows of values do not allocate per field.
 type Value struct {
-	T Type
-	I int64
-	F float64
-	S string
+	T Type    // the value's type; TypeNull for a null value
+	I int64   // TypeInt value, or TypeBool as 0 or 1
+	F float64 // TypeFloat value
+	S string  // TypeString value
 }
 
 // Int returns an int value.
@@ -79,14 +79,14 @@ func Bool(b bool) Value {
 
 // Field is a named, typed column of a schema.
 type Field struct {
-	Name string `json:"name"`
-	Type Type   `json:"-"`
+	Name string `json:"name"` // the field's name
+	Type Type   `json:"-"`    // the type of the field's values (or null)
 }
 
 // Schema is an ordered list of fields. Records of a schema hold one value per
 // field, in order.
 type Schema struct {
-	Fields []Field
+	Fields []Field // the fields, in record order
 }
 
 // Index returns the position of the named field, or -1.
@@ -101,14 +101,14 @@ func (s *Schema) Index(name string) int {
 
 // Record is one row with its event time in epoch milliseconds.
 type Record struct {
-	Time   int64
-	Values []Value
+	Time   int64   // event time, epoch milliseconds
+	Values []Value // one value per schema field, in order
 }
 
 // Batch is an ordered group of records of one schema: the unit that operators
 // process and that exchanges ship in one frame.
 type Batch struct {
-	Records []Record
+	Records []Record // the records, in order
 }
 
 // Len returns the number of records in the batch.
