@@ -131,7 +131,9 @@ func readStream(ctx context.Context, stream jetstream.Stream, last uint64, fn fu
 			return err
 		}
 		done, err := fn(msg)
-		if err != nil || done || md.Sequence.Stream >= last {
+		// NumPending counts the messages after this one; the last sequence
+		// may be a deleted message, so it alone does not end the read.
+		if err != nil || done || md.NumPending == 0 || md.Sequence.Stream >= last {
 			return err
 		}
 	}
