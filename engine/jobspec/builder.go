@@ -368,3 +368,17 @@ func (s *Stream) Sink(stream string) *Stream {
 func (s *Stream) UDF(module, fn string, output []Field, allow ...string) *Stream {
 	return s.b.add(KindUDF, Params{UDF: &UDF{Module: module, Function: fn, Output: output, Allow: allow}}, s)
 }
+
+// FieldsOf converts a record schema to spec fields.
+func FieldsOf(s *record.Schema) []Field {
+	out := make([]Field, len(s.Fields))
+	for i, f := range s.Fields {
+		out[i] = Field{Name: f.Name, Type: f.Type}
+	}
+	return out
+}
+
+// SchemaOf declares a named schema with the fields of a record schema.
+func (b *Builder) SchemaOf(name string, s *record.Schema) *Builder {
+	return b.Schema(name, FieldsOf(s)...)
+}

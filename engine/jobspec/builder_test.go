@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sealflow/sealflow/engine/record"
 )
 
 func nexmark(name string) *Builder {
@@ -155,5 +157,18 @@ func TestBuilderErrors(t *testing.T) {
 	}
 	if _, err := New("e").Build(); err == nil {
 		t.Error("an empty job built")
+	}
+}
+
+func TestSchemaOf(t *testing.T) {
+	rs := &record.Schema{Fields: []record.Field{{Name: "a", Type: record.TypeInt}, {Name: "b", Type: record.TypeString}}}
+	b := New("s").SchemaOf("r", rs)
+	b.Source("in", "r").Sink("out")
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fieldsText(s.RecordSchema("r")); got != "a:int,b:string" {
+		t.Errorf("schema %s", got)
 	}
 }
