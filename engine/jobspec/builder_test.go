@@ -172,3 +172,55 @@ func TestSchemaOf(t *testing.T) {
 		t.Errorf("schema %s", got)
 	}
 }
+
+func TestBuilderInvalidGraphs(t *testing.T) {
+	tests := []struct {
+		name  string
+		build func(b *Builder)
+		want  []string
+	}{
+		{"union of different schemas", func(b *Builder) {
+			b.Source("bids", "bid").Union(b.Source("people", "person")).Sink("out")
+		}, []string{`nodes[2] (id "union1").inputs[1]: union input "source2" has schema (id int, name string, city string, state string, dateTime int), but input "source1" has (auction int,`}},
+		{"top-n without n or order", func(b *Builder) {
+			b.Source("bids", "bid").TopN(0, Session(time.Second), "").Sink("out")
+		}, []string{
+			`nodes[1] (id "top-n1").params.window.type: session windows are not supported here`,
+			`nodes[1] (id "top-n1").params.n: n must be at least 1, got 0`,
+			`nodes[1] (id "top-n1").params.orderBy: top-n needs at least one orderBy field`,
+		}},
+		{"flat-map of a scalar", func(b *Builder) {
+			b.Source("bids", "bid").FlatMap("url", "part").Sink("out")
+		}, []string{`nodes[1] (id "flat-map1").params.expr: expression "url" has type string, want a list`}},
+		{"flat-map name clash", func(b *Builder) {
+			b.Source("bids", "bid").FlatMap("url.split('/')", "url").Sink("out")
+		}, []string{`nodes[1] (id "flat-map1").params.as: output field "url" appears twice`}},
+		{"max-rows of a string", func(b *Builder) {
+			b.Source("bids", "bid").Window(Tumbling(time.Second), MaxRows("url")).Sink("out")
+		}, []string{`nodes[1] (id "window-aggregate1").params.aggregates[0].field: max-rows field "url" is string, want int or float`}},
+		{"interval bounds reversed", func(b *Builder) {
+			b.Source("bids", "bid").IntervalJoin(b.Source("people", "person"), time.Second, -time.Second, On("bidder", "id"), Prefixes("", "p_")).Sink("out")
+		}, []string{`nodes[2] (id "interval-join1").params.between: lowerMs 1000 is greater than upperMs -1000`}},
+		{"join keys unpaired", func(b *Builder) {
+			b.Source("bids", "bid").Join(b.Source("people", "person"), Prefixes("", "p_")).Sink("out")
+		}, []string{`nodes[2] (id "join1").params.leftKeys: join needs at least one key pair`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := nexmark(tt.name)
+			tt.build(b)
+			_, err := b.Build()
+			if err == nil {
+				t.Fatal("built")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("missing %q in:\n%v", w, err)
+				}
+			}
+			if n := len(err.(Errors)); n != len(tt.want) {
+				t.Errorf("%d errors, want %d:\n%v", n, len(tt.want), err)
+			}
+		})
+	}
+}
