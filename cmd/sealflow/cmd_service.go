@@ -40,6 +40,9 @@ type manifestFile struct {
 	Tasks           []orchestrator.TaskSlot `json:"tasks"`
 	Job             json.RawMessage         `json:"job,omitempty"`
 	JobFile         string                  `json:"job_file,omitempty"`
+	// Stages split the service into JobSpecs by name (inline), each run by
+	// the tasks whose stage names it.
+	Stages map[string]json.RawMessage `json:"stages,omitempty"`
 	// JobDigest, when set, must equal the digest computed from the JobSpec.
 	JobDigest string `json:"job_digest,omitempty"`
 }
@@ -70,39 +73,47 @@ func loadManifest(path string, resolve func(string) (party.ID, error)) (*orchest
 		return nil, fmt.Errorf("manifest %s: service %s has no tasks", path, mf.ID)
 	case len(mf.Job) > 0 && mf.JobFile != "":
 		return nil, fmt.Errorf("manifest %s: give the JobSpec inline (job) or by path (job_file), not both", path)
-	case len(mf.Job) == 0 && mf.JobFile == "":
-		return nil, fmt.Errorf("manifest %s: no JobSpec: add job (inline) or job_file", path)
+	case len(mf.Job) == 0 && mf.JobFile == "" && len(mf.Stages) == 0:
+		return nil, fmt.Errorf("manifest %s: no JobSpec: add job (inline), job_file or stages", path)
 	}
-	specData := []byte(mf.Job)
-	if mf.JobFile != "" {
-		p := mf.JobFile
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(filepath.Dir(path), p)
+	var canon, digest string
+	if len(mf.Job) > 0 || mf.JobFile != "" {
+		specData := []byte(mf.Job)
+		if mf.JobFile != "" {
+			p := mf.JobFile
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(filepath.Dir(path), p)
+			}
+			var err error
+			if specData, err = os.ReadFile(p); err != nil {
+				return nil, fmt.Errorf("manifest %s: job_file: %w", path, err)
+			}
 		}
-		if specData, err = os.ReadFile(p); err != nil {
-			return nil, fmt.Errorf("manifest %s: job_file: %w", path, err)
+		c, d, err := canonicalSpec(specData)
+		if err != nil {
+			return nil, fmt.Errorf("manifest %s: %w", path, err)
+		}
+		canon, digest = c, d
+		if mf.JobDigest != "" && mf.JobDigest != digest {
+			return nil, fmt.Errorf("manifest %s: job_digest %s is not the JobSpec's digest %s", path, mf.JobDigest, digest)
 		}
 	}
-	spec, err := jobspec.Parse(specData)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", path, err)
-	}
-	if err := spec.Validate(); err != nil {
-		return nil, fmt.Errorf("manifest %s: invalid JobSpec: %w", path, err)
-	}
-	digest, err := spec.Digest()
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: JobSpec digest: %w", path, err)
-	}
-	if mf.JobDigest != "" && mf.JobDigest != digest {
-		return nil, fmt.Errorf("manifest %s: job_digest %s is not the JobSpec's digest %s", path, mf.JobDigest, digest)
-	}
-	canon, err := spec.JSON()
-	if err != nil {
-		return nil, err
+	stages := map[string]json.RawMessage{}
+	for name, raw := range mf.Stages {
+		c, _, err := canonicalSpec(raw)
+		if err != nil {
+			return nil, fmt.Errorf("manifest %s: stage %s: %w", path, name, err)
+		}
+		stages[name] = json.RawMessage(c)
 	}
 	m := &orchestrator.Manifest{ID: mf.ID, Version: mf.Version, SecurityVersion: mf.SecurityVersion, JobDigest: digest,
-		CodeDigests: mf.CodeDigests, Inputs: mf.Inputs, Outputs: mf.Outputs, Tasks: mf.Tasks, Spec: canon}
+		CodeDigests: mf.CodeDigests, Inputs: mf.Inputs, Outputs: mf.Outputs, Tasks: mf.Tasks}
+	if canon != "" {
+		m.Spec = json.RawMessage(canon)
+	}
+	if len(stages) > 0 {
+		m.Stages = stages
+	}
 	for _, r := range mf.Recipients {
 		id, err := resolve(r)
 		if err != nil {
@@ -111,6 +122,27 @@ func loadManifest(path string, resolve func(string) (party.ID, error)) (*orchest
 		m.Recipients = append(m.Recipients, id)
 	}
 	return m, nil
+}
+
+// canonicalSpec parses and validates a JobSpec and returns its canonical
+// JSON and digest.
+func canonicalSpec(data []byte) (string, string, error) {
+	spec, err := jobspec.Parse(data)
+	if err != nil {
+		return "", "", err
+	}
+	if err := spec.Validate(); err != nil {
+		return "", "", fmt.Errorf("invalid JobSpec: %w", err)
+	}
+	digest, err := spec.Digest()
+	if err != nil {
+		return "", "", fmt.Errorf("JobSpec digest: %w", err)
+	}
+	canon, err := spec.JSON()
+	if err != nil {
+		return "", "", err
+	}
+	return string(canon), digest, nil
 }
 
 // partyResolver resolves party names or ids against the registered parties.

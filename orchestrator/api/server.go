@@ -67,6 +67,14 @@ type Server struct {
 	spki    [32]byte
 	genesis string
 
+	// version counts state changes (under mu); saved is the version the
+	// store holds (under saveMu). Submit answers only once a save covers its
+	// change, and one save covers every change applied before its snapshot
+	// (group commit), so concurrent statements share the cost of persisting.
+	version uint64
+	saveMu  sync.Mutex
+	saved   uint64
+
 	relMu    sync.Mutex
 	releases map[party.ID][]orchestrator.Release
 	notify   func(node party.ID, r []orchestrator.Release)
@@ -199,23 +207,50 @@ func (s *Server) restore(blob []byte) error {
 
 // persist seals and saves everything; callers hold s.mu (or are starting).
 func (s *Server) persist(ctx context.Context) error {
-	kf, err := s.self.MarshalJSON()
-	if err != nil {
-		return err
-	}
-	st, err := s.m.MarshalState()
-	if err != nil {
-		return err
-	}
-	plain, err := json.Marshal(persisted{Version: 1, KeyFile: kf, TLSKey: s.tlsKey, TLSCert: s.tlsCert.Certificate[0], State: st, Log: s.ledger.Marshal(), Genesis: s.genesis})
-	if err != nil {
-		return err
-	}
-	blob, err := sealBlob(s.cfg.SealingKey, s.genesis, plain)
+	blob, err := s.snapshot()
 	if err != nil {
 		return err
 	}
 	return s.cfg.Store.Save(ctx, blob)
+}
+
+// flush makes sure the store holds state version ver or later. Callers do
+// not hold s.mu.
+func (s *Server) flush(ctx context.Context, ver uint64) error {
+	s.saveMu.Lock()
+	defer s.saveMu.Unlock()
+	if s.saved >= ver {
+		return nil // a save made while this caller waited covered its change
+	}
+	s.mu.Lock()
+	blob, err := s.snapshot()
+	cur := s.version
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Store.Save(ctx, blob); err != nil {
+		return err
+	}
+	s.saved = cur
+	return nil
+}
+
+// snapshot seals everything into a blob; callers hold s.mu.
+func (s *Server) snapshot() ([]byte, error) {
+	kf, err := s.self.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.m.MarshalState()
+	if err != nil {
+		return nil, err
+	}
+	plain, err := json.Marshal(persisted{Version: 1, KeyFile: kf, TLSKey: s.tlsKey, TLSCert: s.tlsCert.Certificate[0], State: st, Log: s.ledger.Marshal(), Genesis: s.genesis})
+	if err != nil {
+		return nil, err
+	}
+	return sealBlob(s.cfg.SealingKey, s.genesis, plain)
 }
 
 // Identity returns the orchestrator's public identity.
@@ -320,13 +355,17 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 		}
 		releases = out.Releases
 	}
+	var ver uint64
 	if out != nil && (err == nil || len(out.Entries) > 0) {
-		if perr := s.persist(ctx); perr != nil {
-			s.mu.Unlock()
+		s.version++
+		ver = s.version
+	}
+	s.mu.Unlock()
+	if ver > 0 {
+		if perr := s.flush(ctx, ver); perr != nil {
 			return nil, fmt.Errorf("orchestrator: persisting state: %w", perr)
 		}
 	}
-	s.mu.Unlock()
 	s.metrics.statement(resp)
 	if len(releases) > 0 {
 		s.metrics.keyReleases.Add(float64(len(releases)))
