@@ -294,6 +294,9 @@ type Placement struct {
 // MaxSpecBytes bounds the size of a spec Parse accepts.
 const MaxSpecBytes = 4 << 20
 
+// MaxNodes bounds the number of nodes of a spec.
+const MaxNodes = 10000
+
 // Parse decodes a spec from YAML or JSON. Unknown fields, duplicate keys and
 // malformed values are refused. Parse does not validate the graph: call
 // Validate or Resolve.

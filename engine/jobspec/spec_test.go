@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -516,5 +517,34 @@ func TestFormatExample(t *testing.T) {
 	}
 	if got := fieldsText(r.Nodes["out"].Out); got != "auction:int,price:int,dateTime:int,window_start:int,window_end:int" {
 		t.Errorf("example output %s", got)
+	}
+}
+
+// TestLongChainInReverseOrder validates a chain of nodes declared sinks
+// first; the order puts every input first. (The former quadratic ordering
+// took minutes on such specs.)
+func TestLongChainInReverseOrder(t *testing.T) {
+	const n = 3000
+	s := &Spec{Name: "chain", Schemas: map[string][]Field{"r": {{Name: "k", Type: record.TypeInt}}}}
+	s.Nodes = append(s.Nodes, Node{ID: "out", Kind: KindSink, Inputs: []string{"k1"}, Params: Params{Stream: "out"}})
+	for i := 1; i <= n; i++ {
+		in := fmt.Sprintf("k%d", i+1)
+		if i == n {
+			in = "src"
+		}
+		s.Nodes = append(s.Nodes, Node{ID: fmt.Sprintf("k%d", i), Kind: KindKeyBy, Inputs: []string{in}, Params: Params{Keys: []string{"k"}}})
+	}
+	s.Nodes = append(s.Nodes, Node{ID: "src", Kind: KindSource, Params: Params{Stream: "in", Schema: "r"}})
+	r, err := s.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Order[0] != "src" || r.Order[n+1] != "out" || r.Order[1] != fmt.Sprintf("k%d", n) {
+		t.Errorf("order starts %v, ends %v", r.Order[:2], r.Order[n+1:])
+	}
+
+	s.Nodes = make([]Node, MaxNodes+1)
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "more than the limit") {
+		t.Errorf("too many nodes: got %v", err)
 	}
 }

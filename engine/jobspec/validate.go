@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"cmp"
+	"container/heap"
 	"fmt"
 	"maps"
 	"reflect"
@@ -185,6 +186,10 @@ func (v *validator) run() *Resolved {
 		v.errorf("parallelism", "parallelism", "%d is out of range: want 1 to maxParallelism (%d)", s.Parallelism, s.MaxParallelism)
 	}
 	v.checkSchemas()
+	if len(s.Nodes) > MaxNodes {
+		v.errorf("nodes", "nodes", "%d nodes, more than the limit of %d", len(s.Nodes), MaxNodes)
+		return &Resolved{Spec: s, Nodes: v.info}
+	}
 
 	// Structure: IDs, kinds, inputs.
 	byID := map[string]int{}
@@ -384,9 +389,23 @@ func paramList(p []string) string {
 	return strings.Join(p, ", ")
 }
 
+// intHeap is a min-heap of node indices.
+type intHeap []int
+
+func (h intHeap) Len() int           { return len(h) }
+func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *intHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
 // topoOrder sorts node IDs so that inputs come first (Kahn's algorithm,
-// taking nodes in spec order when several are ready). It returns one cycle
-// if the graph has any.
+// taking the earliest node in spec order when several are ready, in
+// O(n log n)). It returns one cycle if the graph has any.
 func (v *validator) topoOrder(byID map[string]int) (order, cycle []string) {
 	s := v.spec
 	indeg := make([]int, len(s.Nodes))
@@ -404,16 +423,19 @@ func (v *validator) topoOrder(byID map[string]int) (order, cycle []string) {
 		}
 	}
 	done := make([]bool, len(s.Nodes))
-	for progress := true; progress; {
-		progress = false
-		for i := range s.Nodes {
-			if done[i] || indeg[i] != 0 {
-				continue
-			}
-			done[i], progress = true, true
-			order = append(order, s.Nodes[i].ID)
-			for _, r := range readers[i] {
-				indeg[r]--
+	ready := &intHeap{}
+	for i := range s.Nodes {
+		if indeg[i] == 0 {
+			heap.Push(ready, i)
+		}
+	}
+	for ready.Len() > 0 {
+		i := heap.Pop(ready).(int)
+		done[i] = true
+		order = append(order, s.Nodes[i].ID)
+		for _, r := range readers[i] {
+			if indeg[r]--; indeg[r] == 0 {
+				heap.Push(ready, r)
 			}
 		}
 	}
