@@ -57,3 +57,21 @@ nodes:
 	// Output:
 	// nodes[1] (id "cheap").params.expr jobspec.expr
 }
+
+func ExampleResolved_Describe() {
+	b := jobspec.New("q2").Schema("bid", jobspec.Int("auction"), jobspec.Int("price"))
+	b.Source("bids", "bid").As("bids").
+		Filter("auction % 123 == 0").As("filter").
+		KeyBy("auction").As("byAuction").
+		Window(jobspec.Tumbling(time.Second), jobspec.Sum("price", "total")).As("sums").
+		Sink("q2").As("out")
+	spec, _ := b.Build()
+	r, _ := spec.Resolve()
+	fmt.Print(r.Describe())
+	// Output:
+	// bids (source): auction int, price int
+	// filter (filter) <- bids: auction int, price int
+	// byAuction (key-by) <- filter: auction int, price int keyed by auction
+	// sums (window-aggregate) <- byAuction: auction int, window_start int, window_end int, total int grouped by auction
+	// out (sink) <- sums: auction int, window_start int, window_end int, total int
+}

@@ -1005,3 +1005,27 @@ func (v *validator) udfSchema(pp string, u *UDF) *record.Schema {
 	}
 	return out
 }
+
+// Describe returns a readable summary of the resolved graph, one node a line
+// in topological order: id, kind, inputs, output fields and keys.
+func (r *Resolved) Describe() string {
+	var b strings.Builder
+	for _, id := range r.Order {
+		n := r.Nodes[id]
+		fmt.Fprintf(&b, "%s (%s)", id, n.Node.Kind)
+		if len(n.Node.Inputs) > 0 {
+			fmt.Fprintf(&b, " <- %s", strings.Join(n.Node.Inputs, ", "))
+		}
+		if n.Out != nil {
+			fmt.Fprintf(&b, ": %s", schemaText(n.Out))
+		}
+		if len(n.GroupBy) > 0 {
+			fmt.Fprintf(&b, " grouped by %s", strings.Join(n.GroupBy, ", "))
+		}
+		if len(n.Keys) > 0 {
+			fmt.Fprintf(&b, " keyed by %s", strings.Join(n.Keys, ", "))
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
