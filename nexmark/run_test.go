@@ -62,6 +62,33 @@ func TestQueriesMatchReference(t *testing.T) {
 	}
 }
 
+// TestQueriesOutOfOrder generates 1,000 events per second of event time,
+// shuffled within groups of 777 (0.777 s, more than a batch, straddling window
+// bounds) and runs the windowed queries with a
+// watermark that trails by 2 s: no record is late, so the results must equal
+// the reference. (With no allowance, records would be dropped as late.)
+func TestQueriesOutOfOrder(t *testing.T) {
+	cfg := Config{Seed: 8, EventsPerSecond: 1000, OutOfOrderGroupSize: 777}
+	events := mustGenerate(t, cfg, 50_000)
+	sorted := true
+	for i := 1; i < len(events); i++ {
+		sorted = sorted && events[i].Time() >= events[i-1].Time()
+	}
+	if sorted {
+		t.Fatal("events are in order; the test would prove nothing")
+	}
+	for _, q := range []string{"q5", "q7", "q8", "q11"} {
+		want, _ := Reference(q, events)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		got := runCollect(t, ctx, RunOptions{Query: q, QueryOptions: QueryOptions{Parallelism: 2, MaxOutOfOrderness: 2 * time.Second},
+			Input: Input{Events: int64(len(events)), Config: cfg}})
+		cancel()
+		if d := Diff(want, got, 5); d != "" {
+			t.Errorf("%s: %s", q, d)
+		}
+	}
+}
+
 // TestQueriesOverGivenEventsAndNATS runs the queries over events given as a
 // slice (as read from a file) through NATS exchanges on an embedded server.
 func TestQueriesOverGivenEventsAndNATS(t *testing.T) {

@@ -85,6 +85,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	plaintext := fs.Bool("plaintext", false, "exchange frames in plaintext instead of sealing them with AES-256-GCM")
 	natsURL := fs.String("nats", "", "URL of an external NATS server (default: start an embedded one)")
 	batch := fs.Int("batch", 512, "records per batch and frame")
+	ooo := fs.Duration("max-out-of-order", 0, "how far event time may go backwards in a source partition before records are late (for --input files not in time order)")
 	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -96,6 +97,8 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		return fmt.Errorf("%w: --query %q is not one of %s", errUsage, *query, strings.Join(nexmark.Queries, ", "))
 	case *out == "":
 		return fmt.Errorf("%w: --out FILE is required", errUsage)
+	case *ooo < 0 || *ooo%time.Millisecond != 0:
+		return fmt.Errorf("%w: --max-out-of-order %s is not a non-negative whole number of milliseconds", errUsage, *ooo)
 	case *par < 1:
 		return fmt.Errorf("%w: --parallelism is %d, want 1 or more", errUsage, *par)
 	case *input == "" && *events < 0:
@@ -175,7 +178,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	cpu0, _ := rusage()
 	start := time.Now()
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
-		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par}, Input: in,
+		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par, MaxOutOfOrderness: *ooo}, Input: in,
 		Engine: runtime.Options{Transport: tr, Codec: codec, BatchSize: *batch, DisableChaining: *noChain}, Row: row,
 	})
 	wall := time.Since(start).Seconds()

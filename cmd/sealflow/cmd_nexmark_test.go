@@ -97,7 +97,7 @@ func TestNexmarkRun(t *testing.T) {
 		args  []string
 	}{
 		{"q1", []string{"--events", "20000", "--seed", "4", "--plaintext", "--no-chain"}},
-		{"q5", []string{"--input", input, "--parallelism", "2"}},
+		{"q5", []string{"--input", input, "--parallelism", "2", "--max-out-of-order", "1s"}},
 		{"q3", []string{"--events", "20000", "--seed", "4", "--parallelism", "2"}},
 	} {
 		out := filepath.Join(dir, tc.query+".jsonl")
@@ -125,7 +125,8 @@ func TestNexmarkRun(t *testing.T) {
 			t.Errorf("%s: %s", tc.query, d)
 		}
 	}
-	for _, bad := range [][]string{{"--query", "q99", "--out", "x"}, {"--query", "q1"}, {"--query", "q1", "--out", "x", "--parallelism", "0"}} {
+	for _, bad := range [][]string{{"--query", "q99", "--out", "x"}, {"--query", "q1"}, {"--query", "q1", "--out", "x", "--parallelism", "0"},
+		{"--query", "q1", "--out", "x", "--max-out-of-order", "-1s"}} {
 		if err := nexmarkRun(context.Background(), bad, io.Discard); !errors.Is(err, errUsage) {
 			t.Errorf("nexmark run %s: error %v, want a usage error", strings.Join(bad, " "), err)
 		}
