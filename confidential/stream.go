@@ -95,8 +95,8 @@ func appendBody(dst []byte, s *record.Schema, b *record.Batch, last bool, partit
 func decodeBody(body []byte, last bool, s *record.Schema, d *record.Decoder, b *record.Batch) (partitions int, err error) {
 	if last {
 		n, k := binary.Uvarint(body)
-		if k <= 0 || n == 0 || n > MaxPartitions {
-			return 0, fmt.Errorf("last-of-stream frame does not start with a partition count in [1, %d]", MaxPartitions)
+		if k <= 0 || n == 0 || n > MaxPartitions || k != len(binary.AppendUvarint(nil, n)) {
+			return 0, fmt.Errorf("last-of-stream frame does not start with a minimal uvarint partition count in [1, %d]", MaxPartitions)
 		}
 		partitions, body = int(n), body[k:]
 	}
