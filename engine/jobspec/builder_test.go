@@ -224,3 +224,25 @@ func TestBuilderInvalidGraphs(t *testing.T) {
 		})
 	}
 }
+
+func TestStreamsAndModules(t *testing.T) {
+	const m1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	const m2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	b := nexmark("io")
+	bids := b.Source("bids", "bid")
+	bids2 := b.Source("bids", "bid")
+	people := b.Source("people", "person")
+	bids.Union(bids2).UDF(m2, "f", []Field{Int("a")}).UDF(m1, "g", []Field{Int("a")}).Sink("z-out")
+	people.UDF(m2, "h", []Field{Int("a")}).Sink("a-out")
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, out := s.Streams()
+	if strings.Join(in, ",") != "bids,people" || strings.Join(out, ",") != "a-out,z-out" {
+		t.Errorf("streams in %v out %v", in, out)
+	}
+	if got := strings.Join(s.Modules(), ","); got != m1+","+m2 {
+		t.Errorf("modules %s", got)
+	}
+}

@@ -483,3 +483,33 @@ func (s *Spec) RecordSchema(name string) *record.Schema {
 	}
 	return rs
 }
+
+// Streams returns the streams the job reads (its sources') and writes (its
+// sinks'), each sorted and without duplicates: the trust plane checks the
+// policy of every input stream's owner, and releases output keys, by these.
+func (s *Spec) Streams() (inputs, outputs []string) {
+	for _, n := range s.Nodes {
+		switch n.Kind {
+		case KindSource:
+			inputs = append(inputs, n.Params.Stream)
+		case KindSink:
+			outputs = append(outputs, n.Params.Stream)
+		}
+	}
+	slices.Sort(inputs)
+	slices.Sort(outputs)
+	return slices.Compact(inputs), slices.Compact(outputs)
+}
+
+// Modules returns the digests of the WebAssembly modules the job's udf nodes
+// run, sorted and without duplicates: the code digests policies see.
+func (s *Spec) Modules() []string {
+	var out []string
+	for _, n := range s.Nodes {
+		if n.Kind == KindUDF && n.Params.UDF != nil {
+			out = append(out, n.Params.UDF.Module)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
