@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/engine/runtime"
 	"github.com/sealflow/sealflow/nexmark"
 )
 
@@ -129,6 +130,39 @@ func TestNexmarkRun(t *testing.T) {
 		{"--query", "q1", "--out", "x", "--max-out-of-order", "-1s"}} {
 		if err := nexmarkRun(context.Background(), bad, io.Discard); !errors.Is(err, errUsage) {
 			t.Errorf("nexmark run %s: error %v, want a usage error", strings.Join(bad, " "), err)
+		}
+	}
+}
+
+func TestGCMCodec(t *testing.T) {
+	c, err := newGCMCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := runtime.FrameHeader{Job: "run-1", Edge: 2, From: 0, To: 1, Seq: 7}
+	plain := []byte("a batch of records")
+	sealed, err := c.Seal(h, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(sealed, plain) {
+		t.Fatal("sealed frame contains the plaintext")
+	}
+	if got, err := c.Open(h, sealed); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("Open = %q, %v; want the plaintext", got, err)
+	}
+	flipped := bytes.Clone(sealed)
+	flipped[3] ^= 1
+	other := h
+	other.Seq++
+	other2 := h
+	other2.To = 0
+	for name, tc := range map[string]struct {
+		h runtime.FrameHeader
+		f []byte
+	}{"flipped bit": {h, flipped}, "replayed as the next frame": {other, sealed}, "sent to another subtask": {other2, sealed}} {
+		if _, err := c.Open(tc.h, tc.f); err == nil {
+			t.Errorf("%s: Open accepted the frame", name)
 		}
 	}
 }
