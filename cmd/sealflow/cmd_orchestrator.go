@@ -78,7 +78,11 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "orchestrator")
+	base := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := base.With("component", "orchestrator")
+	if abs, err := filepath.Abs(*dir); err == nil {
+		*dir = abs
+	}
 
 	plat, err := sim.LoadOrCreate(filepath.Join(*dir, "sim"))
 	if err != nil {
@@ -109,7 +113,7 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	// NATS: the untrusted substrate that stores the sealed state.
 	url := *natsURL
 	if url == "embedded" {
-		ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats"), Logger: log.With("component", "nats-server")})
+		ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats"), Logger: base})
 		if err != nil {
 			return err
 		}

@@ -237,6 +237,16 @@ func TestPartyCommandsAgainstOrchestrator(t *testing.T) {
 		t.Fatalf("status:\n%s", out)
 	}
 
+	// Bob revokes the service: it never receives epoch 2.
+	out = mustCLI(t, runOwnerRevoke, with("--key", bob, "--stream", "meter-b", "--service", "balance", "--json")...)
+	var rv api.Response
+	if err := json.Unmarshal([]byte(out), &rv); err != nil || !rv.OK || rv.Result.(map[string]any)["next_epoch"] != 2.0 {
+		t.Fatalf("revoke --json: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, runOwnerRevoke, with("--key", alice, "--stream", "meter-b", "--service", "balance")...); refusedRule(err) != "stream.owner" {
+		t.Fatalf("alice revoking on bob's stream: %v, want a refusal by stream.owner", err)
+	}
+
 	// The owner audits: every entry proven.
 	out = mustCLI(t, runAudit, with("--stream", "meter-a")...)
 	if !strings.Contains(out, "stream.registered") || !strings.Contains(out, "key.released") || strings.Contains(out, "FAILED") || !strings.Contains(out, "proof ok") {

@@ -41,11 +41,11 @@ func runOwnerRegister(ctx context.Context, args []string) error {
 }
 
 func registerParty(ctx context.Context, pf *partyFlags) error {
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}
@@ -138,11 +138,11 @@ func runOwnerRegisterStream(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}
@@ -245,11 +245,11 @@ func runOwnerApprove(ctx context.Context, args []string) error {
 	if *stream == "" || *service == "" {
 		return fmt.Errorf("%w: --stream and --service are required", errUsage)
 	}
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}
@@ -279,11 +279,11 @@ func runOwnerRevoke(ctx context.Context, args []string) error {
 	if *stream == "" || *service == "" {
 		return fmt.Errorf("%w: --stream and --service are required", errUsage)
 	}
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}

@@ -184,11 +184,11 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: give the manifest file: sealflow service submit --key F FILE.yaml", errUsage)
 	}
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}
@@ -237,11 +237,11 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	if *service == "" {
 		return fmt.Errorf("%w: --service is required", errUsage)
 	}
-	kf, err := pf.keyFile()
+	c, err := pf.client()
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
+	kf, err := pf.keyFile()
 	if err != nil {
 		return err
 	}

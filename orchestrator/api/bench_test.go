@@ -207,3 +207,28 @@ func BenchmarkWorkerStartToAdmitted(b *testing.B) {
 	}
 	b.ReportMetric(b.Elapsed().Seconds()*1e3/float64(b.N), "ms/admission")
 }
+
+// BenchmarkAdmissionsOverNATSParallel measures admissions per second of 16
+// concurrent workers per core, each starting fresh and admitted over NATS.
+func BenchmarkAdmissionsOverNATSParallel(b *testing.B) {
+	o := newBenchOrchestrator(b, &api.MemStore{})
+	nc := startNATS(b)
+	serveNATS(b, o.srv, nc)
+	cc := api.NewControlClient(nc, o.srv.Identity())
+	claims, _ := party.Sign(o.op, orchestrator.TypeNodeClaims, orchestrator.NodeClaims{Name: "edge", Tier: "edge", Region: "be", Site: "s"}, time.Hour, time.Now())
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w, err := party.Generate(party.RoleWorker, "edge", nil)
+			if err == nil {
+				_, err = cc.Admit(context.Background(), w, o.plat.Issuer(), claims)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admissions/s")
+}

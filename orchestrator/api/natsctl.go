@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,6 +51,9 @@ type ReleaseBatch struct {
 	Releases []orchestrator.Release `json:"releases"`
 }
 
+// maxInFlight bounds the statements ServeNATS handles at once.
+const maxInFlight = 64
+
 // releaseTTL is how long a signed release batch is valid.
 const releaseTTL = 5 * time.Minute
 
@@ -61,18 +65,50 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 	if nc == nil {
 		return errors.New("orchestrator: ServeNATS needs a NATS connection")
 	}
+	// Statements are handled concurrently (nats.go delivers a subscription's
+	// messages one at a time), so that admissions share saves of the sealed
+	// state; at most maxInFlight at once, all finished before ServeNATS
+	// returns.
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		closed bool
+	)
+	sem := make(chan struct{}, maxInFlight)
 	handlers := map[string]nats.MsgHandler{
 		SubjectNonce: func(m *nats.Msg) {
 			s.respond(m, map[string]string{"nonce": hex.EncodeToString(s.Nonce())})
 		},
-		SubjectStatement: func(m *nats.Msg) { s.natsStatement(ctx, m) },
-		SubjectReleases:  s.natsReleases,
+		SubjectStatement: func(m *nats.Msg) {
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				return
+			}
+			wg.Add(1)
+			mu.Unlock()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				wg.Done()
+				return
+			}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				s.natsStatement(ctx, m)
+			}()
+		},
+		SubjectReleases: s.natsReleases,
 	}
 	var subs []*nats.Subscription
 	defer func() {
 		for _, sub := range subs {
-			_ = sub.Drain()
+			_ = sub.Unsubscribe()
 		}
+		mu.Lock()
+		closed = true
+		mu.Unlock()
+		wg.Wait()
 	}()
 	for subj, h := range handlers {
 		sub, err := nc.QueueSubscribe(subj, queueGroup, h)
