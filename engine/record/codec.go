@@ -89,11 +89,41 @@ func appendRecord(dst []byte, s *Schema, r *Record) ([]byte, error) {
 
 // Decoder decodes binary batches, reusing its storage across calls: the
 // records and values of a decoded batch stay valid only until the next
-// Decode with the same Decoder (strings stay valid for good; they share one
-// copy of the batch's bytes). The zero Decoder is ready to use. A Decoder is
-// not safe for concurrent use.
+// Decode with the same Decoder. Strings stay valid for good: each is its own
+// copy (so an operator that keeps one string keeps only that string, not the
+// batch), and short strings seen before are shared from a bounded intern
+// table, so low-cardinality fields (channels, states, categories) do not
+// allocate. The zero Decoder is ready to use. A Decoder is not safe for
+// concurrent use.
 type Decoder struct {
 	values []Value
+	intern map[string]string
+}
+
+// Interning bounds: strings up to maxInternLen bytes are interned, and the
+// table is cleared when it reaches maxInterned entries.
+const (
+	maxInternLen = 32
+	maxInterned  = 4096
+)
+
+// str returns b as a string, from the intern table when it is short.
+func (d *Decoder) str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) > maxInternLen {
+		return string(b)
+	}
+	if s, ok := d.intern[string(b)]; ok {
+		return s
+	}
+	if d.intern == nil || len(d.intern) >= maxInterned {
+		d.intern = make(map[string]string, 256)
+	}
+	s := string(b)
+	d.intern[s] = s
+	return s
 }
 
 // Decode decodes data, a batch of records of schema s, into b, replacing its
@@ -119,19 +149,6 @@ func (d *Decoder) Decode(data []byte, s *Schema, b *Batch) error {
 	mapLen := (len(s.Fields) + 7) / 8
 	if n > uint64(len(data)-r.pos)/uint64(1+mapLen) {
 		return r.fail("record count %d is more than the %d remaining bytes can hold", n, len(data)-r.pos)
-	}
-	hasStrings := false
-	for _, f := range s.Fields {
-		if f.Type == TypeString {
-			hasStrings = true
-			break
-		}
-	}
-	// One string holds a copy of the whole batch; string values are slices
-	// of it, so decoding allocates once per batch, not once per string.
-	var str string
-	if hasStrings {
-		str = string(data)
 	}
 	total := int(n) * len(s.Fields)
 	if cap(d.values) < total {
@@ -166,7 +183,7 @@ func (d *Decoder) Decode(data []byte, s *Schema, b *Batch) error {
 				clearString(v)
 				continue
 			}
-			if err := r.value(v, f.Type, str); err != nil {
+			if err := r.value(v, f.Type, d); err != nil {
 				b.Records = b.Records[:0]
 				return fmt.Errorf("record %d field %q: %w", i, f.Name, err)
 			}
@@ -217,7 +234,7 @@ func (r *reader) varint(what string) (int64, error) {
 	return x, err
 }
 
-func (r *reader) value(v *Value, t Type, str string) error {
+func (r *reader) value(v *Value, t Type, d *Decoder) error {
 	switch t {
 	// Values are written field by field, and S only when it changes: a
 	// whole-struct store of a Value (which holds a pointer) costs a bulk
@@ -243,7 +260,7 @@ func (r *reader) value(v *Value, t Type, str string) error {
 		if n > uint64(len(r.data)-r.pos) {
 			return r.fail("string of %d bytes overruns the batch (%d bytes left)", n, len(r.data)-r.pos)
 		}
-		v.T, v.I, v.F, v.S = TypeString, 0, 0, str[r.pos:r.pos+int(n)]
+		v.T, v.I, v.F, v.S = TypeString, 0, 0, d.str(r.data[r.pos:r.pos+int(n)])
 		r.pos += int(n)
 		return nil
 	case TypeBool:
