@@ -1,0 +1,91 @@
+package confidential
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/exchange"
+	"github.com/sealflow/sealflow/nexmark"
+)
+
+// benchEvents is the number of Nexmark events per run.
+const benchEvents = 200_000
+
+// BenchmarkNexmarkSealedVsPlaintext runs Nexmark queries with the generator in
+// the job, parallelism 2 and every edge a NATS exchange (chaining off, so
+// every record crosses at least one exchange), alternating a sealed run
+// (ExchangeCodec) and a plaintext run (runtime.IdentityCodec) on one server,
+// and reports events/s for each and their ratio.
+func BenchmarkNexmarkSealedVsPlaintext(b *testing.B) {
+	_, nc, _ := startNATS(b)
+	tr, err := exchange.NewNATS(nc, exchange.NATSOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []string{"q1", "q5"} {
+		b.Run(q, func(b *testing.B) {
+			var wall [2]time.Duration // plaintext, sealed
+			var bytes [2]int64
+			var cpu [2]time.Duration
+			run := func(i int, sealed bool) {
+				job := fmt.Sprintf("bench-%s-%d-%v", q, i, sealed)
+				var codec runtime.FrameCodec = runtime.IdentityCodec{}
+				if sealed {
+					c, err := NewEphemeralExchangeCodec(job)
+					if err != nil {
+						b.Fatal(err)
+					}
+					codec = c
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				cpu0 := cpuTime()
+				defer cancel()
+				res, err := nexmark.Run(ctx, nexmark.RunOptions{
+					Query:        q,
+					QueryOptions: nexmark.QueryOptions{Parallelism: 2},
+					Input:        nexmark.Input{Events: benchEvents, Config: nexmark.DefaultConfig(1)},
+					Engine:       runtime.Options{Transport: tr, Codec: codec, JobID: job, DisableChaining: true},
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				k := 0
+				if sealed {
+					k = 1
+				}
+				wall[k] += res.Wall
+				cpu[k] += cpuTime() - cpu0
+				bytes[k] += res.Bytes
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				// Alternate which goes first, so warm-up and drift hit both.
+				run(i, i%2 == 1)
+				run(i, i%2 == 0)
+			}
+			plain := float64(benchEvents*b.N) / wall[0].Seconds()
+			sealed := float64(benchEvents*b.N) / wall[1].Seconds()
+			b.ReportMetric(plain, "plain-ev/s")
+			b.ReportMetric(sealed, "sealed-ev/s")
+			b.ReportMetric(sealed/plain, "sealed/plain")
+			// Process CPU time (the engine and the embedded server) per event:
+			// steadier than wall time on a shared machine.
+			b.ReportMetric(float64(cpu[0].Nanoseconds())/float64(benchEvents*b.N), "plain-cpu-ns/ev")
+			b.ReportMetric(float64(cpu[1].Nanoseconds())/float64(benchEvents*b.N), "sealed-cpu-ns/ev")
+			b.ReportMetric(float64(bytes[1]-bytes[0])/float64(max(bytes[0], 1)), "byte-overhead")
+		})
+	}
+}
+
+// cpuTime returns the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
