@@ -213,6 +213,10 @@ func TestValidateReportsLocation(t *testing.T) {
 		{"several errors at once", `expr: "price < 100"`, `expr: "price < 'x'"`,
 			// the filter's error, and nothing cascades downstream
 			[]wantErr{{`nodes[1] (id "cheap").params.expr`, "expr", "no matching overload"}}},
+		{"wildcard stream", "stream: people,", "stream: 'owners.*',",
+			[]wantErr{{`nodes[5] (id "people").params.stream`, "stream", `stream name "owners.*" must be dot-separated tokens`}}},
+		{"empty stream token", "{stream: out2}", "{stream: out..2}",
+			[]wantErr{{`nodes[8] (id "out2").params.stream`, "stream", `stream name "out..2"`}}},
 		{"unknown schema", "schema: person,", "schema: persons,",
 			[]wantErr{{`nodes[5] (id "people").params.schema`, "schema", `unknown schema "persons" (declared: bid, person)`}}},
 		{"bad schema field", "{name: extra, type: string}", "{name: extra, type: string}\n    - {name: in, type: int}",

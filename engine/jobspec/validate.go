@@ -167,6 +167,22 @@ func (v *validator) errorf(path, rule, format string, args ...any) {
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
 
+// streamPattern accepts stream names made of dot-separated tokens of
+// letters, digits, '_' and '-': no NATS wildcards ('*', '>'), so that a
+// source names exactly one stream, whose owner's policy is checked.
+var streamPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+
+func (v *validator) checkStream(path, name, what string) {
+	switch {
+	case name == "":
+		v.errorf(path, "stream", "missing %s stream name", what)
+	case len(name) > 255:
+		v.errorf(path, "stream", "stream name is %d bytes, more than 255", len(name))
+	case !streamPattern.MatchString(name):
+		v.errorf(path, "stream", "stream name %q must be dot-separated tokens of letters, digits, '_' or '-' (no wildcards)", name)
+	}
+}
+
 func nodePath(i int, n *Node) string {
 	if n.ID == "" {
 		return fmt.Sprintf("nodes[%d]", i)
@@ -664,9 +680,7 @@ func sameSchema(a, b *record.Schema) bool {
 }
 
 func (v *validator) typeSource(pp string, prm *Params) (*record.Schema, []string) {
-	if prm.Stream == "" {
-		v.errorf(pp+".stream", "stream", "missing input stream name")
-	}
+	v.checkStream(pp+".stream", prm.Stream, "input")
 	if prm.Schema == "" {
 		v.errorf(pp+".schema", "schema", "missing schema name")
 		return nil, nil
@@ -911,9 +925,7 @@ func (v *validator) staticNode(path string, n *Node) {
 	prm := &n.Params
 	switch n.Kind {
 	case KindSink:
-		if prm.Stream == "" {
-			v.errorf(pp+".stream", "stream", "missing output stream name")
-		}
+		v.checkStream(pp+".stream", prm.Stream, "output")
 	case KindKeyBy:
 		if len(prm.Keys) == 0 {
 			v.errorf(pp+".keys", "keys", "key-by needs at least one key field")
