@@ -27,32 +27,40 @@ func runCollect(t *testing.T, ctx context.Context, o RunOptions) Result {
 	return res
 }
 
-// TestQueriesMatchReference runs every query on the engine (local exchanges,
-// parallelism 1 and 3) over generated events and compares the output multiset
-// with the reference computation over the same events.
+// TestQueriesMatchReference runs every query on the engine (local exchanges)
+// over generated events, at parallelism 1 and 3 and for a second seed at 2,
+// and compares the output multiset with the reference computation over the
+// same events.
 func TestQueriesMatchReference(t *testing.T) {
-	n := 100_000
-	seeds := []int64{1, 2}
+	runs := []struct {
+		seed         int64
+		events       int
+		parallelisms []int
+	}{{1, 100_000, []int{1, 3}}, {2, 40_000, []int{2}}}
 	if testing.Short() {
-		n, seeds = 20_000, seeds[:1]
+		runs = []struct {
+			seed         int64
+			events       int
+			parallelisms []int
+		}{{1, 20_000, []int{1, 3}}}
 	}
-	for _, seed := range seeds {
-		cfg := DefaultConfig(seed)
-		events := mustGenerate(t, cfg, n)
+	for _, run := range runs {
+		cfg := DefaultConfig(run.seed)
+		events := mustGenerate(t, cfg, run.events)
 		for _, q := range Queries {
 			want, err := Reference(q, events)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(want.Rows) == 0 {
-				t.Fatalf("%s seed %d: the reference has no rows; the test would prove nothing", q, seed)
+				t.Fatalf("%s seed %d: the reference has no rows; the test would prove nothing", q, run.seed)
 			}
-			for _, p := range []int{1, 3} {
-				t.Run(fmt.Sprintf("%s/seed%d/p%d", q, seed, p), func(t *testing.T) {
+			for _, p := range run.parallelisms {
+				t.Run(fmt.Sprintf("%s/seed%d/p%d", q, run.seed, p), func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 					defer cancel()
 					got := runCollect(t, ctx, RunOptions{Query: q, QueryOptions: QueryOptions{Parallelism: p},
-						Input: Input{Events: int64(n), Config: cfg}})
+						Input: Input{Events: int64(run.events), Config: cfg}})
 					if d := Diff(want, got, 5); d != "" {
 						t.Error(d)
 					}
