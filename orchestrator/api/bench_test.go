@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +24,19 @@ import (
 	"github.com/sealflow/sealflow/seal"
 	"github.com/sealflow/sealflow/substrate"
 )
+
+// cpuTime returns the CPU time (user and system) the process used so far; on
+// a shared machine it says more than wall-clock time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the process CPU time per operation since start.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuTime()-start)/1e6/float64(b.N), "cpu-ms/op")
+}
 
 // benchOrchestrator is an in-process orchestrator with sim evidence.
 type benchOrchestrator struct {
@@ -108,12 +122,14 @@ func BenchmarkAdmissions(b *testing.B) {
 				_, stmts[i] = o.admitStatement(b, fmt.Sprintf("n%d", i), 4)
 			}
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for i := range b.N {
 				r, err := o.srv.Submit(context.Background(), stmts[i])
 				if err != nil || !r.OK {
 					b.Fatalf("admission %d: %v %s", i, err, r.Error)
 				}
 			}
+			reportCPU(b, cpu0)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admissions/s")
 		})
 	}
@@ -132,6 +148,7 @@ func BenchmarkAdmissionsParallel(b *testing.B) {
 	var next atomic.Int64
 	b.SetParallelism(16)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := next.Add(1) - 1
@@ -142,6 +159,7 @@ func BenchmarkAdmissionsParallel(b *testing.B) {
 			}
 		}
 	})
+	reportCPU(b, cpu0)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admissions/s")
 }
 
@@ -176,12 +194,14 @@ func BenchmarkKeyReleases(b *testing.B) {
 		stmts[i], _ = party.Sign(prov, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: "svc", Job: fmt.Sprintf("job-%d", i)}, time.Hour, time.Now())
 	}
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for i := range b.N {
 		r, err := o.srv.Submit(context.Background(), stmts[i])
 		if err != nil || !r.OK {
 			b.Fatalf("deploy %d: %v %s", i, err, r.Error)
 		}
 	}
+	reportCPU(b, cpu0)
 	b.ReportMetric(float64(4*b.N)/b.Elapsed().Seconds(), "releases/s")
 }
 
@@ -196,6 +216,7 @@ func BenchmarkWorkerStartToAdmitted(b *testing.B) {
 	cc := api.NewControlClient(nc, o.srv.Identity())
 	claims, _ := party.Sign(o.op, orchestrator.TypeNodeClaims, orchestrator.NodeClaims{Name: "edge", Tier: "edge", Region: "be", Site: "s"}, time.Hour, time.Now())
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for range b.N {
 		w, err := party.Generate(party.RoleWorker, "edge", nil)
 		if err != nil {
@@ -205,6 +226,7 @@ func BenchmarkWorkerStartToAdmitted(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu0)
 	b.ReportMetric(b.Elapsed().Seconds()*1e3/float64(b.N), "ms/admission")
 }
 
@@ -218,6 +240,7 @@ func BenchmarkAdmissionsOverNATSParallel(b *testing.B) {
 	claims, _ := party.Sign(o.op, orchestrator.TypeNodeClaims, orchestrator.NodeClaims{Name: "edge", Tier: "edge", Region: "be", Site: "s"}, time.Hour, time.Now())
 	b.SetParallelism(16)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			w, err := party.Generate(party.RoleWorker, "edge", nil)
@@ -230,5 +253,6 @@ func BenchmarkAdmissionsOverNATSParallel(b *testing.B) {
 			}
 		}
 	})
+	reportCPU(b, cpu0)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admissions/s")
 }

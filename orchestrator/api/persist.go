@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,9 +68,70 @@ type persisted struct {
 	KeyFile json.RawMessage `json:"key_file"`
 	TLSKey  []byte          `json:"tls_key"`
 	TLSCert []byte          `json:"tls_cert"`
-	State   json.RawMessage `json:"state"`
-	Log     []byte          `json:"log"`
+	State   json.RawMessage `json:"state,omitempty"`
+	Log     []byte          `json:"log,omitempty"`
 	Genesis string          `json:"genesis_digest"`
+}
+
+// The plaintext of a sealed state blob is, since version 2,
+//
+//	"SFP2" | header length u32 | header | state length u32 | state | log
+//
+// where header is the JSON of persisted without state and log (it never
+// changes, so the server encodes it once), state is the machine's JSON and
+// log the ledger's own encoding. Unlike version 1 (all of persisted as JSON)
+// it neither re-validates the state JSON nor base64-encodes the log on every
+// save. Version 1 blobs are still read.
+const persistMagic = "SFP2"
+
+// encodePersisted returns the version 2 plaintext.
+func encodePersisted(header, state, log []byte) []byte {
+	b := make([]byte, 0, len(persistMagic)+8+len(header)+len(state)+len(log))
+	b = append(b, persistMagic...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(header)))
+	b = append(b, header...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(state)))
+	b = append(b, state...)
+	return append(b, log...)
+}
+
+// decodePersisted parses a plaintext of version 2 or 1.
+func decodePersisted(plain []byte) (*persisted, error) {
+	var p persisted
+	if !bytes.HasPrefix(plain, []byte(persistMagic)) {
+		if err := json.Unmarshal(plain, &p); err != nil {
+			return nil, fmt.Errorf("decoding: %w", err)
+		}
+		return &p, nil
+	}
+	rest := plain[len(persistMagic):]
+	field := func(what string) ([]byte, error) {
+		if len(rest) < 4 {
+			return nil, fmt.Errorf("decoding: the %s length is missing", what)
+		}
+		n := binary.BigEndian.Uint32(rest)
+		if uint64(n) > uint64(len(rest)-4) {
+			return nil, fmt.Errorf("decoding: the %s claims %d bytes, %d remain", what, n, len(rest)-4)
+		}
+		v := rest[4 : 4+n]
+		rest = rest[4+n:]
+		return v, nil
+	}
+	header, err := field("header")
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(header, &p); err != nil {
+		return nil, fmt.Errorf("decoding the header: %w", err)
+	}
+	if p.Version != 2 {
+		return nil, fmt.Errorf("decoding: header version %d in a version 2 encoding", p.Version)
+	}
+	if p.State, err = field("state"); err != nil {
+		return nil, err
+	}
+	p.Log = rest
+	return &p, nil
 }
 
 const sealedAD = "sealflow orchestrator state v1"

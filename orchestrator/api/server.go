@@ -74,6 +74,8 @@ type Server struct {
 	version uint64
 	saveMu  sync.Mutex
 	saved   uint64
+	// header is the encoded constant part of the persisted state.
+	header []byte
 
 	relMu    sync.Mutex
 	releases map[party.ID][]orchestrator.Release
@@ -180,9 +182,9 @@ func (s *Server) restore(blob []byte) error {
 	if err != nil {
 		return err
 	}
-	var p persisted
-	if err := json.Unmarshal(plain, &p); err != nil {
-		return fmt.Errorf("decoding: %w", err)
+	p, err := decodePersisted(plain)
+	if err != nil {
+		return err
 	}
 	if p.Genesis != s.genesis {
 		return fmt.Errorf("the saved state belongs to genesis %s, this orchestrator runs genesis %s", p.Genesis, s.genesis)
@@ -238,19 +240,20 @@ func (s *Server) flush(ctx context.Context, ver uint64) error {
 
 // snapshot seals everything into a blob; callers hold s.mu.
 func (s *Server) snapshot() ([]byte, error) {
-	kf, err := s.self.MarshalJSON()
-	if err != nil {
-		return nil, err
+	if s.header == nil {
+		kf, err := s.self.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		if s.header, err = json.Marshal(persisted{Version: 2, KeyFile: kf, TLSKey: s.tlsKey, TLSCert: s.tlsCert.Certificate[0], Genesis: s.genesis}); err != nil {
+			return nil, err
+		}
 	}
 	st, err := s.m.MarshalState()
 	if err != nil {
 		return nil, err
 	}
-	plain, err := json.Marshal(persisted{Version: 1, KeyFile: kf, TLSKey: s.tlsKey, TLSCert: s.tlsCert.Certificate[0], State: st, Log: s.ledger.Marshal(), Genesis: s.genesis})
-	if err != nil {
-		return nil, err
-	}
-	return sealBlob(s.cfg.SealingKey, s.genesis, plain)
+	return sealBlob(s.cfg.SealingKey, s.genesis, encodePersisted(s.header, st, s.ledger.Marshal()))
 }
 
 // Identity returns the orchestrator's public identity.
