@@ -1,6 +1,7 @@
 package confidential
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -37,6 +38,7 @@ type exchangeChannel struct {
 	mu     sync.Mutex
 	sealer *seal.Sealer
 	opener *seal.Opener
+	buf    []byte // plaintext of the last opened frame
 }
 
 var _ runtime.FrameCodec = (*ExchangeCodec)(nil)
@@ -140,7 +142,9 @@ func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, plaintext []byte) ([]byte,
 
 // Open opens a frame received on hdr's channel. A frame that is not the next
 // authentic frame of exactly that channel is refused with a *seal.Rejection,
-// counted and reported.
+// counted and reported. The plaintext is written into a buffer the channel
+// reuses: it is valid until the next Open on the same channel (the runtime
+// decodes each frame, copying what it keeps, before it takes the next).
 func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, sealed []byte) ([]byte, error) {
 	ch, part, err := c.channel(hdr)
 	if err != nil {
@@ -158,18 +162,26 @@ func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, sealed []byte) ([]byte, er
 		}
 	}
 	// A frame of another channel of the same job would open under the same
-	// key: refuse it before it touches this channel's sequence.
-	if h, perr := seal.ParseHeader(sealed); perr == nil && h.Scope == c.job && h.Kind == seal.KindExchange && h.Partition != part {
-		err := &seal.Rejection{Reason: seal.ReasonForeign, Kind: h.Kind, Scope: h.Scope, Partition: h.Partition, Epoch: h.Epoch, Seq: h.Seq,
-			Detail: fmt.Sprintf("the frame belongs to exchange channel partition %#x, not to channel %s (partition %#x)", h.Partition, hdr, part)}
-		c.cfg.reject(c.job, err)
-		return nil, err
+	// key: refuse it before it touches this channel's sequence. The header
+	// is read in place (version, kind, flags, scope length, scope,
+	// partition), so the check does not allocate.
+	if len(sealed) >= 4 && seal.Kind(sealed[1]) == seal.KindExchange {
+		n := int(sealed[3])
+		if len(sealed) >= 4+n+4 && string(sealed[4:4+n]) == c.job {
+			if p := binary.BigEndian.Uint32(sealed[4+n:]); p != part {
+				err := &seal.Rejection{Reason: seal.ReasonForeign, Kind: seal.KindExchange, Scope: c.job, Partition: p,
+					Detail: fmt.Sprintf("the frame belongs to exchange channel partition %#x, not to channel %s (partition %#x)", p, hdr, part)}
+				c.cfg.reject(c.job, err)
+				return nil, err
+			}
+		}
 	}
-	h, out, err := ch.opener.Open(make([]byte, 0, len(sealed)), sealed)
+	h, out, err := ch.opener.Open(ch.buf[:0], sealed)
 	if err != nil {
 		c.cfg.reject(c.job, err)
 		return nil, fmt.Errorf("confidential: frame %s: %w", hdr, err)
 	}
+	ch.buf = out
 	if h.Seq+1 != hdr.Seq {
 		// The opener checked continuity; the runtime's count disagreeing
 		// means frames were skipped below the codec.

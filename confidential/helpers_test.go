@@ -90,3 +90,7 @@ func canonical(recs []record.Record) []string {
 	slices.Sort(out)
 	return out
 }
+
+func jetstreamMsg(subject string, data []byte) *nats.Msg {
+	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+}

@@ -65,7 +65,8 @@ func findNeedles(needles [][]byte, stream, subject string, seq uint64, data []by
 // KV_* and OBJ_*), as the infrastructure stores it, and reports each message
 // whose data, headers or subject contain any of needles (record field
 // values, key bytes). Streams that grow during the scan are read up to their
-// last message at the time the scan reached them.
+// last message at the time the scan reached them. Each message is searched
+// on its own: a needle split across two object-store chunks is not found.
 func ScanForPlaintext(ctx context.Context, nc *nats.Conn, needles [][]byte) ([]Finding, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
