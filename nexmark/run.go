@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/runtime"
@@ -19,6 +20,22 @@ type Input struct {
 	// Given, if not nil, are the events to run over instead (read from a
 	// file, for example).
 	Given []Event
+	// Pace, if positive, paces generated events: event n is emitted no
+	// earlier than Start + n/Pace seconds of wall-clock time, and sources
+	// flush partial batches rather than wait. With Config.EventsPerSecond
+	// equal to Pace, event time tracks wall time (see DueTime), so result
+	// latency can be measured.
+	Pace int64
+	// Start is the wall-clock origin of pacing (time.Now() when Sources is
+	// called, if zero).
+	Start time.Time
+}
+
+// DueTime returns when, under pacing, the event with event time t was due:
+// Start + (t - BaseTime) ms. It is meaningful when Config.EventsPerSecond
+// equals Pace.
+func (in *Input) DueTime(t int64) time.Time {
+	return in.Start.Add(time.Duration(t-in.Config.withDefaults().BaseTime) * time.Millisecond)
 }
 
 // Len returns the number of events of the input.
@@ -56,16 +73,41 @@ func Sources(in *Input, batchSize int) (map[string]runtime.Source, error) {
 		return nil, err
 	}
 	n := in.Events
+	if in.Start.IsZero() {
+		in.Start = time.Now()
+	}
+	start, pace := in.Start, in.Pace
 	for _, k := range kinds {
 		srcs[Stream(k)] = func(ctx context.Context, split runtime.Split, emit func(*record.Batch) error) error {
 			s := NewSource(g, k, n, split.Subtask, split.Parallelism)
 			b := &record.Batch{Records: make([]record.Record, 0, batchSize)}
+			var timer *time.Timer
 			for more := true; more; {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
+				before := n
+				if pace > 0 {
+					// Events due by now; if none, wait for the next one.
+					before = int64(time.Since(start).Seconds()*float64(pace)) + 1
+					if s.Next() >= before {
+						wait := time.Until(start.Add(time.Duration(float64(s.Next()) / float64(pace) * float64(time.Second))))
+						if timer == nil {
+							timer = time.NewTimer(wait)
+							defer timer.Stop()
+						} else {
+							timer.Reset(wait)
+						}
+						select {
+						case <-ctx.Done():
+							return ctx.Err()
+						case <-timer.C:
+						}
+						continue
+					}
+				}
 				b.Reset()
-				more = s.Fill(b, batchSize)
+				more = s.FillBefore(b, batchSize, before)
 				if b.Len() > 0 {
 					if err := emit(b); err != nil {
 						return err
@@ -89,10 +131,11 @@ type RunOptions struct {
 	// Engine holds the runtime options (transport, codec, batch size). Run
 	// sets Sources and Sinks itself.
 	Engine runtime.Options
-	// Row receives every result row, in the order of Columns(Query). It is
-	// called from one goroutine at a time; vals is valid only during the
-	// call. Nil discards the rows.
-	Row func(vals []record.Value) error
+	// Row receives every result row, in the order of Columns(Query), with
+	// its event time (for windows, the window's end - 1). It is called from
+	// one goroutine at a time; vals is valid only during the call. Nil
+	// discards the rows.
+	Row func(t int64, vals []record.Value) error
 }
 
 // Run runs a query on the engine over the input and reports the engine's
@@ -116,7 +159,7 @@ func Run(ctx context.Context, o RunOptions) (*runtime.Result, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for i := range b.Records {
-			if err := o.Row(b.Records[i].Values); err != nil {
+			if err := o.Row(b.Records[i].Time, b.Records[i].Values); err != nil {
 				return err
 			}
 		}

@@ -17,7 +17,7 @@ import (
 func runCollect(t *testing.T, ctx context.Context, o RunOptions) Result {
 	t.Helper()
 	res := Result{Columns: Columns(o.Query)}
-	o.Row = func(vals []record.Value) error {
+	o.Row = func(_ int64, vals []record.Value) error {
 		res.Rows = append(res.Rows, slices.Clone(vals))
 		return nil
 	}
@@ -127,4 +127,38 @@ func TestQueriesOverGivenEventsAndNATS(t *testing.T) {
 			t.Errorf("%s over NATS: %s", q, d)
 		}
 	}
+}
+
+// TestPacedRun paces 3,000 events at 20,000 events/s (0.15 s) and checks that
+// the run takes at least that long, that results are unchanged, and that rows
+// come out soon after their events were due.
+func TestPacedRun(t *testing.T) {
+	cfg := Config{Seed: 3, EventsPerSecond: 20_000}
+	events := mustGenerate(t, cfg, 3000)
+	want, _ := Reference("q2", events)
+	in := Input{Events: 3000, Config: cfg, Pace: 20_000, Start: time.Now()}
+	got := Result{Columns: Columns("q2")}
+	var late time.Duration
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	begin := in.Start
+	_, err := Run(ctx, RunOptions{Query: "q2", Input: in, Row: func(ts int64, vals []record.Value) error {
+		got.Rows = append(got.Rows, slices.Clone(vals))
+		if d := time.Since(in.DueTime(ts)); d < 0 {
+			t.Errorf("row at event time %d came out %s before it was due", ts, -d)
+		} else {
+			late = max(late, d)
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < 140*time.Millisecond {
+		t.Errorf("paced run of 0.15 s took only %s", took)
+	}
+	if d := Diff(want, got, 5); d != "" {
+		t.Error(d)
+	}
+	t.Logf("max latency %s", late)
 }

@@ -42,7 +42,13 @@ func NewSource(g *Generator, kind Kind, events int64, subtask, parallelism int) 
 // Fill appends up to max records to b, reusing the storage of records already
 // in b's capacity, and reports whether the source has more to give.
 func (s *Source) Fill(b *record.Batch, max int) bool {
-	for b.Len() < max && s.next < s.limit {
+	return s.FillBefore(b, max, s.limit)
+}
+
+// FillBefore is Fill restricted to event numbers below before (for pacing).
+func (s *Source) FillBefore(b *record.Batch, max int, before int64) bool {
+	before = min(before, s.limit)
+	for b.Len() < max && s.next < before {
 		n := s.next
 		s.next += s.step
 		if s.g.KindOf(n) != s.kind {
@@ -58,6 +64,9 @@ func (s *Source) Fill(b *record.Batch, max int) bool {
 	}
 	return s.next < s.limit
 }
+
+// Next returns the event number the source considers next.
+func (s *Source) Next() int64 { return s.next }
 
 // Watermark returns a lower bound of the event time of every record the
 // source will still produce.

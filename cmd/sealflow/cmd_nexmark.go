@@ -3,14 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -69,6 +67,10 @@ type nexmarkSummary struct {
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	EventsPerSecond float64 `json:"events_per_second"`
 	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
+	// Latency of result rows (output time minus when the row's event time
+	// was due), only for paced runs.
+	LatencyP50Ms float64 `json:"latency_p50_ms,omitempty"`
+	LatencyP99Ms float64 `json:"latency_p99_ms,omitempty"`
 }
 
 // nexmarkRun implements "sealflow nexmark run": it runs a query on the engine
@@ -87,6 +89,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	natsURL := fs.String("nats", "", "URL of an external NATS server (default: start an embedded one)")
 	batch := fs.Int("batch", 512, "records per batch and frame")
 	ooo := fs.Duration("max-out-of-order", 0, "how far event time may go backwards in a source partition before records are late (for --input files not in time order)")
+	pace := fs.Int64("pace", 0, "emit generated events at this many events per second of wall-clock time (also the event-time rate) and report result latency; 0: as fast as possible")
 	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -100,12 +103,17 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		return fmt.Errorf("%w: --out FILE is required", errUsage)
 	case *ooo < 0 || *ooo%time.Millisecond != 0:
 		return fmt.Errorf("%w: --max-out-of-order %s is not a non-negative whole number of milliseconds", errUsage, *ooo)
+	case *pace < 0 || (*pace > 0 && *input != ""):
+		return fmt.Errorf("%w: --pace %d: want a positive rate, for generated events only", errUsage, *pace)
 	case *par < 1:
 		return fmt.Errorf("%w: --parallelism is %d, want 1 or more", errUsage, *par)
 	case *input == "" && *events < 0:
 		return fmt.Errorf("%w: --events is %d, want 0 or more", errUsage, *events)
 	}
-	in := nexmark.Input{Events: *events, Config: nexmark.Config{Seed: *seed, EventsPerSecond: *rate}}
+	in := nexmark.Input{Events: *events, Config: nexmark.Config{Seed: *seed, EventsPerSecond: *rate}, Pace: *pace}
+	if *pace > 0 {
+		in.Config.EventsPerSecond = *pace
+	}
 	if err := in.Config.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -175,8 +183,12 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	cols := nexmark.Columns(*query)
 	var rows int64
 	buf := make([]byte, 0, 512)
-	row := func(vals []record.Value) error {
+	var latencies []float64
+	row := func(t int64, vals []record.Value) error {
 		rows++
+		if *pace > 0 {
+			latencies = append(latencies, float64(time.Since(in.DueTime(t)))/float64(time.Millisecond))
+		}
 		buf = nexmark.AppendRowJSON(buf[:0], cols, vals)
 		buf = append(buf, '\n')
 		_, err := bw.Write(buf)
@@ -185,6 +197,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 
 	cpu0, _ := rusage()
 	start := time.Now()
+	in.Start = start
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par, MaxOutOfOrderness: *ooo}, Input: in,
 		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain}, Row: row,
@@ -208,6 +221,11 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	if wall > 0 {
 		s.EventsPerSecond = float64(s.Events) / wall
 	}
+	if len(latencies) > 0 {
+		slices.Sort(latencies)
+		s.LatencyP50Ms = latencies[len(latencies)/2]
+		s.LatencyP99Ms = latencies[len(latencies)*99/100]
+	}
 	line, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -225,59 +243,4 @@ func rusage() (cpuSeconds float64, peakRSS int64) {
 	}
 	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 	return tv(ru.Utime) + tv(ru.Stime), int64(ru.Maxrss) * 1024
-}
-
-// gcmCodec seals exchange frames with AES-256-GCM under a key drawn for the
-// run, the frame header as associated data and a nonce derived from it (each
-// header names one frame of one channel of one run, so nonces never repeat
-// under a key). nexmark run now seals with confidential.ExchangeCodec (seal
-// frames, rejection reasons and counters); this bare codec remains only as a
-// reference point for its test.
-type gcmCodec struct{ aead cipher.AEAD }
-
-func newGCMCodec() (*gcmCodec, error) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &gcmCodec{aead: aead}, nil
-}
-
-func (c *gcmCodec) nonceAD(h runtime.FrameHeader) (nonce, ad []byte, err error) {
-	ad, err = h.AppendBinary(nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	sum := sha256.Sum256(ad)
-	return sum[:c.aead.NonceSize()], ad, nil
-}
-
-// Seal encrypts and authenticates a frame.
-func (c *gcmCodec) Seal(h runtime.FrameHeader, p []byte) ([]byte, error) {
-	nonce, ad, err := c.nonceAD(h)
-	if err != nil {
-		return nil, err
-	}
-	return c.aead.Seal(nil, nonce, p, ad), nil
-}
-
-// Open authenticates and decrypts a frame.
-func (c *gcmCodec) Open(h runtime.FrameHeader, s []byte) ([]byte, error) {
-	nonce, ad, err := c.nonceAD(h)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.aead.Open(nil, nonce, s, ad)
-	if err != nil {
-		return nil, fmt.Errorf("frame %s: %w", h, err)
-	}
-	return p, nil
 }

@@ -8,12 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
-	"github.com/sealflow/sealflow/engine/runtime"
 	"github.com/sealflow/sealflow/nexmark"
 )
 
@@ -100,6 +100,7 @@ func TestNexmarkRun(t *testing.T) {
 		{"q1", []string{"--events", "20000", "--seed", "4", "--plaintext", "--no-chain"}},
 		{"q5", []string{"--input", input, "--parallelism", "2", "--max-out-of-order", "1s"}},
 		{"q3", []string{"--events", "20000", "--seed", "4", "--parallelism", "2"}},
+		{"q7", []string{"--events", "20000", "--seed", "4", "--pace", "100000"}},
 	} {
 		out := filepath.Join(dir, tc.query+".jsonl")
 		var summary bytes.Buffer
@@ -121,48 +122,23 @@ func TestNexmarkRun(t *testing.T) {
 		if s["query"] != tc.query || s["events"] != float64(20000) || s["peak_rss_bytes"].(float64) <= 0 || s["frames"].(float64) <= 0 {
 			t.Errorf("%s: summary %s", tc.query, summary.String())
 		}
-		want, _ := nexmark.Reference(tc.query, events)
+		if _, ok := s["latency_p99_ms"]; ok != slices.Contains(tc.args, "--pace") {
+			t.Errorf("%s: summary %s: latency reported %v, want it only for paced runs", tc.query, summary.String(), ok)
+		}
+		evs := events
+		if slices.Contains(tc.args, "--pace") { // pacing sets the event-time rate
+			evs, _ = nexmark.Generate(nexmark.Config{Seed: 4, EventsPerSecond: 100000}, 20000)
+		}
+		want, _ := nexmark.Reference(tc.query, evs)
 		if d := nexmark.Diff(want, readRows(t, out, nexmark.Columns(tc.query), want), 5); d != "" {
 			t.Errorf("%s: %s", tc.query, d)
 		}
 	}
 	for _, bad := range [][]string{{"--query", "q99", "--out", "x"}, {"--query", "q1"}, {"--query", "q1", "--out", "x", "--parallelism", "0"},
-		{"--query", "q1", "--out", "x", "--max-out-of-order", "-1s"}} {
+		{"--query", "q1", "--out", "x", "--max-out-of-order", "-1s"},
+		{"--query", "q1", "--out", "x", "--pace", "1000", "--input", "f"}} {
 		if err := nexmarkRun(context.Background(), bad, io.Discard); !errors.Is(err, errUsage) {
 			t.Errorf("nexmark run %s: error %v, want a usage error", strings.Join(bad, " "), err)
-		}
-	}
-}
-
-func TestGCMCodec(t *testing.T) {
-	c, err := newGCMCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := runtime.FrameHeader{Job: "run-1", Edge: 2, From: 0, To: 1, Seq: 7}
-	plain := []byte("a batch of records")
-	sealed, err := c.Seal(h, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Contains(sealed, plain) {
-		t.Fatal("sealed frame contains the plaintext")
-	}
-	if got, err := c.Open(h, sealed); err != nil || !bytes.Equal(got, plain) {
-		t.Fatalf("Open = %q, %v; want the plaintext", got, err)
-	}
-	flipped := bytes.Clone(sealed)
-	flipped[3] ^= 1
-	other := h
-	other.Seq++
-	other2 := h
-	other2.To = 0
-	for name, tc := range map[string]struct {
-		h runtime.FrameHeader
-		f []byte
-	}{"flipped bit": {h, flipped}, "replayed as the next frame": {other, sealed}, "sent to another subtask": {other2, sealed}} {
-		if _, err := c.Open(tc.h, tc.f); err == nil {
-			t.Errorf("%s: Open accepted the frame", name)
 		}
 	}
 }
