@@ -51,10 +51,12 @@ type Task struct {
 	Slot orchestrator.TaskSlot
 	Spec *jobspec.Spec
 
-	keys   *seal.Keyring
-	io     StreamIO
-	log    *slog.Logger
-	report RejectFunc
+	keys *seal.Keyring
+	io   StreamIO
+	// partitions holds the partition count of the owners' streams read.
+	partitions map[string]int
+	log        *slog.Logger
+	report     RejectFunc
 
 	recordsIn, recordsOut atomic.Int64
 	state                 atomic.Value // string
@@ -69,13 +71,12 @@ func (t *Task) State() string {
 // Records returns how many records the task read and wrote.
 func (t *Task) Records() (in, out int64) { return t.recordsIn.Load(), t.recordsOut.Load() }
 
-// IntermediateScope is the seal scope of an intermediate stream of a job,
-// sealed with the job's exchange key.
-func IntermediateScope(job, stream string) string { return job + "/x/" + stream }
-
 // streamOf classifies a stream of the task's spec.
 func (t *Task) streamOf(name string, schema *record.Schema, sink bool) (Stream, error) {
 	s := Stream{Name: name, Schema: schema, Partitions: 1}
+	if p := t.partitions[name]; p > 0 {
+		s.Partitions = p
+	}
 	switch {
 	case !sink && slices.Contains(t.Slot.Reads, name):
 		s.Kind, s.Scope = seal.KindIngest, name
@@ -146,6 +147,8 @@ func (t *Task) execute(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// One partition per sink subtask.
+			s.Partitions = max(res.Spec.Node(n.ID).Parallelism, 1)
 			sink, closeFn, err := t.io.Sink(ctx, s, t.keys)
 			if err != nil {
 				return err

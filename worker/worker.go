@@ -238,6 +238,14 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	if slot == nil {
 		return fmt.Errorf("service %s has no task %s", svc.Manifest.ID, taskID)
 	}
+	var streams []api.StreamView
+	if err := w.http.Get(ctx, "/v1/streams", &streams); err != nil {
+		return fmt.Errorf("fetching streams: %w", err)
+	}
+	parts := map[string]int{}
+	for _, s := range streams {
+		parts[s.Name] = s.Partitions
+	}
 	raw := svc.Manifest.StageSpec(slot)
 	spec, err := jobspec.Parse(raw)
 	if err != nil {
@@ -245,7 +253,7 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	}
 	w.mu.Lock()
 	ring := w.keys[jobID]
-	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, log: w.log.With("task", taskID), report: w.reportRejected}
+	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected}
 	w.tasks[taskID] = t
 	w.mu.Unlock()
 	w.wg.Add(1)
