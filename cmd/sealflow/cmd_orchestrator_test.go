@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -346,5 +348,70 @@ func TestLoadManifest(t *testing.T) {
 				t.Fatalf("manifest %+v", m)
 			}
 		})
+	}
+}
+
+func TestOrchestratorGenesisAndOperator(t *testing.T) {
+	dir := t.TempDir()
+	op, _ := party.Generate(party.RoleOperator, "op", nil)
+	owner, _ := party.Generate(party.RoleOwner, "o", nil)
+	opKey := filepath.Join(dir, "op.key")
+	if err := op.Save(opKey); err != nil {
+		t.Fatal(err)
+	}
+	idJSON := func(kf *party.KeyFile) string { b, _ := json.Marshal(kf.Identity()); return string(b) }
+	opID := writeTestFile(t, filepath.Join(dir, "op.json"), idJSON(op))
+	ownerID := writeTestFile(t, filepath.Join(dir, "owner.json"), idJSON(owner))
+	genesis := func(name, operator string) string {
+		return writeTestFile(t, filepath.Join(dir, name), `{"name": "prod", "operator": `+operator+`, "workers": {"allow_sim": false}, "node_ttl": "30m"}`)
+	}
+	tests := []struct {
+		name    string
+		genesis string // file, or "" to test the operator file
+		op      string
+		bad     string
+	}{
+		{"genesis", genesis("g1.json", idJSON(op)), "", ""},
+		{"genesis without operator", genesis("g2.json", "null"), "", "no operator"},
+		{"genesis with an owner as operator", genesis("g3.json", idJSON(owner)), "", "role owner"},
+		{"operator key file", "", opKey, ""},
+		{"operator identity file", "", opID, ""},
+		{"owner identity as operator", "", ownerID, "not an operator"},
+		{"operator file missing", "", filepath.Join(dir, "nope"), "nope"},
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var id *party.Identity
+			var err error
+			if tc.genesis != "" {
+				var g orchestrator.Genesis
+				g, err = loadOrchGenesis(tc.genesis)
+				id = g.Operator
+				if err == nil && time.Duration(g.NodeTTL) != 30*time.Minute {
+					t.Fatalf("node_ttl %v", time.Duration(g.NodeTTL))
+				}
+			} else {
+				id, err = loadOrchOperator(tc.op, dir, log)
+			}
+			if tc.bad != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.bad) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tc.bad)
+				}
+				return
+			}
+			if err != nil || id.ID() != op.ID() {
+				t.Fatalf("operator %v, err %v", id, err)
+			}
+		})
+	}
+	// Without --operator, development creates DIR/operator.key once.
+	id1, err := loadOrchOperator("", dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, _ := loadOrchOperator("", dir, log)
+	if id1.ID() != id2.ID() {
+		t.Fatal("the development operator key changed between runs")
 	}
 }
