@@ -14,7 +14,7 @@
 //     throughput, as on a real link with large TCP windows.
 //   - Bandwidth: a token bucket per direction, shared by every connection
 //     through the link, releases at most Bandwidth bytes per second (with a
-//     burst of about 10 ms worth of bytes).
+//     burst of 10 ms worth of bytes, at least 64 KiB).
 //   - Loss: TCP hides packet loss from applications; what they see is a
 //     retransmission stall, during which every later byte of that connection
 //     waits too (head-of-line blocking). Each chunk is "lost" with probability
@@ -420,7 +420,7 @@ func resetConn(c net.Conn) {
 }
 
 // bucket is a token bucket: rate bytes per second, burst of 10 ms of rate
-// (at least 16 KiB). A zero rate is unlimited.
+// (at least 64 KiB). A zero rate is unlimited.
 type bucket struct {
 	mu     sync.Mutex
 	rate   float64
@@ -436,7 +436,7 @@ func (b *bucket) setRate(r int64) {
 	b.last = time.Now()
 }
 
-func (b *bucket) burst() float64 { return max(b.rate/100, 16<<10) }
+func (b *bucket) burst() float64 { return max(b.rate/100, 64<<10) }
 
 // take withdraws n tokens, waiting for the debt to be repaid; false if the
 // connection closed or ctx ended first.
