@@ -126,6 +126,7 @@ func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*
 	var subjects []string
 	start := uint64(0)
 	skip := map[uint32]uint64{}
+	resume := map[uint32]Position{}
 	s.mu.Lock()
 	for p := split.Subtask; p < s.partitions; p += split.Parallelism {
 		mine[uint32(p)] = true
@@ -133,10 +134,13 @@ func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*
 		pos, ok := s.pos[uint32(p)]
 		if !ok {
 			start = 1
-		} else if start == 0 || pos.StreamSeq+1 < start {
+			continue
+		}
+		if start == 0 || pos.StreamSeq+1 < start {
 			start = pos.StreamSeq + 1
 		}
 		skip[uint32(p)] = pos.StreamSeq
+		resume[uint32(p)] = pos
 	}
 	s.mu.Unlock()
 	if len(mine) == 0 {
@@ -146,11 +150,9 @@ func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*
 	if err != nil {
 		return err
 	}
-	for p := range mine {
-		if pos, ok := s.pos[p]; ok {
-			if err := r.opener.Resume(s.id, p, pos.Next); err != nil {
-				return err
-			}
+	for p, pos := range resume {
+		if err := r.opener.Resume(s.id, p, pos.Next); err != nil {
+			return err
 		}
 	}
 	cc := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1)}
