@@ -3,8 +3,8 @@ package confidential
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
 	goruntime "runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
