@@ -295,3 +295,12 @@ func apiError(code int, body []byte) error {
 	}
 	return fmt.Errorf("orchestrator answered %d: %.200s", code, body)
 }
+
+// remarshal converts a decoded JSON value (a map) into v.
+func remarshal(from, v any) error {
+	b, err := json.Marshal(from)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}

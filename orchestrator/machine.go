@@ -414,8 +414,7 @@ func (m *Machine) streamKey(now time.Time, st *party.Statement, issuer *party.Id
 	if b.Epoch < s.Epoch {
 		return refuse("stream.epoch", "epoch %d is older than the current epoch %d of stream %s", b.Epoch, s.Epoch, b.Stream)
 	}
-	info := seal.WrapInfo{Purpose: "stream-key", KeyID: fmt.Sprintf("%s/%d", b.Stream, b.Epoch), Recipient: string(m.self.ID())}
-	key, err := seal.Unwrap(m.self.HPKEKey(), info.Bytes(), b.Wrapped)
+	key, err := seal.Unwrap(m.self.HPKEKey(), StreamKeyInfo(b.Stream, b.Epoch, m.self.ID()).Bytes(), b.Wrapped)
 	if err != nil {
 		return err
 	}
@@ -428,6 +427,12 @@ func (m *Machine) streamKey(now time.Time, st *party.Statement, issuer *party.Id
 	out.Entries = append(out.Entries, entry(now, "stream.key", []string{"stream:" + b.Stream},
 		map[string]any{"stream": b.Stream, "epoch": b.Epoch, "key_digest": keyDigest(key)}))
 	return nil
+}
+
+// StreamKeyInfo is the HPKE info an owner wraps a stream's data-key epoch with
+// for the orchestrator.
+func StreamKeyInfo(stream string, epoch uint32, orchestrator party.ID) seal.WrapInfo {
+	return seal.WrapInfo{Purpose: "stream-key", KeyID: fmt.Sprintf("%s/%d", stream, epoch), Recipient: string(orchestrator)}
 }
 
 // keyDigest identifies a key in the log without revealing it.

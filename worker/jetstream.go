@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,6 +22,10 @@ import (
 // an owner's stream, sealed with the job's exchange key under their own scope.
 type JetStreamIO struct {
 	JS jetstream.JetStream
+	// IntermediateTimeout is how long a task waits for the next frame of an
+	// intermediate stream before it reports the stream truncated; 10 minutes
+	// when zero.
+	IntermediateTimeout time.Duration
 	// Plaintext turns sealing off; only for measuring its cost on benchmark
 	// data, never for registered owners' streams.
 	Plaintext bool
@@ -36,11 +41,26 @@ func (j *JetStreamIO) Source(ctx context.Context, s Stream, keys *seal.Keyring, 
 	if j.Plaintext {
 		opts = append(opts, confidential.WithPlaintext())
 	}
+	if s.Kind == seal.KindExchange {
+		// An intermediate stream: its writer, an upstream stage, may start
+		// later and take longer than a gateway.
+		if err := confidential.EnsureIngestStream(ctx, j.JS, s.Scope); err != nil {
+			return nil, err
+		}
+		opts = append(opts, confidential.WithEndTimeout(j.intermediateTimeout()))
+	}
 	src, err := confidential.NewIngestSource(j.JS, s.Scope, max(s.Partitions, 1), keys, opts...)
 	if err != nil {
 		return nil, err
 	}
 	return src.Source(), nil
+}
+
+func (j *JetStreamIO) intermediateTimeout() time.Duration {
+	if j.IntermediateTimeout > 0 {
+		return j.IntermediateTimeout
+	}
+	return 10 * time.Minute
 }
 
 // Sink implements StreamIO.
