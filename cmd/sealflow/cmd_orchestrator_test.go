@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -10,9 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sealflow/sealflow/attest/sim"
@@ -150,6 +154,26 @@ func TestPartyCommandsAgainstOrchestrator(t *testing.T) {
 		t.Fatalf("verify printed no claims:\n%s", out)
 	}
 
+	// Everything published on NATS from here on is recorded, as the
+	// infrastructure could.
+	spy, err := substrate.Connect(context.Background(), o.ep.NATSURL, "spy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	var seenMu sync.Mutex
+	var seen [][]byte
+	if _, err := spy.Subscribe(">", func(m *nats.Msg) {
+		seenMu.Lock()
+		seen = append(seen, append([]byte(m.Subject+" "), m.Data...))
+		seenMu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, k := range []string{alice, bob, grid} {
 		mustCLI(t, runOwnerRegister, with("--key", k)...)
 	}
@@ -247,6 +271,39 @@ func TestPartyCommandsAgainstOrchestrator(t *testing.T) {
 	}
 	if _, err := runCLI(t, runOwnerRevoke, with("--key", alice, "--stream", "meter-b", "--service", "balance")...); refusedRule(err) != "stream.owner" {
 		t.Fatalf("alice revoking on bob's stream: %v, want a refusal by stream.owner", err)
+	}
+
+	// Neither NATS traffic nor any revision of the key-value bucket holds
+	// alice's stream key, in any encoding.
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	aliceKey, _ := ks.Key("meter-a", 1)
+	forms := [][]byte{aliceKey, []byte(hex.EncodeToString(aliceKey)), []byte(base64.StdEncoding.EncodeToString(aliceKey)[:40]),
+		[]byte(base64.RawURLEncoding.EncodeToString(aliceKey)[:40])}
+	hist, err := kv.History(context.Background(), stateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seenMu.Lock()
+	all := append([][]byte(nil), seen...)
+	seenMu.Unlock()
+	for _, e := range hist {
+		all = append(all, e.Value())
+	}
+	sawRelease := false
+	for _, m := range all {
+		sawRelease = sawRelease || bytes.HasPrefix(m, []byte(api.ReleaseSubject(worker.ID())))
+	}
+	if !sawRelease || len(hist) < 2 {
+		t.Fatalf("the recording missed the key releases (%v) or the bucket's revisions (%d)", sawRelease, len(hist))
+	}
+	for _, m := range all {
+		for _, f := range forms {
+			if bytes.Contains(m, f) {
+				t.Fatalf("a stream key appears in clear on NATS or in the bucket: %.80q", m)
+			}
+		}
 	}
 
 	// The owner audits: every entry proven.
