@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -68,7 +69,7 @@ type nexmarkSummary struct {
 	EventsPerSecond float64 `json:"events_per_second"`
 	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
 	// Latency of result rows (output time minus when the row's event time
-	// was due), only for paced runs.
+	// was due), only for paced runs and rows timed within the input.
 	LatencyP50Ms float64 `json:"latency_p50_ms,omitempty"`
 	LatencyP99Ms float64 `json:"latency_p99_ms,omitempty"`
 }
@@ -183,10 +184,20 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	cols := nexmark.Columns(*query)
 	var rows int64
 	buf := make([]byte, 0, 512)
+	// Rows timed after the last event are fired by the end of input, not by
+	// time passing: they have no meaningful latency.
 	var latencies []float64
+	lastTime := int64(math.MaxInt64)
+	if *pace > 0 && *events > 0 {
+		g, err := nexmark.NewGenerator(in.Config)
+		if err != nil {
+			return err
+		}
+		lastTime = g.TimeOf(*events - 1)
+	}
 	row := func(t int64, vals []record.Value) error {
 		rows++
-		if *pace > 0 {
+		if *pace > 0 && t <= lastTime {
 			latencies = append(latencies, float64(time.Since(in.DueTime(t)))/float64(time.Millisecond))
 		}
 		buf = nexmark.AppendRowJSON(buf[:0], cols, vals)
