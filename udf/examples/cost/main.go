@@ -1,0 +1,44 @@
+// Command cost is an example sealflow map UDF: it prices metered energy.
+// Each input record (meter string, kwh float) becomes (meter, kwh, cost),
+// where cost is kwh times the tariff of the event's hour (UTC): a peak rate
+// from 17:00 to 21:00 and an off-peak rate otherwise.
+//
+// Build it as a WebAssembly reactor (see udf/examples/generate.go):
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -ldflags='-s -w' -trimpath -o ../testdata/cost.wasm .
+package main
+
+import "github.com/sealflow/sealflow/udf/sdk"
+
+// Tariffs in currency units per kWh.
+const (
+	PeakRate    = 0.40
+	OffPeakRate = 0.25
+)
+
+// Rate returns the tariff at event time t (epoch milliseconds).
+func Rate(t int64) float64 {
+	hour := (t / 3_600_000) % 24
+	if hour < 0 {
+		hour += 24
+	}
+	if hour >= 17 && hour < 21 {
+		return PeakRate
+	}
+	return OffPeakRate
+}
+
+// cost is the UDF: (meter, kwh) -> (meter, kwh, cost).
+//
+//go:wasmexport cost
+func cost(ptr, size uint32) uint64 {
+	return sdk.Map(ptr, size, func(in sdk.Row, out *sdk.Out) error {
+		kwh := in.Float("kwh")
+		out.String(in.String("meter"))
+		out.Float(kwh)
+		out.Float(kwh * Rate(in.Time()))
+		return nil
+	})
+}
+
+func main() {}

@@ -1,0 +1,286 @@
+package udf
+
+import (
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/udf/sdk"
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
+)
+
+// Function describes the call a udf node makes: which exported function, on
+// records of which schema, returning which schema, with which capabilities.
+type Function struct {
+	// Name is the exported function's name.
+	Name string
+	// In is the schema of the input records, Out of the output records.
+	In, Out *record.Schema
+	// Allow lists the granted capabilities: CapClock, CapRandom.
+	Allow []string
+}
+
+// Instance is one sandboxed instantiation of a module, bound to one
+// function. It is not safe for concurrent use; give each task its own.
+type Instance struct {
+	m      *Module
+	fn     Function
+	config wazero.ModuleConfig
+	stderr *tailBuffer
+
+	mod   api.Module
+	alloc api.Function
+	call  api.Function
+	mem   api.Memory
+
+	header []byte // the request header, constant for the instance
+	req    []byte
+	dec    record.Decoder
+	params [2]uint64
+	// Restarts counts the instances replaced after a failed call.
+	Restarts int
+}
+
+// Instantiate creates an instance of m for fn. It refuses capabilities the
+// sandbox never grants and functions the module does not export with the
+// ABI's signature, and runs the module's initializer (Go's _initialize)
+// under the batch deadline.
+func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error) {
+	if fn.In == nil || fn.Out == nil {
+		return nil, fmt.Errorf("udf: function %q needs both an input and an output schema", fn.Name)
+	}
+	if err := checkSig(m.compiled.ExportedFunctions(), fn.Name,
+		[]api.ValueType{api.ValueTypeI32, api.ValueTypeI32}, []api.ValueType{api.ValueTypeI64}); err != nil {
+		var rf *Refusal
+		if errors.As(err, &rf) {
+			rf.Reason = "module " + m.Digest + ": " + rf.Reason
+		}
+		return nil, err
+	}
+	stderr := &tailBuffer{max: 4096}
+	cfg := wazero.NewModuleConfig().
+		WithName(""). // anonymous: many instances of one module may coexist
+		WithStartFunctions(exportInit).
+		WithStdout(stderr).
+		WithStderr(stderr)
+	for _, c := range fn.Allow {
+		switch c {
+		case CapClock:
+			cfg = cfg.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
+		case CapRandom:
+			cfg = cfg.WithRandSource(crand.Reader)
+		default:
+			return nil, refuse(RuleCapability, "function %q asks for capability %q: only %q and %q can be granted (never filesystem or network)", fn.Name, c, CapClock, CapRandom)
+		}
+	}
+	in := &Instance{m: m, fn: fn, config: cfg, stderr: stderr}
+	in.fn.Allow = slices.Clone(fn.Allow)
+	in.header = sdk.AppendRequestHeader(nil, fn.In, fn.Out)
+	if err := in.start(ctx); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// start instantiates the module and checks its ABI version.
+func (in *Instance) start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
+	defer cancel()
+	in.stderr.Reset()
+	mod, err := in.m.r.rt.InstantiateModule(ctx, in.m.compiled, in.config)
+	if err != nil {
+		return in.explain(ctx, nil, "instantiate", 0, err)
+	}
+	if v := mod.ExportedFunction(exportVersion); v != nil {
+		res, err := v.Call(ctx)
+		if err != nil {
+			mod.Close(ctx)
+			return in.explain(ctx, mod, "read ABI version", 0, err)
+		}
+		if len(res) != 1 || res[0] != abiVersion {
+			mod.Close(ctx)
+			return refuse(RuleExport, "module %s speaks ABI version %v, the host speaks %d", in.m.Digest, res, abiVersion)
+		}
+	}
+	in.mod, in.mem = mod, mod.Memory()
+	in.alloc, in.call = mod.ExportedFunction(exportAlloc), mod.ExportedFunction(in.fn.Name)
+	return nil
+}
+
+// Call runs the function on batch b (records of the input schema) and
+// replaces out's records with the output. The output's records and values
+// are valid until the next Call. A call that fails (deadline, memory limit,
+// trap, guest error) returns an error saying which; the instance is then
+// replaced by a fresh one at the next Call, losing any state the guest kept.
+func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch) error {
+	out.Records = out.Records[:0]
+	if in.mod == nil {
+		in.Restarts++
+		in.m.r.cfg.Logger.Info("udf: restarting instance after a failed call", "module", in.m.Digest, "function", in.fn.Name, "restarts", in.Restarts)
+		if err := in.start(ctx); err != nil {
+			return err
+		}
+	}
+	var err error
+	in.req = append(in.req[:0], in.header...)
+	if in.req, err = record.AppendBatch(in.req, in.fn.In, b); err != nil {
+		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
+	}
+	if uint64(len(in.req)) > uint64(in.m.r.cfg.MemoryLimitPages)*65536 {
+		return fmt.Errorf("udf %s: request of %d bytes exceeds the memory limit of %d pages; use smaller batches", in.fn.Name, len(in.req), in.m.r.cfg.MemoryLimitPages)
+	}
+	cctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
+	defer cancel()
+	// Calls use CallWithStack so the per-call slices are reused.
+	in.params[0] = uint64(len(in.req))
+	if err := in.alloc.CallWithStack(cctx, in.params[:1]); err != nil {
+		return in.fail(cctx, "allocate input", b.Len(), err)
+	}
+	ptr := uint32(in.params[0])
+	if !in.mem.Write(ptr, in.req) {
+		return in.fail(cctx, "write input", b.Len(), fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, len(in.req), in.mem.Size()))
+	}
+	in.params[0], in.params[1] = uint64(ptr), uint64(len(in.req))
+	if err := in.call.CallWithStack(cctx, in.params[:2]); err != nil {
+		return in.fail(cctx, "call", b.Len(), err)
+	}
+	res := in.params[0]
+	resp, ok := in.mem.Read(uint32(res>>32), uint32(res))
+	if !ok {
+		return in.fail(cctx, "read output", b.Len(), fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
+	}
+	if err := DecodeResponse(&in.dec, resp, in.fn.Out, out); err != nil {
+		// A bad response is the guest's fault, but the guest is still
+		// consistent: keep the instance.
+		return fmt.Errorf("udf %s (module %s): %w", in.fn.Name, in.m.Digest, err)
+	}
+	return nil
+}
+
+// fail closes the instance after a failed call, so the next call starts a
+// fresh one, and explains the failure.
+func (in *Instance) fail(ctx context.Context, what string, n int, err error) error {
+	err = in.explain(ctx, in.mod, what, n, err)
+	in.mod.Close(context.WithoutCancel(ctx))
+	in.mod = nil
+	return err
+}
+
+// explain turns a wazero error into one that says what happened.
+func (in *Instance) explain(ctx context.Context, mod api.Module, what string, n int, err error) error {
+	prefix := fmt.Sprintf("udf %s (module %s): %s", in.fn.Name, in.m.Digest, what)
+	if n > 0 {
+		prefix += fmt.Sprintf(" on a batch of %d records", n)
+	}
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		switch exit.ExitCode() {
+		case sys.ExitCodeDeadlineExceeded:
+			return fmt.Errorf("%s: %w: exceeded the CPU time limit of %v per batch and was stopped", prefix, ErrDeadline, in.m.r.cfg.BatchTimeout)
+		case sys.ExitCodeContextCanceled:
+			return fmt.Errorf("%s: canceled: %w", prefix, context.Canceled)
+		}
+	}
+	limit := in.m.r.cfg.MemoryLimitPages
+	if mod != nil && mod.Memory() != nil {
+		// A guest that cannot grow its memory traps (or, for Go, exits
+		// with "out of memory"): say so when memory is near the limit.
+		if pages := mod.Memory().Size() / 65536; pages+64 >= limit || strings.Contains(in.stderr.String(), "out of memory") {
+			err = fmt.Errorf("%w: memory is at %d of the %d pages (%d MiB) allowed: %v", ErrMemoryLimit, pages, limit, limit/16, err)
+		}
+	}
+	if tail := in.stderr.String(); tail != "" {
+		return fmt.Errorf("%s: %w (guest output: %q)", prefix, err, tail)
+	}
+	return fmt.Errorf("%s: %w", prefix, err)
+}
+
+// Errors a Call wraps, for callers that decide whether to retry.
+var (
+	// ErrDeadline: a batch exceeded the CPU time limit.
+	ErrDeadline = errors.New("deadline exceeded")
+	// ErrMemoryLimit: the guest ran out of its memory limit.
+	ErrMemoryLimit = errors.New("memory limit reached")
+	// ErrGuest: the guest's function returned an error.
+	ErrGuest = errors.New("function failed")
+)
+
+// Close frees the instance.
+func (in *Instance) Close(ctx context.Context) error {
+	if in.mod == nil {
+		return nil
+	}
+	err := in.mod.Close(ctx)
+	in.mod = nil
+	return err
+}
+
+// MemoryBytes returns the instance's current linear memory size (0 if it is
+// not running).
+func (in *Instance) MemoryBytes() uint32 {
+	if in.mod == nil {
+		return 0
+	}
+	return in.mem.Size()
+}
+
+// DecodeResponse decodes a guest's response (untrusted bytes, see ABI.md)
+// into out: a status byte, then a record batch of schema s or an error
+// message. Guest errors wrap ErrGuest; malformed batches wrap
+// record.ErrMalformed.
+func DecodeResponse(d *record.Decoder, resp []byte, s *record.Schema, out *record.Batch) error {
+	out.Records = out.Records[:0]
+	if len(resp) == 0 {
+		return fmt.Errorf("empty response (want a status byte)")
+	}
+	switch resp[0] {
+	case sdk.StatusOK:
+		if err := d.Decode(resp[1:], s, out); err != nil {
+			return fmt.Errorf("output batch: %w", err)
+		}
+		return nil
+	case sdk.StatusError:
+		msg := resp[1:]
+		if len(msg) > 1024 {
+			msg = msg[:1024]
+		}
+		return fmt.Errorf("%w: %q", ErrGuest, msg)
+	}
+	return fmt.Errorf("response status byte %d (want %d or %d)", resp[0], sdk.StatusOK, sdk.StatusError)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
+
+func (t *tailBuffer) Reset() {
+	t.mu.Lock()
+	t.b = t.b[:0]
+	t.mu.Unlock()
+}
