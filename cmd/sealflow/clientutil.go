@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/orchestrator/api"
@@ -97,7 +98,10 @@ func submitStatement(ctx context.Context, c *client.Client, kf *party.KeyFile, t
 	r, err := c.Submit(ctx, kf, typ, body)
 	var re *client.RefusedError
 	if errors.As(err, &re) {
-		return r, fmt.Errorf("the orchestrator refused %s by rule %s: %w", typ, re.Rule, err)
+		if !strings.Contains(re.Message, re.Rule) {
+			return r, fmt.Errorf("the orchestrator refused %s by rule %s: %w", typ, re.Rule, err)
+		}
+		return r, fmt.Errorf("the orchestrator refused %s: %w", typ, err)
 	}
 	return r, err
 }
