@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/seal"
 )
@@ -59,4 +60,29 @@ func (c *Client) RequestOutputKey(ctx context.Context, kf *party.KeyFile, job, o
 		return nil, fmt.Errorf("the orchestrator's release: %w", err)
 	}
 	return kf.Unwrap(orchestrator.WrapInfoFor(r.Purpose, r.Scope, r.Epoch, kf.ID()).Bytes(), r.Wrapped)
+}
+
+// JobService returns the deployed job's service, with the manifest the job
+// was deployed with (matched by digest).
+func (c *Client) JobService(ctx context.Context, job string) (*orchestrator.Service, *api.JobView, error) {
+	var jobs []api.JobView
+	if err := c.Get(ctx, "/v1/jobs", &jobs); err != nil {
+		return nil, nil, fmt.Errorf("fetching jobs: %w", err)
+	}
+	for i := range jobs {
+		if jobs[i].ID != job {
+			continue
+		}
+		var services []*orchestrator.Service
+		if err := c.Get(ctx, "/v1/services", &services); err != nil {
+			return nil, nil, fmt.Errorf("fetching services: %w", err)
+		}
+		for _, s := range services {
+			if s.Manifest.ID == jobs[i].Service && s.Digest == jobs[i].Digest {
+				return s, &jobs[i], nil
+			}
+		}
+		return nil, nil, fmt.Errorf("job %s runs service %s digest %s, which the orchestrator no longer lists", job, jobs[i].Service, jobs[i].Digest)
+	}
+	return nil, nil, fmt.Errorf("job %q is not deployed", job)
 }

@@ -409,7 +409,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if _, err := ring.AddSecret("grid-balance", 0, outKey); err != nil {
 		return nil, err
 	}
-	got, err := confidential.ReadOutput(ctx, js, "grid-balance", outputSchema(), ring)
+	outSchema, err := man.SinkSchema("grid-balance")
+	if err != nil {
+		return nil, err
+	}
+	got, err := confidential.ReadOutput(ctx, js, "grid-balance", outSchema, ring)
 	if err != nil {
 		return nil, fmt.Errorf("reading results: %w", err)
 	}
@@ -502,10 +506,6 @@ func recordSchema(fs []jobspec.Field) *record.Schema {
 // window and its sum and count.
 var edgeOutFields = []jobspec.Field{jobspec.String("household"), jobspec.String("feeder"),
 	jobspec.Int("window_start"), jobspec.Int("window_end"), jobspec.Float("kwh"), jobspec.Int("readings")}
-
-func outputSchema() *record.Schema {
-	return recordSchema([]jobspec.Field{jobspec.String("feeder"), jobspec.Int("window_start"), jobspec.Int("window_end"), jobspec.Float("kwh"), jobspec.Int("readings")})
-}
 
 // balanceManifest builds the grid operator's service: one edge stage per
 // household (its meter stream → 5 s sums), one regional stage (5 s sums per

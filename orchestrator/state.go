@@ -4,7 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"time"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/record"
 
 	"github.com/sealflow/sealflow/attest"
 	"github.com/sealflow/sealflow/party"
@@ -132,6 +136,34 @@ type Manifest struct {
 	// with the job's exchange key (for example edge pre-aggregation feeding a
 	// regional aggregation). The manifest digest owners approve covers them.
 	Stages map[string]json.RawMessage `json:"stages,omitempty"`
+}
+
+// SinkSchema returns the schema of the records a sink of the manifest's specs
+// writes to stream.
+func (m *Manifest) SinkSchema(stream string) (*record.Schema, error) {
+	specs := []json.RawMessage{m.Spec}
+	for _, s := range m.Stages {
+		specs = append(specs, s)
+	}
+	for _, raw := range specs {
+		if len(raw) == 0 {
+			continue
+		}
+		spec, err := jobspec.Parse(raw)
+		if err != nil {
+			return nil, err
+		}
+		res, err := spec.Resolve()
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range res.Spec.Nodes {
+			if n.Kind == jobspec.KindSink && n.Params.Stream == stream {
+				return res.Nodes[n.ID].Out, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no JobSpec of service %s writes stream %q", m.ID, stream)
 }
 
 // StageSpec returns the JobSpec a task runs: its stage's, or Spec.

@@ -203,31 +203,9 @@ func (w *Worker) install(rs []orchestrator.Release) error {
 
 // start fetches the job's manifest and runs one task.
 func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
-	var jobs []api.JobView
-	if err := w.http.Get(ctx, "/v1/jobs", &jobs); err != nil {
-		return fmt.Errorf("fetching jobs: %w", err)
-	}
-	var job *api.JobView
-	for i := range jobs {
-		if jobs[i].ID == jobID {
-			job = &jobs[i]
-		}
-	}
-	if job == nil {
-		return fmt.Errorf("job %s is not deployed", jobID)
-	}
-	var services []*orchestrator.Service
-	if err := w.http.Get(ctx, "/v1/services", &services); err != nil {
-		return fmt.Errorf("fetching services: %w", err)
-	}
-	var svc *orchestrator.Service
-	for _, s := range services {
-		if s.Manifest.ID == job.Service && s.Digest == job.Digest {
-			svc = s
-		}
-	}
-	if svc == nil {
-		return fmt.Errorf("service %s with the deployed digest %s is not known", job.Service, job.Digest)
+	svc, _, err := w.http.JobService(ctx, jobID)
+	if err != nil {
+		return err
 	}
 	var slot *orchestrator.TaskSlot
 	for i := range svc.Manifest.Tasks {

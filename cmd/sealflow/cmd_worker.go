@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/attest/sim"
+	"github.com/sealflow/sealflow/client"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/party"
+	"github.com/sealflow/sealflow/substrate"
+	"github.com/sealflow/sealflow/worker"
+)
+
+func init() {
+	register("worker", "run a worker node: attest to the orchestrator, run the tasks placed here on sealed streams", runWorker)
+}
+
+// runWorker implements `sealflow worker --nats URL --orchestrator URL --tier T
+// --region R --site S (--claims FILE | --operator-key FILE) --allow-sim`.
+func runWorker(ctx context.Context, args []string) error {
+	fs := newFlags("worker")
+	natsURL := fs.String("nats", "", "the NATS URL (the worker only dials out)")
+	orchURL := fs.String("orchestrator", "", "the orchestrator's HTTPS URL; its evidence is verified before anything else")
+	measurement := fs.String("measurement", "", "the orchestrator measurement to accept (hex)")
+	allowSim := fs.Bool("allow-sim", false, "run on the sim TEE platform and accept a sim orchestrator (development only)")
+	simDir := fs.String("sim-dir", "", "the sim platform directory (its root certifies this machine's platform)")
+	name := fs.String("name", "", "the node's name (default: the host name and process id)")
+	tier := fs.String("tier", "edge", "the node's tier claimed by the operator: device, edge, regional or cloud")
+	region := fs.String("region", "", "the node's region claimed by the operator")
+	site := fs.String("site", "", "the node's site claimed by the operator")
+	slots := fs.Int("slots", 8, "how many tasks the node offers to run")
+	claimsFile := fs.String("claims", "", "the operator's signed node.claims statement for this node")
+	operatorKey := fs.String("operator-key", "", "development: sign this node's claims with the operator's key file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *natsURL == "" || *orchURL == "" {
+		return fmt.Errorf("%w: --nats and --orchestrator are required", errUsage)
+	}
+	if !*allowSim {
+		return fmt.Errorf("%w: this build runs workers on the sim TEE platform only; pass --allow-sim (development: sim evidence protects nothing)", errUsage)
+	}
+	if *simDir == "" {
+		return fmt.Errorf("%w: --sim-dir is required with --allow-sim", errUsage)
+	}
+	if *name == "" {
+		h, _ := os.Hostname()
+		*name = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "worker", "node", *name)
+
+	plat, err := sim.LoadOrCreate(*simDir)
+	if err != nil {
+		return err
+	}
+	v, err := sim.NewVerifier(plat.RootCertPEM())
+	if err != nil {
+		return err
+	}
+	trust, claims, err := client.Verify(ctx, *orchURL, client.VerifyOptions{Measurement: *measurement, AllowSim: true,
+		Verifiers: map[attest.TEE]attest.Verifier{attest.TEESim: v}})
+	if err != nil {
+		return fmt.Errorf("verifying the orchestrator at %s: %w", *orchURL, err)
+	}
+	log.Info("orchestrator verified", "id", trust.Identity.ID().Short(), "tee", claims.TEE, "measurement", trust.Measurement[:16])
+
+	var nodeClaims []byte
+	switch {
+	case *claimsFile != "":
+		if nodeClaims, err = os.ReadFile(*claimsFile); err != nil {
+			return err
+		}
+	case *operatorKey != "":
+		op, err := party.Load(*operatorKey)
+		if err != nil {
+			return fmt.Errorf("--operator-key: %w", err)
+		}
+		nodeClaims, err = party.Sign(op, orchestrator.TypeNodeClaims, orchestrator.NodeClaims{Name: *name, Tier: *tier, Region: *region, Site: *site, Slots: *slots}, 24*time.Hour, time.Now())
+		if err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: give the operator's signed claims (--claims) or, in development, --operator-key", errUsage)
+	}
+
+	nc, err := substrate.Connect(ctx, *natsURL, "sealflow-worker-"+*name)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(worker.Config{Name: *name, NATS: nc, Orchestrator: trust, Issuer: plat.Issuer(), Claims: nodeClaims,
+		IO: &worker.JetStreamIO{JS: js}, Logger: log})
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
+// absPath returns p made absolute (or p when that fails).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
