@@ -231,7 +231,11 @@ func (s *Server) flush(ctx context.Context, ver uint64) error {
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.Save(ctx, blob); err != nil {
+	// The save covers other callers' statements too: a caller that goes
+	// away must not abort it.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := s.cfg.Store.Save(sctx, blob); err != nil {
 		return err
 	}
 	s.saved = cur
