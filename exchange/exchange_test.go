@@ -496,3 +496,86 @@ func TestAbortIsNotEOS(t *testing.T) {
 		})
 	}
 }
+
+// benchWindow is the channel window of BenchmarkChannel.
+var benchWindow = 16
+
+// BenchmarkChannel measures one channel's throughput with 64 KiB frames.
+func BenchmarkChannel(b *testing.B) {
+	for _, tc := range transports {
+		b.Run(tc.name, func(b *testing.B) {
+			tr := tc.make(b, benchWindow, nil)
+			s, r := open(b, tr, ChannelID{Job: "bench", Edge: 0}, true)
+			ctx := context.Background()
+			frame := make([]byte, 64<<10)
+			b.SetBytes(int64(len(frame)))
+			b.ResetTimer()
+			errc := make(chan error, 1)
+			go func() {
+				for range b.N {
+					if err := s.Send(ctx, frame); err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- s.Close(ctx)
+			}()
+			for range b.N {
+				if _, err := r.Recv(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if _, err := r.Recv(ctx); err != io.EOF {
+				b.Fatalf("Recv after the last frame = %v, want io.EOF", err)
+			}
+			if err := <-errc; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestBusyConsumerNotFloodedByEOSResends has the consumer take every data
+// frame, then stay busy for many resend intervals before taking
+// end-of-stream: the producer's resends must not overflow the consumer, and
+// Close must succeed once end-of-stream is taken.
+func TestBusyConsumerNotFloodedByEOSResends(t *testing.T) {
+	tr, err := NewNATS(startNATS(t), NATSOptions{Window: 4, RetryInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, r := open(t, tr, ChannelID{Job: "busy", Edge: 0}, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() {
+		for i := range 10 {
+			if err := s.Send(ctx, frameFor(i, 64<<10)); err != nil {
+				closed <- err
+				return
+			}
+		}
+		closed <- s.Close(ctx)
+	}()
+	for i := range 10 {
+		f, err := r.Recv(ctx)
+		if err != nil {
+			t.Fatalf("Recv %d: %v", i, err)
+		}
+		checkFrame(t, f, i, 64<<10)
+	}
+	// Busy for 60 resend intervals (far more than the consumer's buffer).
+	busy := time.NewTimer(300 * time.Millisecond)
+	<-busy.C
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned %v before the consumer took end-of-stream", err)
+	default:
+	}
+	if _, err := r.Recv(ctx); err != io.EOF {
+		t.Fatalf("Recv after a busy spell = %v, want io.EOF", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}

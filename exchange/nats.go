@@ -309,26 +309,31 @@ func (s *natsSender) Close(ctx context.Context) error {
 
 // Receiver opens the consuming end of a channel: it subscribes to data and
 // credit requests and grants the first window.
+//
+// Data messages are taken off the connection by a handler that queues them
+// in a buffer of Window+2 frames. Credits keep the buffer from filling; a
+// producer that sends beyond its credit overflows it, which Recv reports as
+// ErrFrameLoss. Repeated end-of-stream messages are dropped by the handler, so
+// a consumer that is busy for a long time before it takes end-of-stream is
+// not flooded by the producer's resends.
 func (t *NATS) Receiver(ctx context.Context, id ChannelID) (Receiver, error) {
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
 	data, credit, req := t.Subjects(id)
-	r := &natsReceiver{t: t, id: id, credit: credit, next: 1}
+	r := &natsReceiver{t: t, id: id, credit: credit, next: 1, queue: make(chan *nats.Msg, t.opts.Window+2)}
 	r.limit.Store(uint64(t.opts.Window))
-	sub, err := t.nc.SubscribeSync(data)
+	sub, err := t.nc.Subscribe(data, r.onData)
 	if err != nil {
 		return nil, fmt.Errorf("exchange: channel %s: subscribing to data on %s: %w", id, data, err)
 	}
-	// Credits bound what can be pending to Window frames; the limits leave
-	// room for end-of-stream resends. Anything beyond is a misbehaving
-	// producer, reported as a slow consumer, never silently.
-	slack := 8
-	if err := sub.SetPendingLimits(t.opts.Window+slack, (t.opts.Window+slack)*(t.opts.MaxFrame+headerLen)); err != nil {
+	r.sub = sub
+	// The handler never blocks, so the client's own queue stays short; the
+	// limits are a backstop against a flooding producer.
+	if err := sub.SetPendingLimits(4*t.opts.Window+64, (4*t.opts.Window+64)*(t.opts.MaxFrame+headerLen)); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("exchange: channel %s: setting pending limits: %w", id, err)
 	}
-	r.sub = sub
 	reqSub, err := t.nc.Subscribe(req, func(*nats.Msg) { _ = r.grant() })
 	if err != nil {
 		_ = sub.Unsubscribe()
@@ -351,14 +356,33 @@ type natsReceiver struct {
 	id          ChannelID
 	credit      string
 	sub, reqSub *nats.Subscription
-	next        uint64        // next expected sequence
+	queue       chan *nats.Msg
+	overflow    atomic.Bool   // the handler found the queue full and dropped a frame
+	eosSeen     atomic.Bool   // the handler has queued an end-of-stream
+	next        uint64        // next expected sequence (Recv only)
 	taken       atomic.Uint64 // last sequence returned (or end-of-stream seen)
 	limit       atomic.Uint64 // last limit granted
 	done        bool
 }
 
+// onData runs on the subscription's goroutine, in message order.
+func (r *natsReceiver) onData(m *nats.Msg) {
+	if len(m.Data) == headerLen && m.Data[0] == kindEOS {
+		if r.eosSeen.Load() {
+			_ = r.grant() // a resend: acknowledge again if already taken
+			return
+		}
+		r.eosSeen.Store(true)
+	}
+	select {
+	case r.queue <- m:
+	default:
+		r.overflow.Store(true)
+	}
+}
+
 // grant publishes the current grant. It is called by the receiving goroutine
-// and by the request handler; both only read the atomics.
+// and by handlers; all only read the atomics.
 func (r *natsReceiver) grant() error {
 	var b [grantLen]byte
 	if err := r.t.nc.Publish(r.credit, appendGrant(b[:0], r.taken.Load(), r.limit.Load())); err != nil {
@@ -367,50 +391,50 @@ func (r *natsReceiver) grant() error {
 	return nil
 }
 
+func (r *natsReceiver) lossError() error {
+	return fmt.Errorf("exchange: channel %s: %w: the producer sent beyond its credit and frames were dropped", r.id, ErrFrameLoss)
+}
+
 func (r *natsReceiver) Recv(ctx context.Context) ([]byte, error) {
 	if r.done {
 		return nil, io.EOF
 	}
-	for {
-		m, err := r.sub.NextMsgWithContext(ctx)
-		if err != nil {
-			if errors.Is(err, nats.ErrSlowConsumer) {
-				return nil, fmt.Errorf("exchange: channel %s: %w: the client dropped frames as a slow consumer", r.id, ErrFrameLoss)
-			}
-			return nil, fmt.Errorf("exchange: channel %s: waiting for frame %d: %w", r.id, r.next, err)
-		}
-		kind, seq, frame, err := parseHeader(m.Data)
-		if err != nil {
-			return nil, fmt.Errorf("exchange: channel %s: bad data message on %s: %w", r.id, m.Subject, err)
-		}
-		if seq < r.next {
-			if kind == kindEOS {
-				continue // a resent end-of-stream; already acknowledged
-			}
-			return nil, fmt.Errorf("exchange: channel %s: %w: frame %d arrived again or out of order (expected %d)", r.id, ErrFrameLoss, seq, r.next)
-		}
-		if seq > r.next {
-			return nil, fmt.Errorf("exchange: channel %s: %w: expected frame %d, got %d (%d frames missing)", r.id, ErrFrameLoss, r.next, seq, seq-r.next)
-		}
-		r.next++
-		r.taken.Store(seq)
-		if kind == kindEOS {
-			r.done = true
-			// Acknowledge end-of-stream; keep answering resends until Close.
-			if err := r.grant(); err != nil {
-				return nil, err
-			}
-			return nil, io.EOF
-		}
-		if half := uint64(max(r.t.opts.Window/2, 1)); seq+uint64(r.t.opts.Window)-r.limit.Load() >= half {
-			r.limit.Store(seq + uint64(r.t.opts.Window))
-			if err := r.grant(); err != nil {
-				return nil, err
-			}
-		}
-		r.t.opts.Metrics.received(len(frame))
-		return frame, nil
+	var m *nats.Msg
+	select {
+	case m = <-r.queue:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("exchange: channel %s: waiting for frame %d: %w", r.id, r.next, ctx.Err())
 	}
+	if r.overflow.Load() {
+		return nil, r.lossError()
+	}
+	kind, seq, frame, err := parseHeader(m.Data)
+	if err != nil {
+		return nil, fmt.Errorf("exchange: channel %s: bad data message on %s: %w", r.id, m.Subject, err)
+	}
+	if seq < r.next {
+		return nil, fmt.Errorf("exchange: channel %s: %w: frame %d arrived again or out of order (expected %d)", r.id, ErrFrameLoss, seq, r.next)
+	}
+	if seq > r.next {
+		return nil, fmt.Errorf("exchange: channel %s: %w: expected frame %d, got %d (%d frames missing)", r.id, ErrFrameLoss, r.next, seq, seq-r.next)
+	}
+	r.next++
+	r.taken.Store(seq)
+	if kind == kindEOS {
+		r.done = true
+		if err := r.grant(); err != nil { // acknowledge end-of-stream
+			return nil, err
+		}
+		return nil, io.EOF
+	}
+	if half := uint64(max(r.t.opts.Window/2, 1)); seq+uint64(r.t.opts.Window)-r.limit.Load() >= half {
+		r.limit.Store(seq + uint64(r.t.opts.Window))
+		if err := r.grant(); err != nil {
+			return nil, err
+		}
+	}
+	r.t.opts.Metrics.received(len(frame))
+	return frame, nil
 }
 
 func (r *natsReceiver) Close() error {

@@ -55,6 +55,10 @@ func windowedBidSpec() *jobspec.Spec {
 }
 
 func benchRun(b *testing.B, spec *jobspec.Spec, tr func() exchange.Transport) {
+	benchRunOpts(b, spec, tr, false)
+}
+
+func benchRunOpts(b *testing.B, spec *jobspec.Spec, tr func() exchange.Transport, noChain bool) {
 	const events = 1 << 20
 	ctx := context.Background()
 	var cpu, wall time.Duration
@@ -66,7 +70,7 @@ func benchRun(b *testing.B, spec *jobspec.Spec, tr func() exchange.Transport) {
 		_, err := Run(ctx, spec, Options{
 			Sources:   map[string]Source{"bids": GeneratorSource(events, 512, bid)},
 			Sinks:     map[string]Sink{"out": func(_ Split, b *record.Batch) error { out += int64(b.Len()); return nil }},
-			Transport: tr(),
+			Transport: tr(), DisableChaining: noChain,
 		})
 		if err != nil {
 			b.Fatal(err)
@@ -92,4 +96,11 @@ func BenchmarkWindowedLocal(b *testing.B) {
 func BenchmarkWindowedNATS(b *testing.B) {
 	tr := natsTransport(b, 32)
 	benchRun(b, windowedBidSpec(), func() exchange.Transport { return tr })
+}
+
+// BenchmarkStatelessNATSUnchained runs q1 with every edge over NATS: source →
+// map → sink are three tasks and every record crosses two NATS exchanges.
+func BenchmarkStatelessNATSUnchained(b *testing.B) {
+	tr := natsTransport(b, 32)
+	benchRunOpts(b, statelessSpec(), func() exchange.Transport { return tr }, true)
 }
