@@ -1,0 +1,242 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// CrossSite describes a durable exchange from a site to the hub: a stream in
+// the site's JetStream domain that buffers what the site writes, and a stream
+// in the hub's domain that sources it across domains. During a WAN outage the
+// site's stream keeps accepting writes up to its limits; when the link returns
+// the hub's source catches up, in order and without duplicates.
+type CrossSite struct {
+	// Stream names the site's stream; the hub's stream is HubStream.
+	Stream string
+	// Subjects are the subjects the site's stream captures.
+	Subjects []string
+	// Domain is the JetStream domain of the site's stream.
+	Domain string
+	// HubStream names the hub's stream; Stream if empty.
+	HubStream string
+	// MaxBytes bounds the site's buffer; required. When it is full, writes
+	// are refused (discard new), never silently dropped.
+	MaxBytes int64
+	// MaxMsgs bounds the number of buffered messages; unlimited if zero.
+	MaxMsgs int64
+	// Storage is where both streams keep messages; file storage if zero.
+	Storage jetstream.StorageType
+	// Duplicates is the window in which both streams drop a repeated
+	// Nats-Msg-Id; two minutes if zero.
+	Duplicates time.Duration
+}
+
+// Exchange is an ensured cross-site exchange.
+type Exchange struct {
+	cfg      CrossSite
+	site     jetstream.JetStream
+	hub      jetstream.JetStream
+	siteS    jetstream.Stream
+	hubS     jetstream.Stream
+	trimmed  uint64
+	pollBase time.Duration
+}
+
+// ErrBufferFull reports that a site's buffer refused a write because it holds
+// MaxBytes (or MaxMsgs) not yet copied to the hub.
+var ErrBufferFull = errors.New("topology: site buffer full")
+
+// EnsureCrossSite creates or updates the exchange's two streams. site is a
+// JetStream context in the site's domain (a connection at the site, or
+// jetstream.NewWithDomain); hub is one in the hub's domain.
+func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c CrossSite) (*Exchange, error) {
+	switch {
+	case c.Stream == "":
+		return nil, errors.New("topology: cross-site exchange has no stream name")
+	case len(c.Subjects) == 0:
+		return nil, fmt.Errorf("topology: cross-site stream %q has no subjects", c.Stream)
+	case c.Domain == "" || c.Domain == HubDomain:
+		return nil, fmt.Errorf("topology: cross-site stream %q: domain %q must be a site's leafnode domain", c.Stream, c.Domain)
+	case strings.ContainsAny(c.Domain, ".*> \t"):
+		return nil, fmt.Errorf("topology: cross-site stream %q: domain %q is not a single subject token", c.Stream, c.Domain)
+	case c.MaxBytes <= 0:
+		return nil, fmt.Errorf("topology: cross-site stream %q: MaxBytes %d; a site buffer needs a positive bound", c.Stream, c.MaxBytes)
+	}
+	if c.HubStream == "" {
+		c.HubStream = c.Stream
+	}
+	if c.Duplicates == 0 {
+		c.Duplicates = 2 * time.Minute
+	}
+	maxMsgs := c.MaxMsgs
+	if maxMsgs == 0 {
+		maxMsgs = -1
+	}
+	siteS, err := site.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        c.Stream,
+		Description: "sealflow cross-site buffer, sourced by hub stream " + c.HubStream,
+		Subjects:    c.Subjects,
+		Storage:     c.Storage,
+		MaxBytes:    c.MaxBytes,
+		MaxMsgs:     maxMsgs,
+		Discard:     jetstream.DiscardNew,
+		Duplicates:  c.Duplicates,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("topology: ensuring site stream %q in domain %q: %w", c.Stream, c.Domain, err)
+	}
+	hubS, err := hub.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        c.HubStream,
+		Description: "sealflow cross-site copy of " + c.Stream + " in domain " + c.Domain,
+		Storage:     c.Storage,
+		Duplicates:  c.Duplicates,
+		Sources: []*jetstream.StreamSource{{
+			Name:     c.Stream,
+			External: &jetstream.ExternalStream{APIPrefix: "$JS." + c.Domain + ".API"},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("topology: ensuring hub stream %q sourcing %q from domain %q: %w", c.HubStream, c.Stream, c.Domain, err)
+	}
+	x := &Exchange{cfg: c, site: site, hub: hub, siteS: siteS, hubS: hubS, pollBase: 10 * time.Millisecond}
+	if err := x.waitSourcing(ctx); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// waitSourcing waits until the hub's source has reached the site's stream
+// once. A source whose first consumer request is lost (the link dropped while
+// it was in flight) is retried by nats-server only after a backoff of 10 s or
+// more, so returning before the source is active would let an early outage
+// delay catch-up needlessly.
+func (x *Exchange) waitSourcing(ctx context.Context) error {
+	for {
+		info, err := x.hubS.Info(ctx)
+		if err == nil && len(info.Sources) == 1 && info.Sources[0].Active >= 0 {
+			return nil
+		}
+		if err == nil && len(info.Sources) == 1 && info.Sources[0].Error != nil {
+			err = info.Sources[0].Error
+		}
+		tm := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return fmt.Errorf("topology: hub stream %q has not reached site stream %q in domain %q (last error %v): %w", x.cfg.HubStream, x.cfg.Stream, x.cfg.Domain, err, ctx.Err())
+		case <-tm.C:
+		}
+	}
+}
+
+// SiteStream is the buffering stream at the site.
+func (x *Exchange) SiteStream() jetstream.Stream { return x.siteS }
+
+// HubStream is the hub's copy.
+func (x *Exchange) HubStream() jetstream.Stream { return x.hubS }
+
+// Copied returns the sequence, in the site's stream, of the last message the
+// hub holds; 0 if the hub holds none.
+func (x *Exchange) Copied(ctx context.Context) (uint64, error) {
+	info, err := x.hubS.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
+	}
+	if info.State.LastSeq == 0 || info.State.Msgs == 0 {
+		return 0, nil
+	}
+	m, err := x.hubS.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		return 0, fmt.Errorf("topology: reading hub stream %q message %d: %w", x.cfg.HubStream, info.State.LastSeq, err)
+	}
+	return SourceSeq(m.Header.Get(sourceHeader))
+}
+
+// SourceSeq extracts the origin sequence from a Nats-Stream-Source header
+// ("<stream> <seq> <filter> <transform> <subject>").
+func SourceSeq(h string) (uint64, error) {
+	f := strings.Fields(h)
+	if len(f) < 2 {
+		return 0, fmt.Errorf("topology: source header %q has no sequence", h)
+	}
+	seq, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil || seq == 0 {
+		return 0, fmt.Errorf("topology: source header %q: sequence %q is not a positive integer", h, f[1])
+	}
+	return seq, nil
+}
+
+// Trim removes from the site's buffer every message the hub already holds and
+// returns how many the buffer still holds.
+func (x *Exchange) Trim(ctx context.Context) (uint64, error) {
+	seq, err := x.Copied(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if seq > x.trimmed {
+		if err := x.siteS.Purge(ctx, jetstream.WithPurgeSequence(seq+1)); err != nil {
+			return 0, fmt.Errorf("topology: trimming site stream %q below %d: %w", x.cfg.Stream, seq+1, err)
+		}
+		x.trimmed = seq
+	}
+	info, err := x.siteS.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("topology: reading site stream %q: %w", x.cfg.Stream, err)
+	}
+	return info.State.Msgs, nil
+}
+
+// Publish writes m to the site's buffer. When the buffer is full it trims
+// what the hub already holds and retries, waiting (with backoff up to 1 s)
+// until there is room or ctx ends: the writer is slowed, nothing is dropped.
+// Set a Nats-Msg-Id header on m to make retries after an ambiguous failure
+// safe. Not safe for concurrent use with Trim.
+func (x *Exchange) Publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	wait := x.pollBase
+	for {
+		ack, err := x.site.PublishMsg(ctx, m)
+		if err == nil {
+			return ack, nil
+		}
+		if !IsBufferFull(err) {
+			return nil, fmt.Errorf("topology: publishing %q to site stream %q: %w", m.Subject, x.cfg.Stream, err)
+		}
+		if _, terr := x.Trim(ctx); terr != nil && ctx.Err() == nil {
+			// The hub is unreachable during an outage; keep waiting.
+			wait = min(2*wait, time.Second)
+		} else {
+			wait = x.pollBase
+		}
+		tm := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return nil, fmt.Errorf("topology: publishing %q: %w: %w", m.Subject, ErrBufferFull, ctx.Err())
+		case <-tm.C:
+		}
+	}
+}
+
+// IsBufferFull reports whether err is a stream refusing a write because it
+// reached MaxBytes or MaxMsgs under discard-new.
+func IsBufferFull(err error) bool {
+	if errors.Is(err, ErrBufferFull) {
+		return true
+	}
+	var ae *jetstream.APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	return ae.ErrorCode == 10077 && (strings.Contains(ae.Description, "maximum bytes exceeded") || strings.Contains(ae.Description, "maximum messages exceeded"))
+}
+
+// sourceHeader is the header nats-server sets on a sourced message, naming
+// the origin stream and sequence.
+const sourceHeader = "Nats-Stream-Source"

@@ -1,0 +1,300 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sealflow/sealflow/substrate"
+)
+
+// chain is cloud (hub) <- regional <- edge <- device, so the edge's data
+// crosses two emulated links on its way to the hub.
+const chain = `
+name: chain
+sites:
+  - {name: cloud, tier: cloud, region: eu, nats: {role: hub}}
+  - name: regional
+    tier: regional
+    region: eu-north
+    parent: cloud
+    nats: {role: leafnode}
+    link: {latencyMs: 10}
+  - name: edge
+    tier: edge
+    region: eu-north
+    parent: regional
+    nats: {role: leafnode, domain: edge-dom}
+    link: {latencyMs: 5, bandwidth: 100Mbit}
+  - name: meter
+    tier: device
+    region: eu-north
+    parent: edge
+    nats: {role: client}
+    link: {latencyMs: 2}
+`
+
+func startChain(t *testing.T) *Running {
+	t.Helper()
+	topo, err := Parse([]byte(chain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	r, err := Start(ctx, topo, t.TempDir(), WithSync(substrate.SyncRelaxed), WithReconnectInterval(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	if err := r.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func js(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := substrate.Connect(t.Context(), url, t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	j, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// ensure retries EnsureCrossSite until the leafnode routes the domain's API
+// (interest propagates just after the connection is up).
+func ensure(t *testing.T, site, hub jetstream.JetStream, c CrossSite) *Exchange {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		x, err := EnsureCrossSite(ctx, site, hub, c)
+		if err == nil {
+			return x
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// hubMsgs waits until the hub stream holds want messages and returns their
+// bodies in stream order.
+func hubMsgs(t *testing.T, x *Exchange, want int, within time.Duration) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), within)
+	defer cancel()
+	for {
+		info, err := x.HubStream().Info(ctx)
+		if err == nil && info.State.Msgs >= uint64(want) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("hub stream holds %v messages after %v, want %d (last error %v)", msgsOf(info), within, want, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c, err := x.HubStream().OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := x.HubStream().Info(ctx)
+	var out []string
+	for uint64(len(out)) < info.State.Msgs {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("reading hub message %d: %v", len(out)+1, err)
+		}
+		out = append(out, string(m.Data()))
+	}
+	return out
+}
+
+func msgsOf(info *jetstream.StreamInfo) any {
+	if info == nil {
+		return "unknown"
+	}
+	return info.State.Msgs
+}
+
+// checkSequence fails unless got is exactly body-0 .. body-(n-1) in order.
+func checkSequence(t *testing.T, got []string, n int) {
+	t.Helper()
+	if len(got) != n {
+		t.Errorf("hub holds %d messages, want exactly %d", len(got), n)
+	}
+	for i, g := range got {
+		if want := "m-" + strconv.Itoa(i); g != want {
+			t.Fatalf("hub message %d is %q, want %q (lost, duplicated or reordered)", i+1, g, want)
+		}
+	}
+}
+
+func msg(subject string, i int) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = []byte("m-" + strconv.Itoa(i))
+	m.Header.Set(jetstream.MsgIDHeader, "m-"+strconv.Itoa(i))
+	return m
+}
+
+func TestCrossSiteSurvivesOutage(t *testing.T) {
+	r := startChain(t)
+	// Devices publish through their own link into the edge's domain.
+	dev := js(t, r.URL("meter"))
+	hub := js(t, r.URL("cloud"))
+	x := ensure(t, dev, hub, CrossSite{Stream: "READINGS", Subjects: []string{"readings.>"}, Domain: r.Site("edge").Domain, MaxBytes: 8 << 20})
+	ctx := t.Context()
+
+	n := 0
+	publish := func() {
+		if _, err := x.Publish(ctx, msg("readings.meter", n)); err != nil {
+			t.Fatalf("publishing message %d: %v", n, err)
+		}
+		n++
+	}
+	for range 50 {
+		publish()
+	}
+	checkSequence(t, hubMsgs(t, x, 50, 10*time.Second), 50)
+
+	// A 3 s outage of the edge's uplink: the edge keeps accepting writes.
+	link := r.Link("edge")
+	link.SetDown(true)
+	before := n
+	end := time.Now().Add(3 * time.Second)
+	for time.Now().Before(end) {
+		publish()
+	}
+	if n-before < 50 {
+		t.Fatalf("only %d writes accepted at the edge during the outage", n-before)
+	}
+	info, err := x.HubStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 50 {
+		t.Fatalf("hub got %d messages during the outage, want the 50 from before it", info.State.Msgs)
+	}
+
+	up := time.Now()
+	link.SetDown(false)
+	checkSequence(t, hubMsgs(t, x, n, 20*time.Second), n)
+	t.Logf("backlog of %d messages written during a 3 s outage drained %v after the link returned", n-before, time.Since(up))
+
+	left, err := x.Trim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("after Trim the edge buffer holds %d messages the hub already has", left)
+	}
+}
+
+// padded is message i with a 1000-byte header, so the body stays "m-<i>".
+func padded(i int) *nats.Msg {
+	m := msg("small.x", i)
+	m.Header.Set("Pad", strings.Repeat("p", 1000))
+	return m
+}
+
+func TestCrossSiteBackpressure(t *testing.T) {
+	r := startChain(t)
+	edge := js(t, r.URL("edge"))
+	hub := js(t, r.URL("cloud"))
+	x := ensure(t, edge, hub, CrossSite{Stream: "SMALL", Subjects: []string{"small.>"}, Domain: r.Site("edge").Domain, MaxBytes: 32 << 10})
+	ctx := t.Context()
+	r.Link("edge").SetDown(true)
+
+	// Fill the buffer with raw publishes until the edge refuses.
+	accepted := 0
+	var refusal error
+	for i := range 1000 {
+		if _, err := edge.PublishMsg(ctx, padded(i)); err != nil {
+			refusal = err
+			break
+		}
+		accepted++
+	}
+	if refusal == nil || !IsBufferFull(refusal) {
+		t.Fatalf("after %d writes of 1 KB into a 32 KiB buffer: error %v, want a buffer-full refusal", accepted, refusal)
+	}
+	if accepted < 10 {
+		t.Fatalf("only %d writes accepted before the buffer was full", accepted)
+	}
+	info, err := x.SiteStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.FirstSeq != 1 || info.State.Msgs != uint64(accepted) {
+		t.Fatalf("full edge buffer holds seqs %d.. (%d msgs), want 1.. (%d msgs): it discarded old data", info.State.FirstSeq, info.State.Msgs, accepted)
+	}
+
+	// A blocking publish waits for room rather than failing or dropping.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = x.Publish(short, padded(accepted))
+	cancel()
+	if !errors.Is(err, ErrBufferFull) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Publish into a full buffer during an outage = %v, want ErrBufferFull after the deadline", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := x.Publish(ctx, padded(accepted))
+		done <- err
+	}()
+	r.Link("edge").SetDown(false)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Publish after the link returned: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Publish still blocked 20 s after the link returned")
+	}
+	checkSequence(t, hubMsgs(t, x, accepted+1, 20*time.Second), accepted+1)
+}
+
+func TestSourceSeq(t *testing.T) {
+	for _, tc := range []struct {
+		h    string
+		want uint64
+		ok   bool
+	}{
+		{"READINGS:abcd 42 > > readings.x", 42, true},
+		{"READINGS 7", 7, true},
+		{"READINGS", 0, false},
+		{"", 0, false},
+		{"READINGS x > >", 0, false},
+		{"READINGS 0 > >", 0, false},
+	} {
+		got, err := SourceSeq(tc.h)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("SourceSeq(%q) = %d, %v; want %d, ok=%v", tc.h, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestEnsureCrossSiteRefusesBadConfig(t *testing.T) {
+	for _, c := range []CrossSite{
+		{Subjects: []string{"a"}, Domain: "e", MaxBytes: 1},
+		{Stream: "S", Domain: "e", MaxBytes: 1},
+		{Stream: "S", Subjects: []string{"a"}, Domain: "hub", MaxBytes: 1},
+		{Stream: "S", Subjects: []string{"a"}, Domain: "a.b", MaxBytes: 1},
+		{Stream: "S", Subjects: []string{"a"}, Domain: "e"},
+	} {
+		if _, err := EnsureCrossSite(context.Background(), nil, nil, c); err == nil {
+			t.Errorf("EnsureCrossSite(%+v) accepted a bad config", c)
+		}
+	}
+}
