@@ -204,7 +204,10 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 		return nil, err
 	}
 	if o.Transport == nil {
-		o.Transport = exchange.NewLocal(max(o.LocalCapacity, 16), 0, nil)
+		if o.LocalCapacity <= 0 {
+			o.LocalCapacity = 16
+		}
+		o.Transport = exchange.NewLocal(o.LocalCapacity, 0, nil)
 	}
 	if o.Codec == nil {
 		o.Codec = IdentityCodec{}
