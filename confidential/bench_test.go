@@ -10,9 +10,11 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/runtime"
 	"github.com/sealflow/sealflow/exchange"
 	"github.com/sealflow/sealflow/nexmark"
+	"github.com/sealflow/sealflow/seal"
 )
 
 // benchEvents is the number of Nexmark events per run.
@@ -180,4 +182,73 @@ func threadCPU() time.Duration {
 	const clockThreadCPUTime = 3
 	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTime, uintptr(unsafe.Pointer(&ts)), 0)
 	return time.Duration(ts.Nano())
+}
+
+// BenchmarkIngestSealedVsPlaintext publishes meter readings through a
+// Publisher into JetStream (file storage, relaxed sync) and reads them back
+// with an IngestSource, sealed and in plaintext alternately, and reports
+// records/s for each.
+func BenchmarkIngestSealedVsPlaintext(b *testing.B) {
+	const records, batch = 20_000, 500
+	_, _, js := startNATS(b)
+	var recs []record.Record
+	for i := range records {
+		recs = append(recs, meterReading(i))
+	}
+	var wall [2]time.Duration
+	run := func(i int, sealed bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		id := fmt.Sprintf("bench-%d-%v", i, sealed)
+		keys := seal.NewKeyring()
+		var opts []Option
+		if sealed {
+			if _, err := keys.Generate(id, 1); err != nil {
+				b.Fatal(err)
+			}
+		} else {
+			opts = append(opts, WithPlaintext())
+		}
+		start := time.Now()
+		pub, err := NewPublisher(ctx, js, id, meterSchema, keys, 2, opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for k := 0; k < records; k += batch {
+			if err := pub.Publish(ctx, uint32(k/batch%2), batchOf(recs[k:k+batch]...)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := pub.Close(ctx); err != nil {
+			b.Fatal(err)
+		}
+		src, err := NewIngestSource(js, id, 2, keys, opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		if err := src.Source()(ctx, runtime.Split{Parallelism: 1, Schema: meterSchema}, func(bt *record.Batch) error {
+			n += bt.Len()
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		if n != records {
+			b.Fatalf("read %d records, published %d", n, records)
+		}
+		k := 0
+		if sealed {
+			k = 1
+		}
+		wall[k] += time.Since(start)
+	}
+	for i := range b.N {
+		run(i, i%2 == 1)
+		run(i, i%2 == 0)
+	}
+	plain := float64(records*b.N) / wall[0].Seconds()
+	sealed := float64(records*b.N) / wall[1].Seconds()
+	b.ReportMetric(plain, "plain-rec/s")
+	b.ReportMetric(sealed, "sealed-rec/s")
+	b.ReportMetric(sealed/plain, "sealed/plain")
 }
