@@ -579,3 +579,35 @@ func TestBusyConsumerNotFloodedByEOSResends(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 }
+
+func TestDialNATS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := substrate.Start(ctx, substrate.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if _, err := DialNATS(ctx, "nats://127.0.0.1:1", NATSOptions{}); err == nil {
+		t.Fatal("DialNATS to a closed port succeeded")
+	}
+	tr, err := DialNATS(ctx, s.ClientURL(), NATSOptions{Window: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, r := open(t, tr, ChannelID{Job: "dial", Edge: 0}, false)
+	go func() {
+		_ = snd.Send(ctx, []byte("hello"))
+		_ = snd.Close(ctx)
+	}()
+	if f, err := r.Recv(ctx); err != nil || string(f) != "hello" {
+		t.Fatalf("Recv = %q, %v", f, err)
+	}
+	if _, err := r.Recv(ctx); err != io.EOF {
+		t.Fatalf("Recv = %v, want io.EOF", err)
+	}
+	tr.Close()
+	if !tr.nc.IsClosed() {
+		t.Fatal("Close left the dialled connection open")
+	}
+}

@@ -51,8 +51,9 @@ import (
 // end-of-stream until the consumer acknowledges it, and a consumer that sees
 // end-of-stream after a gap reports the gap.
 type NATS struct {
-	nc   *nats.Conn
-	opts NATSOptions
+	nc    *nats.Conn
+	opts  NATSOptions
+	owned bool // Close closes nc
 }
 
 // NATSOptions configure a NATS transport. Zero values select the defaults.
@@ -93,6 +94,47 @@ func NewNATS(nc *nats.Conn, o NATSOptions) (*NATS, error) {
 		return nil, fmt.Errorf("exchange: MaxFrame %d plus %d header bytes exceeds the server's max_payload %d; lower MaxFrame or raise max_payload", o.MaxFrame, headerLen, mp)
 	}
 	return &NATS{nc: nc, opts: o}, nil
+}
+
+// DialNATS connects to the NATS server at url (an embedded server's
+// ClientURL or an external cluster) and returns a transport over that
+// connection, which Close closes.
+func DialNATS(ctx context.Context, url string, o NATSOptions, opts ...nats.Option) (*NATS, error) {
+	nc, err := dial(ctx, url, opts...)
+	if err != nil {
+		return nil, err
+	}
+	t, err := NewNATS(nc, o)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	t.owned = true
+	return t, nil
+}
+
+// dial connects without blocking past ctx.
+func dial(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, error) {
+	timeout := 10 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	if timeout <= 0 {
+		return nil, fmt.Errorf("exchange: connecting to %s: %w", url, context.DeadlineExceeded)
+	}
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("sealflow-exchange"), nats.Timeout(timeout)}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("exchange: connecting to %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// Close closes the connection if the transport opened it (DialNATS); a
+// connection given to NewNATS is left to its owner.
+func (t *NATS) Close() {
+	if t.owned {
+		t.nc.Close()
+	}
 }
 
 // flush waits until the server has processed everything sent so far, so

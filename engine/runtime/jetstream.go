@@ -160,3 +160,52 @@ func BatchDecode() func(Split) (func([]byte, *record.Batch) error, error) {
 		}, nil
 	}
 }
+
+// JetStreamSinkConfig configures a sink that writes to a JetStream stream.
+type JetStreamSinkConfig struct {
+	// Subject returns the subject a subtask publishes to (its partition).
+	Subject func(split Split) string
+	// Encode appends the encoding of a batch to dst: one message per batch.
+	// BatchEncode or JSONLinesEncode.
+	Encode func(dst []byte, split Split, b *record.Batch) ([]byte, error)
+	// Timeout bounds each publish, including the server's acknowledgement;
+	// 10 s if zero.
+	Timeout time.Duration
+}
+
+// JetStreamSink returns a sink publishing each batch as one message and
+// waiting for JetStream's acknowledgement before it returns, so a batch the
+// sink accepted is stored (durably, if the server syncs every write).
+func JetStreamSink(js jetstream.JetStream, cfg JetStreamSinkConfig) Sink {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	return func(split Split, b *record.Batch) error {
+		msg, err := cfg.Encode(nil, split, b)
+		if err != nil {
+			return fmt.Errorf("encoding %d records for stream %q: %w", b.Len(), split.Stream, err)
+		}
+		subject := cfg.Subject(split)
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+		defer cancel()
+		if _, err := js.Publish(ctx, subject, msg); err != nil {
+			return fmt.Errorf("publishing %d records to %s: %w", b.Len(), subject, err)
+		}
+		return nil
+	}
+}
+
+// BatchEncode encodes a batch with record.AppendBatch (read back with
+// BatchDecode).
+func BatchEncode(dst []byte, split Split, b *record.Batch) ([]byte, error) {
+	return record.AppendBatch(dst, split.Schema, b)
+}
+
+// JSONLinesEncode encodes a batch as JSON lines, one object per record.
+func JSONLinesEncode(dst []byte, split Split, b *record.Batch) ([]byte, error) {
+	enc := record.NewJSONEncoder(split.Schema)
+	for i := range b.Records {
+		dst = append(enc.Append(dst, &b.Records[i]), '\n')
+	}
+	return dst, nil
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/substrate"
 )
@@ -75,5 +76,33 @@ func TestJetStreamSource(t *testing.T) {
 	}
 	if got := res.Nodes["src"].RecordsIn; got != n {
 		t.Fatalf("source read %d records, want %d", got, n)
+	}
+
+	// Round trip: write the results to a stream with the JetStream sink,
+	// then read them back with the source.
+	if _, err := substrate.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "RESULTS", Subjects: []string{"results.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sink := JetStreamSink(js, JetStreamSinkConfig{Subject: func(sp Split) string { return fmt.Sprintf("results.%d", sp.Subtask) }, Encode: BatchEncode})
+	if _, err := Run(ctx, windowedSpec(parts), Options{Sources: map[string]Source{"events": src}, Sinks: map[string]Sink{"results": sink}}); err != nil {
+		t.Fatal(err)
+	}
+	copySpec := &jobspec.Spec{Name: "copy", Schemas: map[string][]jobspec.Field{"res": {
+		{Name: "k", Type: record.TypeInt}, {Name: "window_start", Type: record.TypeInt}, {Name: "window_end", Type: record.TypeInt},
+		{Name: "n", Type: record.TypeInt}, {Name: "total", Type: record.TypeInt}}},
+		Nodes: []jobspec.Node{
+			{ID: "in", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "results", Schema: "res"}},
+			{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"in"}, Params: jobspec.Params{Stream: "copy"}},
+		}}
+	var back Collector
+	_, err = Run(ctx, copySpec, Options{
+		Sources: map[string]Source{"results": JetStreamSource(js, JetStreamSourceConfig{Stream: "RESULTS", NewDecode: BatchDecode()})},
+		Sinks:   map[string]Sink{"copy": back.Sink()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rows(back.Records()), expectWindowed(n); !slices.Equal(got, want) {
+		t.Fatalf("read back %d rows from the sink's stream, want %d", len(got), len(want))
 	}
 }
