@@ -251,7 +251,6 @@ func runServiceResults(ctx context.Context, args []string) error {
 	var buf []byte
 	for i := range recs {
 		buf = enc.Append(buf[:0], &recs[i])
-		buf = append(buf, '\n')
 		if _, err := cliOut.Write(buf); err != nil {
 			return err
 		}

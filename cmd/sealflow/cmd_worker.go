@@ -55,7 +55,7 @@ func runWorker(ctx context.Context, args []string) error {
 		h, _ := os.Hostname()
 		*name = fmt.Sprintf("%s-%d", h, os.Getpid())
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "worker", "node", *name)
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "worker")
 
 	plat, err := sim.LoadOrCreate(*simDir)
 	if err != nil {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestEndToEndAcrossProcesses runs the product as a user would: `sealflow up`
+// starts NATS, the orchestrator and three workers as separate processes; the
+// parties use only the CLI: keygen, verify, register, publish sealed records,
+// submit a two-stage service, approve, deploy, fetch and decrypt the results,
+// and audit the log.
+func TestEndToEndAcrossProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts five processes")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "sealflow")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	upDir := filepath.Join(dir, "up")
+	up := exec.Command(bin, "up", "--dir", upDir, "--workers", "3")
+	var upErr bytes.Buffer
+	up.Stderr = &upErr
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = up.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- up.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = up.Process.Kill()
+			t.Error("sealflow up did not stop on SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("up stderr:\n%s", upErr.String())
+			logs, _ := filepath.Glob(filepath.Join(upDir, "logs", "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), tail(string(b), 3000))
+			}
+		}
+	}()
+	var ep Endpoints
+	if err := waitFile(ctx, filepath.Join(upDir, "endpoints.json"), 90*time.Second, &ep); err != nil {
+		t.Fatal(err)
+	}
+
+	run := func(args ...string) string {
+		t.Helper()
+		c := exec.CommandContext(ctx, bin, args...)
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("sealflow %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, stderr.String())
+		}
+		return string(out)
+	}
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	party := func(role, name string) (key, trust string) {
+		key, trust = filepath.Join(dir, name+".key"), filepath.Join(dir, name+".trust")
+		run("keygen", "--role", role, "--name", name, "--out", key)
+		run("verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust)
+		run("owner", "register", "--key", key, "--trust", trust)
+		return key, trust
+	}
+
+	grid, gridTrust := party("provider", "grid-operator")
+	type owner struct{ id, key, trust string }
+	var owners []owner
+	want := map[string]float64{} // window start → kWh
+	start := int64(1764057600000)
+	for i, id := range []string{"a", "b"} {
+		k, tr := party("owner", "owner-"+id)
+		owners = append(owners, owner{id, k, tr})
+		pol := file("policy-"+id+".yaml", fmt.Sprintf(`stream: meter-%s
+rules:
+  - name: belgium
+    stage: placement
+    expr: "node.region.startsWith('be-')"
+  - name: grid-only
+    stage: recipient
+    expr: "recipient.name == 'grid-operator'"
+`, id))
+		run("owner", "register-stream", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--schema", "household:string,kwh:float,ts:int", "--policy", pol)
+		var lines strings.Builder
+		for j := 0; j < 40; j++ {
+			ts := start + int64(j)*1000
+			kwh := float64((i+1)*(j%7+1)) / 8
+			want[fmt.Sprint(ts-ts%5000)] += kwh
+			fmt.Fprintf(&lines, `{"household": "house-%s", "kwh": %g, "ts": %d}`+"\n", id, kwh, ts)
+		}
+		run("owner", "publish", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--input", file("meter-"+id+".jsonl", lines.String()), "--time-field", "ts", "--nats", ep.NATSURL)
+	}
+
+	edge := func(id string) string {
+		return fmt.Sprintf(`    edge-%[1]s:
+      name: edge-%[1]s
+      schemas:
+        meter: [{name: household, type: string}, {name: kwh, type: float}, {name: ts, type: int}]
+      nodes:
+        - {id: src, kind: source, params: {stream: meter-%[1]s, schema: meter, timeField: ts}}
+        - {id: key, kind: key-by, inputs: [src], params: {keys: [household]}}
+        - {id: win, kind: window-aggregate, inputs: [key], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
+        - {id: out, kind: sink, inputs: [win], params: {stream: x-%[1]s}}
+`, id)
+	}
+	manifest := file("balance.yaml", `id: balance
+version: 1
+inputs: [meter-a, meter-b]
+outputs: [balance-out]
+recipients: [grid-operator]
+tasks:
+  - {id: balance/edge-a, stage: edge-a, tiers: [edge], reads: [meter-a]}
+  - {id: balance/edge-b, stage: edge-b, tiers: [edge], reads: [meter-b]}
+  - {id: balance/regional, stage: regional, tiers: [regional], writes: [balance-out]}
+stages:
+`+edge("a")+edge("b")+`    regional:
+      name: regional
+      schemas:
+        edge: [{name: household, type: string}, {name: window_start, type: int}, {name: window_end, type: int}, {name: kwh, type: float}]
+      nodes:
+        - {id: a, kind: source, params: {stream: x-a, schema: edge, timeField: window_start}}
+        - {id: b, kind: source, params: {stream: x-b, schema: edge, timeField: window_start}}
+        - {id: all, kind: union, inputs: [a, b]}
+        - {id: w, kind: window-aggregate, inputs: [all], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
+        - {id: out, kind: sink, inputs: [w], params: {stream: balance-out}}
+`)
+	var sub struct {
+		Result struct {
+			Digest string `json:"digest"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal([]byte(run("service", "submit", "--key", grid, "--trust", gridTrust, "--json", manifest)), &sub); err != nil || sub.Result.Digest == "" {
+		t.Fatalf("service submit: %v %+v", err, sub)
+	}
+	for _, o := range owners {
+		run("owner", "approve", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id, "--service", sub.Result.Digest)
+	}
+	run("service", "deploy", "--key", grid, "--trust", gridTrust, "--service", "balance")
+
+	// Results appear once the tasks have drained the sealed streams.
+	var out string
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		c := exec.CommandContext(ctx, bin, "service", "results", "--key", grid, "--trust", gridTrust, "--job", "balance", "--nats", ep.NATSURL)
+		b, err := c.Output()
+		if err == nil {
+			out = string(b)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no complete results: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	got := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var row struct {
+			WindowStart int64   `json:"window_start"`
+			KWh         float64 `json:"kwh"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
+			t.Fatalf("result line %q: %v", sc.Text(), err)
+		}
+		got[fmt.Sprint(row.WindowStart)] += row.KWh
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d windows, want %d:\n%s", len(got), len(want), out)
+	}
+	for w, v := range want {
+		if math.Abs(got[w]-v) > 1e-9 {
+			t.Errorf("window %s: got %v kWh, want %v", w, got[w], v)
+		}
+	}
+	// Another provider is not a recipient: no key, no results.
+	other, otherTrust := party("provider", "adcorp")
+	c := exec.CommandContext(ctx, bin, "service", "results", "--key", other, "--trust", otherTrust, "--job", "balance", "--nats", ep.NATSURL)
+	if b, err := c.CombinedOutput(); err == nil || !strings.Contains(string(b), "refused") {
+		t.Errorf("a party that is no recipient got results or no refusal: %v\n%s", err, b)
+	}
+	audit := run("audit", "--key", owners[0].key, "--trust", owners[0].trust, "--stream", "meter-a")
+	if !strings.Contains(audit, "key.released") || !strings.Contains(audit, "proof ok") {
+		t.Errorf("audit output lacks proven key releases:\n%s", audit)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
