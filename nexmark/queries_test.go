@@ -36,3 +36,30 @@ func TestJobSpecsResolve(t *testing.T) {
 		t.Error("JobSpec(q42) accepted an unknown query")
 	}
 }
+
+// TestJobSpecDigests checks that each query has its own digest and that
+// changing parallelism (scaling) keeps the logic digest owners approve.
+func TestJobSpecDigests(t *testing.T) {
+	seen := map[string]string{}
+	for _, q := range Queries {
+		s1, _ := JobSpec(q, QueryOptions{Parallelism: 1})
+		s4, _ := JobSpec(q, QueryOptions{Parallelism: 4})
+		d1, err1 := s1.LogicDigest()
+		d4, err4 := s4.LogicDigest()
+		if err1 != nil || err4 != nil {
+			t.Fatal(err1, err4)
+		}
+		if d1 != d4 {
+			t.Errorf("%s: logic digest changes with parallelism: %s vs %s", q, d1, d4)
+		}
+		if other, dup := seen[d1]; dup {
+			t.Errorf("%s and %s have the same logic digest", q, other)
+		}
+		seen[d1] = q
+		full1, _ := s1.Digest()
+		full4, _ := s4.Digest()
+		if full1 == full4 {
+			t.Errorf("%s: the full digest ignores parallelism", q)
+		}
+	}
+}
