@@ -22,7 +22,7 @@ import (
 // world is a small deployment for tests: an orchestrator machine, an
 // operator, a sim platform, owners and a provider.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	now      time.Time
 	m        *Machine
 	self     *party.KeyFile
@@ -31,7 +31,7 @@ type world struct {
 	entries  []ledger.Entry
 }
 
-func newWorld(t *testing.T, mutate func(*Genesis)) *world {
+func newWorld(t testing.TB, mutate func(*Genesis)) *world {
 	t.Helper()
 	self := mustKey(t, party.RoleOrchestrator, "orchestrator")
 	op := mustKey(t, party.RoleOperator, "operator")
@@ -61,7 +61,7 @@ func newWorld(t *testing.T, mutate func(*Genesis)) *world {
 	return &world{t: t, now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), m: m, self: self, operator: op, platform: plat}
 }
 
-func mustKey(t *testing.T, role party.Role, name string) *party.KeyFile {
+func mustKey(t testing.TB, role party.Role, name string) *party.KeyFile {
 	t.Helper()
 	kf, err := party.Generate(role, name, nil)
 	if err != nil {
