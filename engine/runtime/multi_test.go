@@ -186,3 +186,69 @@ func TestRunCancel(t *testing.T) {
 		})
 	}
 }
+
+// TestCoalescedWatermarkReachesConsumer runs a following source that sends
+// two batches in quick succession and then only empty batches: the second
+// batch's watermark, held back to coalesce watermarks, must still be sent and
+// fire the window it closes before the input ends.
+func TestCoalescedWatermarkReachesConsumer(t *testing.T) {
+	for _, useNATS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nats=%v", useNATS), func(t *testing.T) {
+			var tr exchange.Transport
+			if useNATS {
+				tr = natsTransport(t, 4)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			mk := func(id, ts int64) record.Record {
+				return record.Record{Values: []record.Value{record.Int(id), record.Int(1), record.Int(2), record.Int(ts)}}
+			}
+			src := func(ctx context.Context, _ Split, emit func(*record.Batch) error) error {
+				if err := emit(&record.Batch{Records: []record.Record{mk(0, 1_000_000), mk(1, 1_000_004)}}); err != nil {
+					return err
+				}
+				if err := emit(&record.Batch{Records: []record.Record{mk(2, 1_000_100)}}); err != nil {
+					return err
+				}
+				pace := time.NewTicker(5 * time.Millisecond)
+				defer pace.Stop()
+				for {
+					select {
+					case <-pace.C:
+						if err := emit(&record.Batch{}); err != nil {
+							return err
+						}
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			}
+			fired := make(chan string, 1)
+			sink := func(_ Split, b *record.Batch) error {
+				select {
+				case fired <- rows(b.Records)[0]:
+				default:
+				}
+				return nil
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := Run(ctx, windowedSpec(1), Options{Sources: map[string]Source{"events": src}, Sinks: map[string]Sink{"results": sink},
+					Transport: tr, WatermarkInterval: 50 * time.Millisecond})
+				done <- err
+			}()
+			select {
+			case row := <-fired:
+				if want := "1 1000000 1000010 2 40"; row != want {
+					t.Fatalf("first result %q, want %q", row, want)
+				}
+			case err := <-done:
+				t.Fatalf("Run ended before the window fired: %v", err)
+			case <-ctx.Done():
+				t.Fatal("the window closed by the second batch never fired")
+			}
+			cancel()
+			<-done
+		})
+	}
+}

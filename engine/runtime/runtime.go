@@ -86,6 +86,13 @@ type Options struct {
 	// TickInterval is how often sources tick their watermark generators for
 	// idleness detection; 100 ms if zero.
 	TickInterval time.Duration
+	// WatermarkInterval is the least time between two watermarks a task
+	// sends over an exchange; 20 ms if zero, every watermark if negative.
+	// Sending a watermark flushes the partly filled frames to every consumer,
+	// so a watermark per source batch would shrink frames by the consumer
+	// parallelism; watermarks in between are coalesced into the next one.
+	// The final watermark and idleness are always sent at once.
+	WatermarkInterval time.Duration
 	// Side, if set, receives every record sent to a side output (late
 	// records, records an expression failed on). It is called concurrently
 	// from subtasks. Side records are counted either way.
@@ -214,6 +221,9 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 512
+	}
+	if o.WatermarkInterval == 0 {
+		o.WatermarkInterval = 20 * time.Millisecond
 	}
 	if o.TickInterval <= 0 {
 		o.TickInterval = 100 * time.Millisecond

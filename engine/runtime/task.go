@@ -137,11 +137,14 @@ func (st *subtask) runSource(ctx context.Context) error {
 	}
 	ticker, _ := st.ops[0].(operator.Ticker)
 	lastTick := time.Now()
+	st.tail.coalesce = st.o.WatermarkInterval > 0
 	tick := func() error {
+		now := time.Now()
+		st.tail.flushWatermark(now)
 		if ticker == nil {
-			return nil
+			return st.err
 		}
-		if now := time.Now(); now.Sub(lastTick) >= st.o.TickInterval {
+		if now.Sub(lastTick) >= st.o.TickInterval {
 			lastTick = now
 			if err := ticker.Tick(now.UnixMilli(), st.outs[0]); err != nil {
 				return err
@@ -305,6 +308,11 @@ type tailEmitter struct {
 	st    *subtask
 	node  int
 	edges []*outEdge
+	// Source tasks coalesce watermarks (see Options.WatermarkInterval).
+	coalesce  bool
+	lastWM    time.Time // when a watermark was last sent
+	pendingWM int64     // the latest watermark not yet sent
+	hasWM     bool
 }
 
 func (t *tailEmitter) open(ctx context.Context) error {
@@ -345,6 +353,31 @@ func (t *tailEmitter) Emit(r record.Record) {
 func (t *tailEmitter) EmitSide(name string, r record.Record) { t.st.side(t.node, name, r) }
 
 func (t *tailEmitter) EmitWatermark(wm int64) {
+	if len(t.edges) == 0 {
+		return
+	}
+	if t.coalesce && wm != operator.FinalWatermark && wm != operator.IdleWatermark {
+		// A later watermark supersedes this one, and records emitted
+		// meanwhile stay batched; flushWatermark sends it in time.
+		t.pendingWM, t.hasWM = wm, true
+		t.flushWatermark(time.Now())
+		return
+	}
+	t.hasWM = false
+	t.sendWatermark(wm)
+}
+
+// flushWatermark sends the pending watermark if WatermarkInterval has passed
+// since the last one. Source tasks call it after every batch.
+func (t *tailEmitter) flushWatermark(now time.Time) {
+	if !t.hasWM || now.Sub(t.lastWM) < t.st.o.WatermarkInterval {
+		return
+	}
+	t.lastWM, t.hasWM = now, false
+	t.sendWatermark(t.pendingWM)
+}
+
+func (t *tailEmitter) sendWatermark(wm int64) {
 	for _, oe := range t.edges {
 		for to := range oe.bufs {
 			t.flushTarget(oe, to)
