@@ -188,6 +188,19 @@ func (s *Sealer) SealLast(dst, body []byte, minTime, maxTime int64) ([]byte, err
 }
 
 func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]byte, error) {
+	// A key taken as current may be dropped (and zeroed) by a concurrent
+	// rotation before it seals; then the new current key is used.
+	for range 3 {
+		out, err := s.sealOnce(dst, body, minTime, maxTime, flags)
+		if !errors.Is(err, ErrKeyZeroed) {
+			return out, err
+		}
+		dst = out
+	}
+	return s.sealOnce(dst, body, minTime, maxTime, flags)
+}
+
+func (s *Sealer) sealOnce(dst, body []byte, minTime, maxTime int64, flags Flags) ([]byte, error) {
 	if s.ended {
 		return dst, fmt.Errorf("seal: %s stream of scope %q partition %d already ended at seq %d", s.kind, truncate(s.scope), s.partition, s.next-1)
 	}
