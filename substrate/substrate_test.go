@@ -115,7 +115,7 @@ func TestStartRejectsBadOptions(t *testing.T) {
 		{"no store dir", Options{}},
 		{"negative port", Options{StoreDir: t.TempDir(), Port: -5}},
 		{"bad sync", Options{StoreDir: t.TempDir(), Sync: Sync(7)}},
-		{"port in use", Options{StoreDir: t.TempDir(), Port: busyPort, ReadyTimeout: 2 * time.Second}},
+		{"port in use", Options{StoreDir: t.TempDir(), Port: busyPort, ReadyTimeout: time.Second}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

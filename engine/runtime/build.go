@@ -294,6 +294,9 @@ func (e *widthEmitter) Emit(r record.Record) {
 	e.Emitter.Emit(r)
 }
 
+// Unwrap returns the wrapped operator (for snapshots of its state).
+func (o *widthChecked) Unwrap() operator.Operator { return o.Operator }
+
 func (o *widthChecked) ProcessBatch(input int, b *record.Batch, out operator.Emitter) error {
 	o.em.Emitter = out
 	if err := o.Operator.ProcessBatch(input, b, &o.em); err != nil {
@@ -341,6 +344,9 @@ func (e *filterEmitter) Emit(r record.Record) {
 		e.Emitter.Emit(r)
 	}
 }
+
+// Unwrap returns the wrapped operator (for snapshots of its state).
+func (o *filtered) Unwrap() operator.Operator { return o.Operator }
 
 func (o *filtered) wrap(out operator.Emitter) operator.Emitter {
 	o.em = filterEmitter{Emitter: out, pred: o.pred}

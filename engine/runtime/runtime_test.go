@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/exchange"
 	"github.com/sealflow/sealflow/substrate"
@@ -243,5 +244,29 @@ func TestSlowSinkBackpressure(t *testing.T) {
 			}
 			t.Logf("max %d records ahead of the sink (bound %d, input %d)", maxAhead.Load(), bound, n)
 		})
+	}
+}
+
+// TestKeyedOperatorsStayReachable checks the wrappers the runtime puts around
+// keyed operators expose them, so checkpoints can reach their state.
+func TestKeyedOperatorsStayReachable(t *testing.T) {
+	r, err := windowedSpec(1).Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := r.Nodes["agg"]
+	op, err := buildOperator(info, r.Spec, 0, 1, nil, Split{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, ok := op.(operator.Snapshotter); ok {
+			return
+		}
+		u, ok := op.(interface{ Unwrap() operator.Operator })
+		if !ok {
+			t.Fatalf("window aggregate built as %T: no Snapshotter reachable through Unwrap", op)
+		}
+		op = u.Unwrap()
 	}
 }
