@@ -159,7 +159,7 @@ func (r *Running) baseOptions(name, domain, store string, cfg startConfig) (*ser
 	return so, nil
 }
 
-func (r *Running) run(ctx context.Context, so *server.Options, cfg startConfig) (*server.Server, error) {
+func (r *Running) launch(so *server.Options, cfg startConfig) (*server.Server, error) {
 	ns, err := server.NewServer(so)
 	if err != nil {
 		return nil, fmt.Errorf("configuring nats-server %q: %w", so.ServerName, err)
@@ -168,24 +168,68 @@ func (r *Running) run(ctx context.Context, so *server.Options, cfg startConfig) 
 		ns.SetLoggerV2(slogAdapter{cfg.log.With("server", so.ServerName)}, false, false, false)
 	}
 	go ns.Start()
+	return ns, nil
+}
+
+// ready waits until every server in nss accepts clients; on failure it shuts
+// them all down.
+func ready(ctx context.Context, cfg startConfig, nss ...*server.Server) error {
 	deadline := time.Now().Add(cfg.ready)
-	for !ns.ReadyForConnections(50 * time.Millisecond) {
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("waiting for nats-server %q: %w", so.ServerName, ctx.Err())
+	for _, ns := range nss {
+		for !ns.ReadyForConnections(50 * time.Millisecond) {
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				for _, ns := range nss {
+					ns.Shutdown()
+					ns.WaitForShutdown()
+				}
+				if ctx.Err() != nil {
+					return fmt.Errorf("waiting for nats-server %q: %w", ns.Name(), ctx.Err())
+				}
+				return fmt.Errorf("nats-server %q not ready after %v", ns.Name(), cfg.ready)
 			}
-			return nil, fmt.Errorf("nats-server %q not ready after %v", so.ServerName, cfg.ready)
 		}
 	}
-	return ns, nil
+	return nil
+}
+
+// freePorts reserves n distinct free loopback ports and releases them for
+// the caller to listen on.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 func (r *Running) startHub(ctx context.Context, rs *RunningSite, dir string, cfg startConfig) error {
 	n := max(rs.Site.NATS.Servers, 1)
-	var seed *url.URL
-	var urls []string
+	var routes []*url.URL
+	var clusterPorts []int
+	if n > 1 {
+		// Clustered JetStream servers become ready only together, so all
+		// start at once with routes to each other's pre-chosen ports.
+		ports, err := freePorts(n)
+		if err != nil {
+			return err
+		}
+		clusterPorts = ports
+		for _, p := range ports {
+			routes = append(routes, &url.URL{Scheme: "nats-route", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))})
+		}
+	}
+	var sos []*server.Options
 	for i := range n {
 		name := rs.Site.Name
 		if n > 1 {
@@ -196,22 +240,23 @@ func (r *Running) startHub(ctx context.Context, rs *RunningSite, dir string, cfg
 			return err
 		}
 		if n > 1 {
-			so.Cluster = server.ClusterOpts{Name: rs.Site.Name, Host: "127.0.0.1", Port: server.RANDOM_PORT, NoAdvertise: true}
-			if seed != nil {
-				so.Routes = []*url.URL{seed}
-			}
+			so.Cluster = server.ClusterOpts{Name: rs.Site.Name, Host: "127.0.0.1", Port: clusterPorts[i], NoAdvertise: true}
+			so.Routes = routes
 		}
-		ns, err := r.run(ctx, so, cfg)
+		ns, err := r.launch(so, cfg)
 		if err != nil {
 			return err
 		}
 		rs.servers = append(rs.servers, ns)
-		if i == 0 {
-			rs.leafPort = so.LeafNode.Port
-			if n > 1 {
-				seed = &url.URL{Scheme: "nats-route", Host: ns.ClusterAddr().String()}
-			}
-		}
+		sos = append(sos, so)
+	}
+	if err := ready(ctx, cfg, rs.servers...); err != nil {
+		rs.servers = nil
+		return err
+	}
+	rs.leafPort = sos[0].LeafNode.Port
+	var urls []string
+	for _, ns := range rs.servers {
 		urls = append(urls, ns.ClientURL())
 	}
 	rs.URL = strings.Join(urls, ",")
@@ -249,8 +294,11 @@ func (r *Running) startLeaf(ctx context.Context, rs *RunningSite, dir string, cf
 		// The WAN link adds latency to the handshake.
 		DialTimeout: 5 * time.Second,
 	}}
-	ns, err := r.run(ctx, so, cfg)
+	ns, err := r.launch(so, cfg)
 	if err != nil {
+		return err
+	}
+	if err := ready(ctx, cfg, ns); err != nil {
 		return err
 	}
 	rs.servers = []*server.Server{ns}
