@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sealflow/sealflow/console"
 	"github.com/sealflow/sealflow/ledger"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/party"
@@ -40,6 +41,7 @@ func (s *Server) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/parties", s.view(func(st *orchestrator.State) any { return PartyViews(st) }))
 	mux.HandleFunc("GET /v1/releases", s.handleReleases)
 	mux.HandleFunc("GET /v1/policy/explain", s.handleExplain)
+	mux.Handle("GET /console/", console.Handler(s.ledger))
 	if gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}

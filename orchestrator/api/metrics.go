@@ -1,11 +1,21 @@
 package api
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sealflow/sealflow/orchestrator"
+)
 
 type metrics struct {
 	statements  *prometheus.CounterVec
 	refusals    *prometheus.CounterVec
 	keyReleases prometheus.Counter
+	// admissions counts node admissions (and re-attestations) by outcome;
+	// policyRefusals counts refusals by a stream policy's rule.
+	admissions     *prometheus.CounterVec
+	policyRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -19,9 +29,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		keyReleases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sealflow_orchestrator_key_releases_total", Help: "Keys released, wrapped to nodes or recipients.",
 		}),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sealflow_orchestrator_admissions_total", Help: "Node admissions and re-attestations, by outcome (admitted or refused).",
+		}, []string{"outcome"}),
+		policyRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sealflow_orchestrator_policy_refusals_total", Help: "Refusals by a stream owner's policy, by the refusing rule (policy:<stream>/<rule>).",
+		}, []string{"rule"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.statements, m.refusals, m.keyReleases)
+		reg.MustRegister(m.statements, m.refusals, m.keyReleases, m.admissions, m.policyRefusals)
 	}
 	return m
 }
@@ -31,6 +47,16 @@ func (m *metrics) statement(r *Response) {
 	if !r.OK {
 		outcome = "refused"
 		m.refusals.WithLabelValues(r.Rule).Inc()
+		if strings.HasPrefix(r.Rule, "policy:") {
+			m.policyRefusals.WithLabelValues(r.Rule).Inc()
+		}
+	}
+	if r.Type == orchestrator.TypeNodeAdmit {
+		if r.OK {
+			m.admissions.WithLabelValues("admitted").Inc()
+		} else {
+			m.admissions.WithLabelValues("refused").Inc()
+		}
 	}
 	typ := r.Type
 	if typ == "" {
