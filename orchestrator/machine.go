@@ -199,6 +199,8 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 		err = m.outputRequest(now, st, issuer, out)
 	case TypeFrameRejected:
 		err = m.frameRejected(now, st, issuer, out)
+	case TypeCheckpointAck:
+		err = m.checkpointAck(now, st, issuer, out)
 	default:
 		err = refuse("statement.type", "unknown statement type %q", st.Type)
 	}

@@ -74,6 +74,9 @@ type State struct {
 	Services map[string]*Service          `json:"services"`
 	Nodes    map[party.ID]*Node           `json:"nodes"`
 	Jobs     map[string]*Job              `json:"jobs"`
+	// Checkpoints holds each job's last complete checkpoint and the ones
+	// pending (see checkpoint.go), by job id.
+	Checkpoints map[string]*JobCheckpoints `json:"checkpoints,omitempty"`
 	// Applied counts the statements applied, so a restored state can be
 	// compared with the log.
 	Applied uint64 `json:"applied"`

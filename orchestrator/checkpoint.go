@@ -1,0 +1,268 @@
+package orchestrator
+
+import (
+	"encoding/hex"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/state"
+	"github.com/sealflow/sealflow/party"
+)
+
+// TypeCheckpointAck is the statement a worker signs when a task of a job has
+// stored its sealed snapshot of a checkpoint (see package checkpoint).
+const TypeCheckpointAck = "checkpoint.ack"
+
+// EntryCheckpointComplete is the log entry type written when every task of a
+// job has acknowledged a checkpoint.
+const EntryCheckpointComplete = "checkpoint.complete"
+
+// MaxPendingCheckpoints is how many incomplete checkpoints the machine keeps
+// per job; a newer one evicts the oldest (a checkpoint a lost task will never
+// acknowledge).
+const MaxPendingCheckpoints = 8
+
+// SourcePosition is where a source read a partition of a stream up to at a
+// checkpoint: the JetStream stream sequence of the last frame taken and the
+// sealed sequence number expected next (as confidential.Position and
+// checkpoint.Position, to which it converts).
+type SourcePosition struct {
+	StreamSeq uint64 `json:"stream_seq"`
+	Next      uint64 `json:"next"`
+}
+
+// CheckpointAck is the body of a checkpoint.ack statement: one task's
+// snapshot of a checkpoint, its digest and the source positions it recorded.
+type CheckpointAck struct {
+	Job        string `json:"job"`
+	Checkpoint uint64 `json:"checkpoint"`
+	Task       string `json:"task"`
+	// Version is the version of the service the task runs.
+	Version int64 `json:"version"`
+	// KeyGroups is the key-group range the snapshot holds.
+	KeyGroups state.Range `json:"key_groups"`
+	// Digest is the hex SHA-256 of the sealed snapshot object.
+	Digest string `json:"digest"`
+	// Positions are the task's source positions, by stream and partition.
+	Positions map[string]map[uint32]SourcePosition `json:"positions,omitempty"`
+}
+
+// CheckpointSnapshot is one task's acknowledged snapshot.
+type CheckpointSnapshot struct {
+	Node      party.ID    `json:"node"`
+	KeyGroups state.Range `json:"key_groups"`
+	Digest    string      `json:"digest"`
+}
+
+// CheckpointRecord is a checkpoint of a job as the machine knows it: the
+// snapshots acknowledged so far and the source positions they reported.
+type CheckpointRecord struct {
+	Job       string                               `json:"job"`
+	ID        uint64                               `json:"id"`
+	Version   int64                                `json:"version"`
+	Snapshots map[string]CheckpointSnapshot        `json:"snapshots"` // by task
+	Positions map[string]map[uint32]SourcePosition `json:"positions,omitempty"`
+	Started   time.Time                            `json:"started"`
+	Completed time.Time                            `json:"completed,omitzero"`
+}
+
+// Snapshot returns the snapshot task acknowledged.
+func (r *CheckpointRecord) Snapshot(task string) (CheckpointSnapshot, bool) {
+	s, ok := r.Snapshots[task]
+	return s, ok
+}
+
+// JobCheckpoints are a job's last complete checkpoint and the ones still
+// waiting for acknowledgements.
+type JobCheckpoints struct {
+	Complete *CheckpointRecord            `json:"complete,omitempty"`
+	Pending  map[uint64]*CheckpointRecord `json:"pending,omitempty"`
+}
+
+// LastCheckpoint returns the job's last complete checkpoint: the snapshots a
+// restore must use, with the digests Get must check, and the positions the
+// sources rewind to. Callers must not modify it.
+func (m *Machine) LastCheckpoint(job string) (*CheckpointRecord, bool) {
+	if c := m.st.Checkpoints[job]; c != nil && c.Complete != nil {
+		return c.Complete, true
+	}
+	return nil, false
+}
+
+func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *party.Identity, out *Output) error {
+	if err := requireRole(issuer, party.RoleWorker); err != nil {
+		return err
+	}
+	var b CheckpointAck
+	if err := decodeBody(st, &b); err != nil {
+		return err
+	}
+	job, ok := m.st.Jobs[b.Job]
+	if !ok {
+		return refuse("checkpoint.job", "job %q is not deployed", b.Job)
+	}
+	placed, ok := job.Tasks[b.Task]
+	if !ok {
+		return refuse("checkpoint.task", "job %s has no task %q", b.Job, b.Task)
+	}
+	subjects := []string{"job:" + b.Job, "service:" + job.Service, "node:" + string(st.Issuer)}
+	logRefusal := func(err error) error {
+		out.Entries = append(out.Entries, entry(now, "checkpoint.refused", subjects,
+			map[string]any{"job": b.Job, "checkpoint": b.Checkpoint, "task": b.Task, "node": st.Issuer, "digest": b.Digest, "rule": ruleOf(err), "reason": err.Error()}))
+		return err
+	}
+	if placed != st.Issuer {
+		return logRefusal(refuse("checkpoint.node", "task %s of job %s is placed on node %s, not on %s", b.Task, b.Job, placed.Short(), st.Issuer.Short()))
+	}
+	if n := m.st.Nodes[st.Issuer]; n == nil || !now.Before(n.Expires) {
+		return logRefusal(refuse("checkpoint.node", "node %s is not admitted or its identity expired; it must re-attest", st.Issuer.Short()))
+	}
+	if d, err := hex.DecodeString(b.Digest); err != nil || len(d) != 32 {
+		return refuse("checkpoint.digest", "snapshot digest %q of task %s is not a hex SHA-256", short(b.Digest), b.Task)
+	}
+	if err := b.KeyGroups.Validate(state.MaxMaxParallelism); err != nil {
+		return refuse("checkpoint.key-groups", "task %s: %v", b.Task, err)
+	}
+	if err := m.checkPositions(job, &b); err != nil {
+		return err
+	}
+	cps := m.st.Checkpoints[b.Job]
+	if cps != nil && cps.Complete != nil && b.Checkpoint <= cps.Complete.ID {
+		return logRefusal(refuse("checkpoint.stale", "checkpoint %d of job %s is not newer than its last complete checkpoint %d", b.Checkpoint, b.Job, cps.Complete.ID))
+	}
+	var rec *CheckpointRecord
+	if cps != nil {
+		rec = cps.Pending[b.Checkpoint]
+	}
+	snap := CheckpointSnapshot{Node: st.Issuer, KeyGroups: b.KeyGroups, Digest: b.Digest}
+	evict := uint64(0)
+	if rec == nil && cps != nil && len(cps.Pending) >= MaxPendingCheckpoints {
+		evict = slices.Min(slices.Collect(maps.Keys(cps.Pending)))
+		if b.Checkpoint < evict {
+			return logRefusal(refuse("checkpoint.stale", "checkpoint %d of job %s is older than all %d checkpoints still pending", b.Checkpoint, b.Job, len(cps.Pending)))
+		}
+	}
+	if rec != nil {
+		if rec.Version != b.Version {
+			return logRefusal(refuse("checkpoint.version", "task %s acknowledges checkpoint %d of job %s at version %d, other tasks at version %d", b.Task, b.Checkpoint, b.Job, b.Version, rec.Version))
+		}
+		if prev, ok := rec.Snapshots[b.Task]; ok {
+			if prev == snap && positionsEqual(rec.Positions, b.Positions) {
+				out.Result = map[string]any{"job": b.Job, "checkpoint": b.Checkpoint, "task": b.Task, "complete": false, "already": true}
+				return nil
+			}
+			return logRefusal(refuse("checkpoint.duplicate", "task %s already acknowledged checkpoint %d of job %s with digest %s", b.Task, b.Checkpoint, b.Job, short(prev.Digest)))
+		}
+		for stream, parts := range b.Positions {
+			for p, pos := range parts {
+				if old, ok := rec.Positions[stream][p]; ok && old != pos {
+					return logRefusal(refuse("checkpoint.positions", "task %s reports position %+v of %s partition %d in checkpoint %d, another task reported %+v", b.Task, pos, stream, p, b.Checkpoint, old))
+				}
+			}
+		}
+	}
+
+	// Every check passed: record the acknowledgement.
+	if m.st.Checkpoints == nil {
+		m.st.Checkpoints = map[string]*JobCheckpoints{}
+	}
+	if cps == nil {
+		cps = &JobCheckpoints{}
+		m.st.Checkpoints[b.Job] = cps
+	}
+	if cps.Pending == nil {
+		cps.Pending = map[uint64]*CheckpointRecord{}
+	}
+	if rec == nil {
+		if len(cps.Pending) >= MaxPendingCheckpoints {
+			delete(cps.Pending, evict)
+		}
+		rec = &CheckpointRecord{Job: b.Job, ID: b.Checkpoint, Version: b.Version, Snapshots: map[string]CheckpointSnapshot{}, Started: now.UTC()}
+		cps.Pending[b.Checkpoint] = rec
+	}
+	rec.Snapshots[b.Task] = snap
+	for stream, parts := range b.Positions {
+		if rec.Positions == nil {
+			rec.Positions = map[string]map[uint32]SourcePosition{}
+		}
+		if rec.Positions[stream] == nil {
+			rec.Positions[stream] = map[uint32]SourcePosition{}
+		}
+		maps.Copy(rec.Positions[stream], parts)
+	}
+	complete := true
+	for task := range job.Tasks {
+		if _, ok := rec.Snapshots[task]; !ok {
+			complete = false
+			break
+		}
+	}
+	out.Result = map[string]any{"job": b.Job, "checkpoint": b.Checkpoint, "task": b.Task, "complete": complete}
+	if !complete {
+		return nil
+	}
+	rec.Completed = now.UTC()
+	cps.Complete = rec
+	for id := range cps.Pending {
+		if id <= rec.ID {
+			delete(cps.Pending, id)
+		}
+	}
+	out.Entries = append(out.Entries, entry(now, EntryCheckpointComplete, []string{"job:" + b.Job, "service:" + job.Service},
+		map[string]any{"job": b.Job, "checkpoint": rec.ID, "version": rec.Version, "snapshots": rec.Snapshots,
+			"positions": rec.Positions, "digest": digestJSON(rec)}))
+	return nil
+}
+
+// checkPositions checks that a task reports positions only of registered
+// streams it reads, within their partitions. Names that are not registered
+// streams are the job's own intermediate streams.
+func (m *Machine) checkPositions(job *Job, b *CheckpointAck) error {
+	var reads []string
+	if svc := m.st.Services[job.Service]; svc != nil {
+		for _, t := range svc.Manifest.Tasks {
+			if t.ID == b.Task {
+				reads = t.Reads
+			}
+		}
+	}
+	for stream, parts := range b.Positions {
+		if stream == "" {
+			return refuse("checkpoint.positions", "task %s reports positions of a stream without a name", b.Task)
+		}
+		s, ok := m.st.Streams[stream]
+		if !ok {
+			continue
+		}
+		if !slices.Contains(reads, stream) {
+			return refuse("checkpoint.positions", "task %s of job %s reports positions of stream %s, which it does not read", b.Task, b.Job, stream)
+		}
+		for p := range parts {
+			if int64(p) >= int64(s.Partitions) {
+				return refuse("checkpoint.positions", "task %s reports partition %d of stream %s, which has %d partitions", b.Task, p, stream, s.Partitions)
+			}
+		}
+	}
+	return nil
+}
+
+// positionsEqual reports whether every position in ack is recorded in rec
+// with the same value.
+func positionsEqual(rec, ack map[string]map[uint32]SourcePosition) bool {
+	for stream, parts := range ack {
+		for p, pos := range parts {
+			if old, ok := rec[stream][p]; !ok || old != pos {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func short(s string) string {
+	if len(s) > 16 {
+		return s[:16] + "..."
+	}
+	return s
+}
