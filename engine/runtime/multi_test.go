@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -250,5 +251,48 @@ func TestCoalescedWatermarkReachesConsumer(t *testing.T) {
 			cancel()
 			<-done
 		})
+	}
+}
+
+// TestLateRecordsCounted sends records far behind the watermark and checks
+// they are counted as late and reach the late side output.
+func TestLateRecordsCounted(t *testing.T) {
+	// One source subtask, so the watermark the late records trail is
+	// deterministic; two aggregate subtasks.
+	spec := windowedSpec(1)
+	spec.Nodes[4].Parallelism = 2
+	spec.Nodes[4].Params.Window.LateOutput = "late"
+	mk := func(id, ts int64) record.Record {
+		return record.Record{Values: []record.Value{record.Int(id), record.Int(id % 3), record.Int(2), record.Int(ts)}}
+	}
+	var recs []record.Record
+	for i := range int64(200) {
+		recs = append(recs, mk(i, 1_000_000+i))
+	}
+	// Late records, for keys on both aggregate subtasks.
+	for i := range int64(10) {
+		recs = append(recs, mk(200+i, 1_000_000))
+	}
+	var sideLate atomic.Int64
+	var c Collector
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := Run(ctx, spec, Options{
+		Sources: map[string]Source{"events": SliceSource(recs, 50)}, Sinks: map[string]Sink{"results": c.Sink()},
+		WatermarkInterval: -1,
+		Side: func(node, name string, rec record.Record) {
+			if node == "agg" && name == "late" {
+				sideLate.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Nodes["agg"].Late; got != 10 {
+		t.Errorf("agg counted %d late records, want 10", got)
+	}
+	if got := res.Nodes["agg"].Side["late"]; got != 10 || sideLate.Load() != 10 {
+		t.Errorf("late side output got %d records (callback %d), want 10", got, sideLate.Load())
 	}
 }

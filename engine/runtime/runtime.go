@@ -24,7 +24,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -107,6 +106,9 @@ type NodeCounters struct {
 	RecordsIn, RecordsOut int64
 	// Side counts records sent to each side output.
 	Side map[string]int64
+	// Late counts records that arrived too late for every window (or join
+	// interval) they belonged to, whether or not a side output got them.
+	Late int64
 }
 
 // Result reports a finished run.
@@ -300,6 +302,7 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 			for k, v := range s.side {
 				c.Side[k] += v
 			}
+			c.Late += lateOf(st.ops[i])
 		}
 		res.Frames += st.frames
 		res.Bytes += st.bytes
@@ -319,6 +322,16 @@ func (t *task) name() string {
 	return s
 }
 
-// errStop is no error: it ends a subtask whose context was cancelled because
-// another subtask failed.
-var errStop = errors.New("stopped")
+// lateOf returns the late-record count of op, looking through wrappers.
+func lateOf(op operator.Operator) int64 {
+	for {
+		if l, ok := op.(interface{ Late() int64 }); ok {
+			return l.Late()
+		}
+		u, ok := op.(interface{ Unwrap() operator.Operator })
+		if !ok {
+			return 0
+		}
+		op = u.Unwrap()
+	}
+}
