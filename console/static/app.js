@@ -18,7 +18,7 @@ function h(tag, attrs, ...kids) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === undefined || kid === null || kid === false) continue;
     el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -242,7 +242,7 @@ function nodeCard(n, tasks, holder) {
       h("span", { class: "node-name" }, n.name || short(n.id)),
       h("span", { class: `badge tee tee-${n.tee}` }, n.tee.toUpperCase()),
       n.debug ? h("span", { class: "badge warn" }, "DEBUG") : null,
-      holder ? h("span", { class: "badge key" }, holder.direct ? "🔑 stream key" : "🔑 job keys") : null),
+      holder ? h("span", { class: "badge key" }, holder.direct ? "holds your stream key" : "holds job keys") : null),
     h("div", { class: "node-meta mono" }, `id ${short(n.id)} · meas ${short(n.measurement, 16)} · svn ${n.svn}`),
     h("div", { class: "node-meta" }, `admitted ${ago(n.admitted_at)} · ${expired ? "expired" : "expires " + new Date(n.expires).toLocaleTimeString()} · ${tasks.length}/${n.slots} slots`),
     tasks.length ? h("ul", { class: "tasks" }, tasks.map((t) => {
@@ -429,7 +429,7 @@ async function loadOwner() {
   try {
     view = await getJSON(`/console/api/owner?owner=${encodeURIComponent(id)}`);
   } catch (e) {
-    S.owner = { id, error: e.message };
+    S.owner = { id, warning: S.owner && S.owner.warning, error: e.message };
     return;
   }
   // Fetch every entry about the owner's streams, check each proof against
@@ -454,7 +454,7 @@ async function loadOwner() {
   const serverNodes = new Set(view.nodes.map((n) => n.node));
   const agree = serverNodes.size === mine.nodes.size && [...serverNodes].every((n) => mine.nodes.has(n)) &&
     view.nodes.every((n) => mine.nodes.get(n.node).direct === n.direct);
-  S.owner = { id, view, total, proven, agree, sig: [...sigs].join(","), heads: [...heads] };
+  S.owner = { id, warning: S.owner && S.owner.warning, view, total, proven, agree, sig: [...sigs].join(","), heads: [...heads] };
 }
 
 function renderOwner() {
@@ -472,7 +472,7 @@ function renderOwner() {
   out.setAttribute("data-proofs", allProven ? "ok" : "fail");
   out.setAttribute("data-agree", o.agree ? "yes" : "no");
   out.setAttribute("data-nodes", v.nodes.map((n) => n.node).join(","));
-  out.replaceChildren(
+  out.replaceChildren(...[
     o.warning ? h("div", { class: "alert warnbox" }, o.warning) : null,
     h("div", { class: "owner-summary" },
       h("div", { class: "big" }, `${partyName(v.owner)} owns `, v.streams.map((s, i) => [i ? ", " : "", h("code", {}, s)])),
@@ -495,7 +495,8 @@ function renderOwner() {
           h("td", {}, "recipient · output key"),
           h("td", {}, ""),
           h("td", { class: "small mono" }, r.keys.map((k) => `${k.purpose} ${k.key} (#${k.index})`).join("  ")))),
-        v.nodes.length + v.recipients.length ? null : h("tr", {}, h("td", { colspan: 4, class: "empty" }, "no key to these streams has been released")))));
+        v.nodes.length + v.recipients.length ? null : h("tr", {}, h("td", { colspan: 4, class: "empty" }, "no key to these streams has been released")))),
+  ].filter(Boolean));
 }
 
 function setupOwnerForm() {

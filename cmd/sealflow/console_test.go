@@ -1,0 +1,286 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/attest/sim"
+	"github.com/sealflow/sealflow/client"
+	"github.com/sealflow/sealflow/console"
+	"github.com/sealflow/sealflow/party"
+)
+
+// findChromium returns the path of a headless-capable Chromium. When none is
+// installed it tries Debian's chromium package once (apt-get update, then
+// apt-get install -y chromium, with a timeout); the test is skipped only
+// when that fails too.
+func findChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	apt, err := exec.LookPath("apt-get")
+	if err != nil || os.Geteuid() != 0 {
+		t.Skip("no chromium on PATH and apt-get is unavailable (or not root): install Debian's chromium package to run the browser test")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "chromium"}} {
+		c := exec.CommandContext(ctx, apt, args...)
+		c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Skipf("no chromium on PATH and `apt-get %s` failed (%v): install Debian's chromium package to run the browser test\n%s", strings.Join(args, " "), err, tail(string(out), 2000))
+		}
+	}
+	p, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("apt-get installed chromium but it is not on PATH")
+	}
+	return p
+}
+
+// headless runs Chromium headless on url with extra flags (--dump-dom or
+// --screenshot=FILE) and returns its standard output. The page's scripts run
+// for budget of virtual time first.
+func headless(ctx context.Context, t *testing.T, chrome, url string, budget time.Duration, extra ...string) string {
+	t.Helper()
+	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+		"--user-data-dir=" + t.TempDir(), "--ignore-certificate-errors", "--hide-scrollbars",
+		fmt.Sprintf("--virtual-time-budget=%d", budget.Milliseconds())}
+	args = append(append(args, extra...), url)
+	c := exec.CommandContext(ctx, chrome, args...)
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		t.Fatalf("chromium %s: %v\n%s", strings.Join(extra, " "), err, tail(stderr.String(), 3000))
+	}
+	return string(out)
+}
+
+// TestConsoleInBrowser opens the web console in headless Chromium against
+// `sealflow up` with a deployed two-stage job and checks what a person would
+// see: every admitted node in its tier, the job's tasks on their nodes, the
+// log with proofs verified by the page, and the owner view highlighting
+// exactly the nodes the orchestrator's owner view names (computed from the
+// log), with every inclusion proof verified in the browser. It saves a
+// screenshot in the test's temp dir and, when SEALFLOW_SCREENSHOT_DIR is set,
+// there too.
+func TestConsoleInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary, starts five processes and a browser")
+	}
+	chrome := findChromium(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "sealflow")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	upDir := filepath.Join(dir, "up")
+	up := exec.Command(bin, "up", "--dir", upDir, "--workers", "3")
+	var upErr bytes.Buffer
+	up.Stderr = &upErr
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = up.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- up.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = up.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("up stderr:\n%s", upErr.String())
+			logs, _ := filepath.Glob(filepath.Join(upDir, "logs", "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), tail(string(b), 2000))
+			}
+		}
+	}()
+	var ep Endpoints
+	if err := waitFile(ctx, filepath.Join(upDir, "endpoints.json"), 90*time.Second, &ep); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		c := exec.CommandContext(ctx, bin, args...)
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("sealflow %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr.String())
+		}
+		return string(out)
+	}
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	newParty := func(role, name string) (key, trust string) {
+		key, trust = filepath.Join(dir, name+".key"), filepath.Join(dir, name+".trust")
+		run("keygen", "--role", role, "--name", name, "--out", key)
+		run("verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust)
+		run("owner", "register", "--key", key, "--trust", trust)
+		return key, trust
+	}
+	grid, gridTrust := newParty("provider", "grid-operator")
+	owners := map[string][2]string{}
+	for _, id := range []string{"a", "b"} {
+		k, tr := newParty("owner", "owner-"+id)
+		owners[id] = [2]string{k, tr}
+		run("owner", "register-stream", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--schema", "household:string,kwh:float,ts:int",
+			"--policy", file("policy-"+id+".yaml", fmt.Sprintf("stream: meter-%s\nrules:\n  - name: belgium\n    stage: placement\n    expr: \"node.region.startsWith('be-')\"\n", id)))
+		var lines strings.Builder
+		for j := 0; j < 20; j++ {
+			fmt.Fprintf(&lines, `{"household": "house-%s", "kwh": %g, "ts": %d}`+"\n", id, float64(j%5+1)/4, int64(1764057600000)+int64(j)*1000)
+		}
+		run("owner", "publish", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--input", file("meter-"+id+".jsonl", lines.String()), "--time-field", "ts", "--nats", ep.NATSURL)
+	}
+	edge := func(id string) string {
+		return fmt.Sprintf(`    edge-%[1]s:
+      name: edge-%[1]s
+      schemas:
+        meter: [{name: household, type: string}, {name: kwh, type: float}, {name: ts, type: int}]
+      nodes:
+        - {id: src, kind: source, params: {stream: meter-%[1]s, schema: meter, timeField: ts}}
+        - {id: key, kind: key-by, inputs: [src], params: {keys: [household]}}
+        - {id: win, kind: window-aggregate, inputs: [key], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
+        - {id: out, kind: sink, inputs: [win], params: {stream: x-%[1]s}}
+`, id)
+	}
+	manifest := file("balance.yaml", `id: balance
+version: 1
+inputs: [meter-a, meter-b]
+outputs: [balance-out]
+recipients: [grid-operator]
+tasks:
+  - {id: balance/edge-a, stage: edge-a, tiers: [edge], reads: [meter-a]}
+  - {id: balance/edge-b, stage: edge-b, tiers: [edge], reads: [meter-b]}
+  - {id: balance/regional, stage: regional, tiers: [regional], writes: [balance-out]}
+stages:
+`+edge("a")+edge("b")+`    regional:
+      name: regional
+      schemas:
+        edge: [{name: household, type: string}, {name: window_start, type: int}, {name: window_end, type: int}, {name: kwh, type: float}]
+      nodes:
+        - {id: a, kind: source, params: {stream: x-a, schema: edge, timeField: window_start}}
+        - {id: b, kind: source, params: {stream: x-b, schema: edge, timeField: window_start}}
+        - {id: all, kind: union, inputs: [a, b]}
+        - {id: w, kind: window-aggregate, inputs: [all], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
+        - {id: out, kind: sink, inputs: [w], params: {stream: balance-out}}
+`)
+	sub := run("service", "submit", "--key", grid, "--trust", gridTrust, "--json", manifest)
+	digest := regexp.MustCompile(`"digest":\s*"([0-9a-f]{64})"`).FindStringSubmatch(sub)
+	if digest == nil {
+		t.Fatalf("service submit printed no digest:\n%s", sub)
+	}
+	for id, o := range owners {
+		run("owner", "approve", "--key", o[0], "--trust", o[1], "--stream", "meter-"+id, "--service", digest[1])
+	}
+	run("service", "deploy", "--key", grid, "--trust", gridTrust, "--service", "balance")
+
+	// What the page must show, from the API through a pinned client.
+	plat, err := sim.LoadOrCreate(ep.SimDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := sim.NewVerifier(plat.RootCertPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, _, err := client.Verify(ctx, ep.OrchestratorURL, client.VerifyOptions{Measurement: ep.OrchestratorMeasurement, AllowSim: true,
+		Verifiers: map[attest.TEE]attest.Verifier{attest.TEESim: v}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := client.New(trust)
+	alice, err := party.Load(owners["a"][0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want console.OwnerView
+	if err := api.Get(ctx, "/console/api/owner?owner="+string(alice.ID()), &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(want.Nodes) != 2 { // edge (both edge tasks) and regional
+		t.Fatalf("owner-a's view names %d nodes, want 2 (the edge and the regional node of balance): %+v", len(want.Nodes), want.NodeIDs())
+	}
+
+	url := ep.OrchestratorURL + "/console/?owner=" + string(alice.ID())
+	dom := headless(ctx, t, chrome, url, 8*time.Second, "--dump-dom")
+	checks := []struct{ what, pattern string }{
+		{"the page loaded its data", `<body data-loaded="yes"`},
+		{"the live status", `data-state="live"`},
+		{"the edge node in the edge tier", `data-tier="edge"[\s\S]*data-name="edge-be-antwerp-1"`},
+		{"the regional node", `data-name="regional-be-flanders-2"`},
+		{"the cloud node", `data-name="cloud-de-frankfurt-3"`},
+		{"the job", `data-job="balance"`},
+		{"a task placed on a node", `data-task="balance/edge-a"`},
+		{"the job graph's regional task", `data-vertex="balance/regional"`},
+		{"the log's key releases", `key\.released`},
+		{"every shown log entry proven", `✓ proof`},
+		{"the tree head signature verified", `Ed25519 verified in this browser`},
+		{"the owner's proofs all verified", `data-proofs="ok"`},
+		{"the owner view recomputed in the browser agrees", `data-agree="yes"`},
+	}
+	for _, c := range checks {
+		if !regexp.MustCompile(c.pattern).MatchString(dom) {
+			t.Errorf("the console does not show %s (no %q in the DOM)", c.what, c.pattern)
+		}
+	}
+	if strings.Contains(dom, "✗ proof") {
+		t.Error("the console shows a log entry whose inclusion proof failed")
+	}
+	// The highlighted nodes are exactly the owner view's.
+	var highlighted []string
+	for _, m := range regexp.MustCompile(`data-node="([0-9a-f]{64})"[^>]*data-holds-key="`).FindAllStringSubmatch(dom, -1) {
+		highlighted = append(highlighted, m[1])
+	}
+	slices.Sort(highlighted)
+	if !slices.Equal(highlighted, want.NodeIDs()) {
+		t.Errorf("highlighted nodes %v, want the owner view's %v", highlighted, want.NodeIDs())
+	}
+	if t.Failed() {
+		t.Logf("DOM:\n%s", tail(dom, 6000))
+	}
+
+	shot := filepath.Join(t.TempDir(), "console.png")
+	headless(ctx, t, chrome, url, 8*time.Second, "--screenshot="+shot, "--window-size=1440,2000")
+	png, err := os.ReadFile(shot)
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Fatalf("no PNG screenshot at %s: %v", shot, err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
+	if d := os.Getenv("SEALFLOW_SCREENSHOT_DIR"); d != "" {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "console.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
