@@ -108,6 +108,11 @@ type Config struct {
 	// Logger receives guest output and instance restarts (default
 	// slog.Default()).
 	Logger *slog.Logger
+
+	// unbounded compiles modules without wazero's termination checks, so
+	// the batch deadline cannot stop a call. Only the benchmarks set it, to
+	// measure what the checks cost (see RATIONALE.md).
+	unbounded bool
 }
 
 // Default limits.
@@ -151,7 +156,7 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	rc = rc.WithCompilationCache(r.cache).
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
-		WithCloseOnContextDone(true)
+		WithCloseOnContextDone(!cfg.unbounded)
 	r.rt = wazero.NewRuntimeWithConfig(ctx, rc)
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, r.rt); err != nil {
 		r.rt.Close(ctx)

@@ -29,6 +29,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"unsafe"
 
 	"github.com/sealflow/sealflow/engine/record"
@@ -181,8 +182,9 @@ type BatchFunc func(c *Call) error
 func Map(ptr, size uint32, fn MapFunc) uint64 {
 	return Batch(ptr, size, func(c *Call) error {
 		var rowErr error
-		out := Out{}
-		var vals []record.Value
+		out := Out{values: outVals[:0]}
+		vals := mapVals[:0]
+		defer func() { outVals, mapVals = out.values[:0], vals[:0] }()
 		for i := range c.Input.Records {
 			rec := &c.Input.Records[i]
 			out = Out{values: out.values[:0], time: rec.Time}
@@ -207,8 +209,12 @@ func Map(ptr, size uint32, fn MapFunc) uint64 {
 	})
 }
 
-// Per-module decoding state, reused across calls.
+// Per-module decoding state, reused across calls so that a call allocates
+// nothing in the steady state.
 var (
+	mapVals   []record.Value // the values of Map's output records
+	outVals   []record.Value // one output record being built
+	theCall   Call
 	dec       record.Decoder
 	inBatch   record.Batch
 	outBatch  record.Batch
@@ -228,6 +234,10 @@ func Batch(ptr, size uint32, fn BatchFunc) uint64 {
 	if err != nil {
 		return respondErr(err)
 	}
+	// Goroutines other than the caller of an exported function run only
+	// while it blocks or yields: yield once per call so the garbage
+	// collector's workers finish their cycles and the heap stays bounded.
+	defer runtime.Gosched()
 	if err := fn(c); err != nil {
 		return respondErr(err)
 	}
@@ -255,7 +265,8 @@ func decodeRequest(req []byte) (*Call, error) {
 		return nil, fmt.Errorf("input batch: %w", err)
 	}
 	outBatch.Records = outBatch.Records[:0]
-	return &Call{In: lastIn, Out: lastOut, Input: &inBatch, Output: &outBatch}, nil
+	theCall = Call{In: lastIn, Out: lastOut, Input: &inBatch, Output: &outBatch}
+	return &theCall, nil
 }
 
 func respondErr(err error) uint64 {
@@ -312,10 +323,20 @@ func DecodeRequestHeader(req []byte) (in, out *record.Schema, body []byte, err e
 	return in, out, rest, nil
 }
 
+// uvarint reads a minimally encoded uvarint (so a header has one encoding),
+// returning its length, or 0 when it is truncated, overlong or not minimal.
+func uvarint(b []byte) (uint64, int) {
+	v, k := binary.Uvarint(b)
+	if k <= 0 || (k > 1 && b[k-1] == 0) {
+		return 0, 0
+	}
+	return v, k
+}
+
 func decodeSchema(b []byte) (*record.Schema, []byte, error) {
-	n, k := binary.Uvarint(b)
+	n, k := uvarint(b)
 	if k <= 0 {
-		return nil, nil, errors.New("truncated field count")
+		return nil, nil, errors.New("truncated or non-minimal field count")
 	}
 	if n > maxFields {
 		return nil, nil, fmt.Errorf("%d fields, at most %d allowed", n, maxFields)
@@ -323,9 +344,9 @@ func decodeSchema(b []byte) (*record.Schema, []byte, error) {
 	b = b[k:]
 	s := &record.Schema{Fields: make([]record.Field, n)}
 	for i := range s.Fields {
-		l, k := binary.Uvarint(b)
+		l, k := uvarint(b)
 		if k <= 0 {
-			return nil, nil, fmt.Errorf("field %d: truncated name length", i)
+			return nil, nil, fmt.Errorf("field %d: truncated or non-minimal name length", i)
 		}
 		if l > maxFieldName || l+1 > uint64(len(b)-k) {
 			return nil, nil, fmt.Errorf("field %d: name of %d bytes overruns the header or exceeds %d", i, l, maxFieldName)

@@ -19,6 +19,10 @@ var (
 // Threshold is the probability above which a reading is anomalous.
 const Threshold = 0.5
 
+// MinHistory is the number of earlier readings the model needs; with fewer,
+// Score returns 0.
+const MinHistory = 3
+
 // Features returns the model's inputs for a window of readings, oldest
 // first, whose last element is the current reading: the z-score of the
 // current reading against the earlier ones, its relative change from the
@@ -42,7 +46,7 @@ func Features(w []float64) [4]float64 {
 	}
 	std := math.Sqrt(ss / float64(n))
 	const eps = 1e-9
-	z := (cur - mean) / (std + 0.05*math.Abs(mean) + eps)
+	z := (cur - mean) / (std + 0.1*math.Abs(mean) + eps)
 	change := clamp((cur-prev[n-1])/(math.Abs(prev[n-1])+eps), -5, 5)
 	cv := std / (math.Abs(mean) + eps)
 	ratio := clamp(cur/(math.Abs(mean)+eps), 0, 10)
@@ -52,7 +56,7 @@ func Features(w []float64) [4]float64 {
 // Score returns the probability that the last reading of window w is
 // anomalous.
 func Score(w []float64) float64 {
-	if len(w) < 2 {
+	if len(w) < MinHistory+1 {
 		return 0
 	}
 	x := Features(w)

@@ -1,0 +1,148 @@
+package udf
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/sealflow/sealflow/engine/expr"
+	"github.com/sealflow/sealflow/engine/operator"
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/tetratelabs/wazero"
+)
+
+const benchBatch = 256
+
+type discard struct{ n int }
+
+func (d *discard) Emit(record.Record)             { d.n++ }
+func (d *discard) EmitSide(string, record.Record) {}
+func (d *discard) EmitWatermark(int64)            {}
+
+// BenchmarkMap compares the cost example as a UDF with the same logic as
+// built-in map operators, on batches of 256 records: "udf" calls the
+// WebAssembly module once per batch; "builtin-go" is operator.Map with the
+// tariff written in Go; "builtin-cel" is operator.Map with the CEL
+// projection the runtime builds for a map node (meter, kwh, kwh * 0.25).
+func BenchmarkMap(b *testing.B) {
+	batch := record.Batch{Records: readings(benchBatch)}
+	run := func(b *testing.B, op operator.Operator) {
+		var d discard
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if err := op.ProcessBatch(0, &batch, &d); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		if d.n != b.N*benchBatch {
+			b.Fatalf("emitted %d records, want %d", d.n, b.N*benchBatch)
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchBatch), "ns/record")
+	}
+	b.Run("udf", func(b *testing.B) {
+		r := newRuntime(b, Config{})
+		run(b, NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})))
+	})
+	// Without wazero's termination checks (which the deadline needs): what
+	// the checks cost.
+	b.Run("udf-unbounded", func(b *testing.B) {
+		r := newRuntime(b, Config{unbounded: true, Cache: wazero.NewCompilationCache()})
+		run(b, NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})))
+	})
+	b.Run("builtin-go", func(b *testing.B) {
+		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
+			rate := 0.25
+			if h := r.Time / 3_600_000 % 24; h >= 17 && h < 21 {
+				rate = 0.40
+			}
+			return append(dst, r.Values[0], r.Values[1], record.Float(r.Values[1].F*rate)), nil
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, op)
+	})
+	b.Run("builtin-cel", func(b *testing.B) {
+		prog, err := expr.Compile("kwh * 0.25", meterKWh, record.TypeNull)
+		if err != nil {
+			b.Fatal(err)
+		}
+		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
+			v, err := prog.Eval(r)
+			return append(dst, r.Values[0], r.Values[1], v), err
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, op)
+	})
+}
+
+// BenchmarkColdStart compiles the cost module from scratch (a new runtime
+// and an empty compilation cache each time) and instantiates it.
+func BenchmarkColdStart(b *testing.B) {
+	ctx := context.Background()
+	wasm := example(b, "cost")
+	for range b.N {
+		cache := wazero.NewCompilationCache()
+		r, err := NewRuntime(ctx, Config{Cache: cache})
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := r.Load(ctx, Digest(wasm), wasm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		in, err := m.Instantiate(ctx, Function{Name: "cost", In: meterKWh, Out: costOut})
+		if err != nil {
+			b.Fatal(err)
+		}
+		in.Close(ctx)
+		r.Close(ctx)
+		cache.Close(ctx)
+	}
+}
+
+// BenchmarkWarmStart instantiates the already compiled cost module: what a
+// new subtask of a running udf node pays (Go runtime initialisation
+// included).
+func BenchmarkWarmStart(b *testing.B) {
+	ctx := context.Background()
+	r := newRuntime(b, Config{})
+	wasm := example(b, "cost")
+	m, err := r.Load(ctx, Digest(wasm), wasm)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		in, err := m.Instantiate(ctx, Function{Name: "cost", In: meterKWh, Out: costOut})
+		if err != nil {
+			b.Fatal(err)
+		}
+		in.Close(ctx)
+	}
+}
+
+// BenchmarkUDFBatchSize shows how the per-call cost is amortized: the cost
+// module called on batches of 1 to 1024 records.
+func BenchmarkUDFBatchSize(b *testing.B) {
+	r := newRuntime(b, Config{})
+	inst := instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})
+	for _, n := range []int{0, 1, 16, 256, 1024} {
+		batch := record.Batch{Records: readings(max(n, 1))[:n]}
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			var out record.Batch
+			for range b.N {
+				if err := inst.Call(context.Background(), &batch, &out); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if n > 0 {
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+			}
+		})
+	}
+}
