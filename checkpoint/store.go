@@ -11,9 +11,13 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sealflow/sealflow/engine/state"
 	"github.com/sealflow/sealflow/seal"
 	"github.com/sealflow/sealflow/substrate"
 )
@@ -336,4 +340,65 @@ func (s *Store) Delete(ctx context.Context, id SnapshotID) error {
 		return fmt.Errorf("checkpoint: deleting %s (object %q): %w", id, id.Object(), err)
 	}
 	return nil
+}
+
+// Restore reads every snapshot of task that the complete checkpoint m lists,
+// each checked against its digest in m, and returns them by key-group range.
+// It returns all of them or none: a refusal of any one (see Get) fails the
+// whole restore, so a task never starts from part of a checkpoint.
+func (s *Store) Restore(ctx context.Context, m *Manifest, task string, keys *seal.Keyring) (map[state.Range][]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	out := map[state.Range][]byte{}
+	for i, snap := range m.Snapshots {
+		if snap.Task != task {
+			continue
+		}
+		pt, err := s.Get(ctx, m.SnapshotID(i), snap.Digest, keys)
+		if err != nil {
+			for _, b := range out {
+				clear(b)
+			}
+			return nil, err
+		}
+		out[snap.KeyGroups] = pt
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("checkpoint: checkpoint %d of job %q lists no snapshot of task %q", m.Checkpoint, short(m.Job), short(task))
+	}
+	return out, nil
+}
+
+// Prune deletes the job's snapshots of checkpoints older than keep (the last
+// complete checkpoint, say) and returns how many objects it deleted.
+func (s *Store) Prune(ctx context.Context, job string, keep uint64) (int, error) {
+	if err := validName("job", job); err != nil {
+		return 0, err
+	}
+	list, err := s.obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: listing the snapshots of job %q: %w", short(job), err)
+	}
+	prefix := url.PathEscape(job) + "/"
+	n := 0
+	for _, info := range list {
+		rest, ok := strings.CutPrefix(info.Name, prefix)
+		if !ok {
+			continue
+		}
+		num, _, _ := strings.Cut(rest, "/")
+		ckpt, err := strconv.ParseUint(num, 10, 64)
+		if err != nil || ckpt >= keep {
+			continue
+		}
+		if err := s.obs.Delete(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return n, fmt.Errorf("checkpoint: pruning object %q of job %q: %w", info.Name, short(job), err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -388,5 +389,89 @@ func TestSealReaderSmallReads(t *testing.T) {
 	a, b := read(7), read(1<<16)
 	if !bytes.Equal(a, b) || uint64(len(a)) != h.SealedSize() {
 		t.Fatalf("reads of 7 and 65536 bytes produced %d and %d bytes, want %d equal", len(a), len(b), h.SealedSize())
+	}
+}
+
+func TestRestoreAllOrNothing(t *testing.T) {
+	e := newEnv(t, substrate.SyncRelaxed, WithChunkSize(MinChunk))
+	keys := ring(t, "job")
+	m := &Manifest{Job: "job", Version: 3, Checkpoint: 5}
+	want := map[state.Range][]byte{}
+	for _, r := range []state.Range{{From: 0, To: 64}, {From: 64, To: 128}} {
+		id := SnapshotID{Job: "job", Version: 3, Task: "agg", KeyGroups: r, Checkpoint: 5}
+		want[r] = pattern(3*MinChunk, r.String())
+		m.Snapshots = append(m.Snapshots, TaskSnapshot{Task: "agg", KeyGroups: r, Digest: e.put(id, want[r], keys)})
+	}
+	src := sid("job", "src", 5)
+	m.Snapshots = append(m.Snapshots, TaskSnapshot{Task: "src", KeyGroups: src.KeyGroups, Digest: e.put(src, []byte("offsets"), keys)})
+
+	got, err := e.store.Restore(e.ctx, m, "agg", keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[state.Range{From: 0, To: 64}], want[state.Range{From: 0, To: 64}]) || !bytes.Equal(got[state.Range{From: 64, To: 128}], want[state.Range{From: 64, To: 128}]) {
+		t.Fatalf("restored %d ranges, not the two snapshots of agg", len(got))
+	}
+	if _, err := e.store.Restore(e.ctx, m, "sink", keys); err == nil {
+		t.Fatal("restoring a task the manifest does not list succeeded")
+	}
+	// One range replaced: nothing is returned, not even the intact range.
+	e.putRaw(m.SnapshotID(1), e.raw(m.SnapshotID(2)))
+	got, err = e.store.Restore(e.ctx, m, "agg", keys)
+	if RuleOf(err) != RuleDigest || got != nil {
+		t.Fatalf("restore with one substituted range: %d ranges, err %v; want none and %s", len(got), err, RuleDigest)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	e := newEnv(t, substrate.SyncRelaxed)
+	keys := ring(t, "job", "jo")
+	for c := uint64(1); c <= 3; c++ {
+		e.put(sid("job", "agg", c), []byte("x"), keys)
+		e.put(sid("job", "src", c), []byte("y"), keys)
+	}
+	e.put(sid("jo", "agg", 1), []byte("z"), keys)
+	n, err := e.store.Prune(e.ctx, "job", 3)
+	if err != nil || n != 4 {
+		t.Fatalf("pruned %d objects (%v), want the 4 of checkpoints 1 and 2", n, err)
+	}
+	for _, id := range []SnapshotID{sid("job", "agg", 3), sid("job", "src", 3), sid("jo", "agg", 1)} {
+		if _, err := e.store.ObjectStore().GetInfo(e.ctx, id.Object()); err != nil {
+			t.Fatalf("%s was pruned: %v", id, err)
+		}
+	}
+	if _, err := e.store.ObjectStore().GetInfo(e.ctx, sid("job", "agg", 2).Object()); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Fatalf("checkpoint 2 survived pruning: %v", err)
+	}
+	if n, err := e.store.Prune(e.ctx, "job", 3); err != nil || n != 0 {
+		t.Fatalf("second prune deleted %d (%v), want 0", n, err)
+	}
+}
+
+// TestConcurrentTasks has several tasks put and get their snapshots at once
+// through one Store (run with -race).
+func TestConcurrentTasks(t *testing.T) {
+	e := newEnv(t, substrate.SyncRelaxed, WithChunkSize(MinChunk))
+	keys := ring(t, "job")
+	errs := make(chan error, 4)
+	for i := range 4 {
+		go func() {
+			id := sid("job", fmt.Sprintf("task-%d", i), 1)
+			pt := pattern(10*MinChunk+i, id.Task)
+			d, err := e.store.Put(e.ctx, id, pt, keys)
+			if err == nil {
+				var got []byte
+				got, err = e.store.Get(e.ctx, id, d, keys)
+				if err == nil && !bytes.Equal(got, pt) {
+					err = fmt.Errorf("task %d read back another snapshot", i)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
