@@ -159,6 +159,86 @@ func (x *Exchange) Copied(ctx context.Context) (uint64, error) {
 	return SourceSeq(m.Header.Get(sourceHeader))
 }
 
+// Restart makes the hub re-establish its source now. nats-server retries a
+// source whose consumer requests failed (as they do through a WAN outage
+// longer than about 10 s) with a backoff that grows by 10 s per failure up
+// to 2 min, so catch-up can start long after the link has returned. Restart
+// removes the source and adds it back; the hub resumes after the last
+// message it holds (it finds the position in the messages' source headers),
+// so nothing is copied twice. Call it when the link to the site returns.
+func (x *Exchange) Restart(ctx context.Context) error {
+	info, err := x.hubS.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
+	}
+	cfg := info.Config
+	src := cfg.Sources
+	cfg.Sources = nil
+	if _, err := x.hub.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("topology: restarting source of hub stream %q (removing it): %w", x.cfg.HubStream, err)
+	}
+	cfg.Sources = src
+	if _, err := x.hub.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("topology: restarting source of hub stream %q (adding it back): %w", x.cfg.HubStream, err)
+	}
+	return nil
+}
+
+// StaleAfter is how long the hub's source may be silent before [Exchange.Heal]
+// restarts it (once the site is reachable). The source consumer sends a
+// heartbeat every second while it is healthy.
+const StaleAfter = 3 * time.Second
+
+// Heal restarts the hub's source if it has been silent for StaleAfter while
+// the hub can reach the site's stream, which is the state a WAN outage
+// leaves behind. It reports whether it restarted the source.
+func (x *Exchange) Heal(ctx context.Context) (bool, error) {
+	info, err := x.hubS.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
+	}
+	if len(info.Sources) != 1 {
+		return false, fmt.Errorf("topology: hub stream %q has %d sources, want 1", x.cfg.HubStream, len(info.Sources))
+	}
+	if si := info.Sources[0]; si.Active >= 0 && si.Active < StaleAfter {
+		return false, nil
+	}
+	remote, err := jetstream.NewWithDomain(x.hub.Conn(), x.cfg.Domain)
+	if err != nil {
+		return false, fmt.Errorf("topology: JetStream for domain %q: %w", x.cfg.Domain, err)
+	}
+	probe, cancel := context.WithTimeout(ctx, time.Second)
+	_, err = remote.Stream(probe, x.cfg.Stream)
+	cancel()
+	if err != nil {
+		// The site is still unreachable; nothing to heal yet.
+		return false, nil
+	}
+	if err := x.Restart(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Watch calls Heal every interval (1 s if zero) until ctx ends; it is meant
+// to run beside the exchange for its lifetime. A failed Heal (the hub itself
+// unreachable) is retried at the next tick. Watch returns ctx's error.
+func (x *Exchange) Watch(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			_, _ = x.Heal(ctx)
+		}
+	}
+}
+
 // SourceSeq extracts the origin sequence from a Nats-Stream-Source header
 // ("<stream> <seq> <filter> <transform> <subject>").
 func SourceSeq(h string) (uint64, error) {

@@ -3,6 +3,7 @@ package topology
 import (
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,12 +170,30 @@ func TestCrossSiteSurvivesOutage(t *testing.T) {
 	}
 	checkSequence(t, hubMsgs(t, x, 50, 10*time.Second), 50)
 
-	// A 3 s outage of the edge's uplink: the edge keeps accepting writes.
+	// An outage of the edge's uplink (3 s unless SEALFLOW_GEO_OUTAGE says
+	// otherwise, such as 30s): the edge keeps accepting writes.
+	outage := 3 * time.Second
+	if v := os.Getenv("SEALFLOW_GEO_OUTAGE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("SEALFLOW_GEO_OUTAGE=%q: %v", v, err)
+		}
+		outage = d
+	}
+	// The watcher restarts the hub's source once the edge is reachable again.
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() { watched <- x.Watch(wctx, 200*time.Millisecond) }()
+	defer func() { stop(); <-watched }()
+
 	link := r.Link("edge")
 	link.SetDown(true)
 	before := n
-	end := time.Now().Add(3 * time.Second)
+	end := time.Now().Add(outage)
+	tick := time.NewTicker(5 * time.Millisecond) // about 200 writes a second
+	defer tick.Stop()
 	for time.Now().Before(end) {
+		<-tick.C
 		publish()
 	}
 	if n-before < 50 {
@@ -190,8 +209,8 @@ func TestCrossSiteSurvivesOutage(t *testing.T) {
 
 	up := time.Now()
 	link.SetDown(false)
-	checkSequence(t, hubMsgs(t, x, n, 20*time.Second), n)
-	t.Logf("backlog of %d messages written during a 3 s outage drained %v after the link returned", n-before, time.Since(up))
+	checkSequence(t, hubMsgs(t, x, n, 20*time.Second+outage), n)
+	t.Logf("backlog of %d messages written during a %v outage drained %v after the link returned", n-before, outage, time.Since(up))
 
 	left, err := x.Trim(ctx)
 	if err != nil {
