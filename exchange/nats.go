@@ -129,6 +129,11 @@ func dial(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, err
 	return nc, nil
 }
 
+// CopiesFrames reports that Send copies each frame before it returns, so the
+// caller may reuse the frame's buffer (a Local transport hands the slice
+// itself to the consumer and does not).
+func (t *NATS) CopiesFrames() bool { return true }
+
 // Close closes the connection if the transport opened it (DialNATS); a
 // connection given to NewNATS is left to its owner.
 func (t *NATS) Close() {

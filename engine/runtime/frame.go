@@ -41,7 +41,9 @@ func (h FrameHeader) String() string {
 // codec is shared by all subtasks of a run and must be safe for concurrent use.
 type FrameCodec interface {
 	// Seal returns the sealed form of plaintext. It may return plaintext
-	// itself; the runtime does not reuse it.
+	// itself or seal in place. Once the frame is sent, the runtime may reuse
+	// plaintext's buffer (over transports that copy frames, such as NATS), so
+	// a codec must not keep either slice past the call.
 	Seal(hdr FrameHeader, plaintext []byte) ([]byte, error)
 	// Open returns the plaintext of a sealed frame, or an error if the frame
 	// is not authentic for hdr.

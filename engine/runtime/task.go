@@ -296,11 +296,12 @@ func (c *chainEmitter) EmitWatermark(wm int64) {
 
 // outEdge is the producing side of one exchange edge in one subtask.
 type outEdge struct {
-	e    *edge
-	fan  *exchange.Fanout
-	bufs []batchBuf
-	seqs []uint64
-	rr   int // rebalance target
+	scratch []byte // reused frame buffer, when the transport copies frames
+	e       *edge
+	fan     *exchange.Fanout
+	bufs    []batchBuf
+	seqs    []uint64
+	rr      int // rebalance target
 }
 
 // tailEmitter routes what the chain's last op emits to the task's out edges.
@@ -308,6 +309,7 @@ type tailEmitter struct {
 	st    *subtask
 	node  int
 	edges []*outEdge
+	reuse bool // the transport copies frames, so frame buffers are reused
 	// Source tasks coalesce watermarks (see Options.WatermarkInterval).
 	coalesce  bool
 	lastWM    time.Time // when a watermark was last sent
@@ -316,6 +318,9 @@ type tailEmitter struct {
 }
 
 func (t *tailEmitter) open(ctx context.Context) error {
+	if c, ok := t.st.o.Transport.(interface{ CopiesFrames() bool }); ok {
+		t.reuse = c.CopiesFrames()
+	}
 	for _, e := range t.st.t.out {
 		fan, err := exchange.OpenFanout(ctx, t.st.o.Transport, t.st.o.JobID, e.id, t.st.idx, e.to.parallelism)
 		if err != nil {
@@ -391,8 +396,17 @@ func (t *tailEmitter) flushTarget(oe *outEdge, to int) {
 	if len(b.batch.Records) == 0 || t.st.err != nil {
 		return
 	}
-	frame, err := appendBatchFrame(make([]byte, 0, 64*len(b.batch.Records)), oe.e.schema, &b.batch)
+	var buf []byte
+	if t.reuse {
+		buf = oe.scratch[:0]
+	} else {
+		buf = make([]byte, 0, 64*len(b.batch.Records))
+	}
+	frame, err := appendBatchFrame(buf, oe.e.schema, &b.batch)
 	b.reset()
+	if t.reuse {
+		oe.scratch = frame[:0]
+	}
 	if err != nil {
 		t.st.fail(fmt.Errorf("node %q: encoding a batch for edge %d: %w", t.st.t.nodes[t.node].Node.ID, oe.e.id, err))
 		return
