@@ -39,6 +39,7 @@ func runWorker(ctx context.Context, args []string) error {
 	slots := fs.Int("slots", 8, "how many tasks the node offers to run")
 	claimsFile := fs.String("claims", "", "the operator's signed node.claims statement for this node")
 	operatorKey := fs.String("operator-key", "", "development: sign this node's claims with the operator's key file")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -100,10 +101,19 @@ func runWorker(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	metrics := worker.NewMetrics(*name)
 	w, err := worker.New(worker.Config{Name: *name, NATS: nc, Orchestrator: trust, Issuer: plat.Issuer(), Claims: nodeClaims,
-		IO: &worker.JetStreamIO{JS: js}, Logger: log})
+		IO: metrics.WrapIO(&worker.JetStreamIO{JS: js}), Logger: log})
 	if err != nil {
 		return err
+	}
+	metrics.Watch(w)
+	if *metricsAddr != "" {
+		addr, err := metrics.Serve(ctx, *metricsAddr)
+		if err != nil {
+			return err
+		}
+		log.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 	return w.Run(ctx)
 }
