@@ -31,7 +31,9 @@ const (
 // (sealflow_worker_records_in_total, sealflow_worker_records_out_total),
 // tasks by state (sealflow_worker_tasks) and frames rejected by reason
 // (sealflow_worker_frames_rejected_total, counted by the StreamIO that
-// WrapIO returns). Every series carries the node's name as the label "node".
+// WrapIO returns). Every series carries the node's name as the label "node";
+// a task's job is the label "sealflow_job" (Prometheus reserves "job" for the
+// scrape job).
 // Use it as
 //
 //	m := worker.NewMetrics(name)
@@ -59,9 +61,9 @@ func NewMetrics(node string) *Metrics {
 			Help: "Sealed frames this worker refused (tampered, replayed, reordered, foreign, ...), by the refusing rule.",
 		}, []string{"reason"}),
 		recordsIn: prometheus.NewDesc("sealflow_worker_records_in_total",
-			"Records a task read from its sealed input streams.", []string{"job", "task"}, labels),
+			"Records a task read from its sealed input streams.", []string{"sealflow_job", "task"}, labels),
 		recordsOut: prometheus.NewDesc("sealflow_worker_records_out_total",
-			"Records a task wrote to its sealed output streams.", []string{"job", "task"}, labels),
+			"Records a task wrote to its sealed output streams.", []string{"sealflow_job", "task"}, labels),
 		tasks: prometheus.NewDesc("sealflow_worker_tasks",
 			"Tasks on this worker by state (running, finished, failed).", []string{"state"}, labels),
 	}

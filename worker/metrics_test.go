@@ -111,7 +111,7 @@ func TestMetricsReadTasks(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"sealflow_worker_records_in_total", map[string]string{"task": "balance/a", "job": "balance"}, 10},
+		{"sealflow_worker_records_in_total", map[string]string{"task": "balance/a", "sealflow_job": "balance"}, 10},
 		{"sealflow_worker_records_out_total", map[string]string{"task": "balance/a"}, 3},
 		{"sealflow_worker_records_in_total", map[string]string{"task": "balance/b"}, 7},
 		{"sealflow_worker_tasks", map[string]string{"state": "running"}, 2},
