@@ -293,6 +293,10 @@ func (r *Running) startLeaf(ctx context.Context, rs *RunningSite, dir string, cf
 		URLs: []*url.URL{{Scheme: "nats-leaf", Host: rs.Link.Addr()}},
 		// The WAN link adds latency to the handshake.
 		DialTimeout: 5 * time.Second,
+		// Off so the emulated link sees the bytes the application sends
+		// (s2_auto batches writes on slow links, which doubled the latency
+		// measured across a 50 ms link); real deployments turn it on.
+		Compression: server.CompressionOpts{Mode: server.CompressionOff},
 	}}
 	ns, err := r.launch(so, cfg)
 	if err != nil {
