@@ -246,7 +246,7 @@ func (s *Store) get(ctx context.Context, id SnapshotID, want Digest, keys *seal.
 	}
 	// Read to the end so the digest covers the whole object, whatever opening found.
 	_, drainErr := io.Copy(io.Discard, br)
-	if drainErr != nil && !errors.Is(drainErr, jetstream.ErrDigestMismatch) {
+	if drainErr != nil && !contentErr(drainErr) {
 		clear(pt)
 		return nil, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, id.Object(), drainErr)
 	}
@@ -261,7 +261,7 @@ func (s *Store) get(ctx context.Context, id SnapshotID, want Digest, keys *seal.
 	}
 	if drainErr != nil {
 		clear(pt)
-		return nil, refuse(RuleTampered, id, drainErr, "the store's own object digest does not match its chunks")
+		return nil, refuse(RuleTampered, id, drainErr, "the store's own record of the object does not match its chunks")
 	}
 	return pt, nil
 }
@@ -312,7 +312,7 @@ func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Ke
 		ct := buf[:min(uint64(h.ChunkSize), h.Length-uint64(len(pt)))+tagSize]
 		if _, err := io.ReadFull(br, ct); err != nil {
 			clear(pt)
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, jetstream.ErrDigestMismatch) {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || contentErr(err) {
 				return nil, refuse(RuleTampered, id, err, "the object ends in chunk %d of %d", i, chunks)
 			}
 			return nil, ioErr(id, err)
@@ -326,6 +326,13 @@ func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Ke
 		pt = out
 	}
 	return pt, nil
+}
+
+// contentErr reports whether an error of the object store's reader is about
+// what the store holds (its own digest of the object does not match, or is
+// malformed) rather than about reaching it.
+func contentErr(err error) bool {
+	return errors.Is(err, jetstream.ErrDigestMismatch) || errors.Is(err, jetstream.ErrInvalidDigestFormat)
 }
 
 func ioErr(id SnapshotID, err error) error {

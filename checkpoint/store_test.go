@@ -475,3 +475,49 @@ func TestConcurrentTasks(t *testing.T) {
 		}
 	}
 }
+
+// TestRawStreamRewritten changes the object's chunk messages in the
+// underlying JetStream stream, as whoever runs NATS could, leaving the
+// object store's metadata as it was.
+func TestRawStreamRewritten(t *testing.T) {
+	e := newEnv(t, substrate.SyncRelaxed)
+	keys := ring(t, "job")
+	id := sid("job", "agg", 1)
+	pt := pattern(600<<10, "rewrite")
+	want := e.put(id, pt, keys)
+	raw := e.raw(id)
+	info, err := e.store.ObjectStore().GetInfo(e.ctx, id.Object())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.js.Stream(e.ctx, "OBJ_"+DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := "$O." + DefaultBucket + ".C." + info.NUID
+	if err := st.Purge(e.ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 0x01
+	for off := 0; off < len(raw); off += defaultNATSChunk {
+		if _, err := e.js.Publish(e.ctx, subj, raw[off:min(len(raw), off+defaultNATSChunk)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := e.store.Get(e.ctx, id, want, keys)
+	if RuleOf(err) != RuleDigest || got != nil {
+		t.Fatalf("rewritten chunks: %d bytes, err %v; want rule %s", len(got), err, RuleDigest)
+	}
+	// Put back byte for byte, the object is accepted again: the refusal was
+	// about the content, not the rewrite.
+	raw[len(raw)/2] ^= 0x01
+	st.Purge(e.ctx, jetstream.WithPurgeSubject(subj))
+	for off := 0; off < len(raw); off += defaultNATSChunk {
+		if _, err := e.js.Publish(e.ctx, subj, raw[off:min(len(raw), off+defaultNATSChunk)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := e.store.Get(e.ctx, id, want, keys); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("restored chunks: %v", err)
+	}
+}
