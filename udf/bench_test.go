@@ -146,3 +146,41 @@ func BenchmarkUDFBatchSize(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkABIFloor measures what the batch ABI itself costs per record:
+// the host encodes 256 records, crosses into a hand-written guest that
+// answers at once with an empty batch, and decodes the answer. No guest
+// language runtime is involved, so this is the floor any UDF pays.
+func BenchmarkABIFloor(b *testing.B) {
+	for _, unbounded := range []bool{false, true} {
+		name := "bounded"
+		if unbounded {
+			name = "unbounded"
+		}
+		b.Run(name, func(b *testing.B) {
+			r := newRuntime(b, Config{unbounded: unbounded, Cache: wazero.NewCompilationCache()})
+			wasm := abiModule(1<<30, nil) // never "bad": always answers
+			m, err := r.Load(context.Background(), Digest(wasm), wasm)
+			if err != nil {
+				b.Fatal(err)
+			}
+			in := &record.Schema{Fields: []record.Field{{Name: "x", Type: record.TypeInt}, {Name: "kwh", Type: record.TypeFloat}}}
+			inst, err := m.Instantiate(context.Background(), Function{Name: "f", In: in, Out: xSchema})
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := record.Batch{Records: make([]record.Record, benchBatch)}
+			for i := range batch.Records {
+				batch.Records[i] = record.Record{Time: int64(i), Values: []record.Value{record.Int(int64(i)), record.Float(1.5)}}
+			}
+			var out record.Batch
+			b.ResetTimer()
+			for range b.N {
+				if err := inst.Call(context.Background(), &batch, &out); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchBatch), "ns/record")
+		})
+	}
+}

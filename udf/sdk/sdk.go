@@ -52,8 +52,9 @@ var (
 	outBuf []byte
 )
 
-// alloc returns the address of a buffer of at least size bytes for the next
-// request. The host calls it before every call.
+// alloc returns the address of a buffer of at least size bytes for requests.
+// The host calls it when a request is larger than the buffer it has, and
+// reuses the buffer otherwise.
 //
 //go:wasmexport sealflow_alloc
 func alloc(size uint32) uint32 {
@@ -227,10 +228,10 @@ var (
 // Batch decodes the request at (ptr, size), runs fn once on the whole batch
 // and returns the packed response for the host.
 func Batch(ptr, size uint32, fn BatchFunc) uint64 {
-	if size == 0 || uint32(len(inBuf)) != size || uintptr(unsafe.Pointer(&inBuf[0])) != uintptr(ptr) {
-		return respondErr(fmt.Errorf("request at %d (%d bytes) was not allocated by sealflow_alloc", ptr, size))
+	if size == 0 || uint32(len(inBuf)) < size || uintptr(unsafe.Pointer(&inBuf[0])) != uintptr(ptr) {
+		return respondErr(fmt.Errorf("request at %d (%d bytes) is not in the buffer sealflow_alloc returned", ptr, size))
 	}
-	c, err := decodeRequest(inBuf)
+	c, err := decodeRequest(inBuf[:size])
 	if err != nil {
 		return respondErr(err)
 	}
@@ -252,13 +253,16 @@ func Batch(ptr, size uint32, fn BatchFunc) uint64 {
 // decodeRequest parses a request (see DecodeRequest) into the package's
 // reusable batches.
 func decodeRequest(req []byte) (*Call, error) {
-	in, out, body, err := DecodeRequestHeader(req)
-	if err != nil {
-		return nil, err
-	}
-	hdr := req[:len(req)-len(body)]
-	if lastIn == nil || !bytes.Equal(hdr, lastHdr) {
-		lastHdr = append(lastHdr[:0], hdr...)
+	var body []byte
+	if lastIn != nil && len(req) >= len(lastHdr) && bytes.Equal(req[:len(lastHdr)], lastHdr) {
+		body = req[len(lastHdr):] // the schemas of the last call
+	} else {
+		in, out, rest, err := DecodeRequestHeader(req)
+		if err != nil {
+			return nil, err
+		}
+		body = rest
+		lastHdr = append(lastHdr[:0], req[:len(req)-len(rest)]...)
 		lastIn, lastOut = in, out
 	}
 	if err := dec.Decode(body, lastIn, &inBatch); err != nil {
