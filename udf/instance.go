@@ -45,8 +45,8 @@ type Instance struct {
 	// buf and bufLen are the guest buffer sealflow_alloc last returned
 	// and its size: requests that fit reuse it without a call.
 	buf, bufLen uint32
-	dec    record.Decoder
-	params [2]uint64
+	dec         record.Decoder
+	params      [2]uint64
 	// Restarts counts the instances replaced after a failed call.
 	Restarts int
 }
