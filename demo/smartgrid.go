@@ -9,6 +9,7 @@ package demo
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -276,6 +277,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if h.key, err = h.c.RegisterStream(ctx, h.kf, orchestrator.RegisterStream{Name: "meter-" + h.id, Schema: schema, Partitions: 1, Policy: pol}); err != nil {
 			return nil, err
 		}
+		if h.id == "h1" {
+			// The infrastructure injects a frame of its own into alice's
+			// stream, ahead of her first real frame.
+			if err := injectForgedFrame(ctx, js, "meter-"+h.id); err != nil {
+				return nil, err
+			}
+		}
 		ring := seal.NewKeyring()
 		if _, err := ring.AddSecret("meter-"+h.id, 1, h.key); err != nil {
 			return nil, err
@@ -426,6 +434,26 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	_, aerr := ac.RequestOutputKey(ctx, adco, "balance", "grid-balance")
 	rep.check("a recipient the owners did not accept gets no output key", errors.As(aerr, &re) && strings.HasPrefix(re.Rule, "policy:meter-h1/"),
 		"adcorp-analytics, named by the service, asked for grid-balance: %v", aerr)
+
+	// The frame the infrastructure injected was refused, reported by the
+	// worker and logged; it changed no result (checked above).
+	var rejected []string
+	if err := waitFor(ctx, 10*time.Second, func() bool {
+		var es api.Entries
+		if oc.Get(ctx, "/v1/log/entries?subject=stream:meter-h1", &es) != nil {
+			return false
+		}
+		rejected = rejected[:0]
+		for _, e := range es.Entries {
+			if entryType(e.Record) == "frame.rejected" {
+				rejected = append(rejected, entryBody(e.Record))
+			}
+		}
+		return len(rejected) > 0
+	}); err != nil {
+		rejected = nil
+	}
+	rep.check("an injected frame is refused and logged", len(rejected) > 0, "%d frame.rejected log entries about meter-h1: %s", len(rejected), strings.Join(rejected, "; "))
 
 	// The infrastructure's view: everything on NATS.
 	step("scanning everything on NATS (streams, key-value buckets, object stores) for the readings and keys")
@@ -663,4 +691,52 @@ func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// injectForgedFrame publishes into an owner's ingest stream a frame sealed
+// with a key the infrastructure made up for the same scope and epoch: what a
+// party without the owner's key can do.
+func injectForgedFrame(ctx context.Context, js jetstream.JetStream, stream string) error {
+	if err := confidential.EnsureIngestStream(ctx, js, stream); err != nil {
+		return err
+	}
+	ring := seal.NewKeyring()
+	if _, err := ring.Generate(stream, 1); err != nil {
+		return err
+	}
+	s, err := seal.NewSealer(ring, seal.KindIngest, stream, 0)
+	if err != nil {
+		return err
+	}
+	frame, err := s.Seal(nil, []byte("forged readings"), 0, 0)
+	if err != nil {
+		return err
+	}
+	_, err = js.Publish(ctx, confidential.IngestSubject(stream, 0), frame)
+	return err
+}
+
+// entryType and entryBody read a log record for the report.
+func entryType(b64 string) string {
+	e, err := decodeRecord(b64)
+	if err != nil {
+		return ""
+	}
+	return e.Type
+}
+
+func entryBody(b64 string) string {
+	e, err := decodeRecord(b64)
+	if err != nil {
+		return ""
+	}
+	return string(e.Body)
+}
+
+func decodeRecord(b64 string) (ledger.Entry, error) {
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return ledger.Entry{}, err
+	}
+	return ledger.DecodeEntry(raw)
 }

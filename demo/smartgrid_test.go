@@ -23,7 +23,7 @@ func TestSmartGrid(t *testing.T) {
 	want := []string{
 		"orchestrator verified before use", "workers admitted by attestation", "balance deployed on nodes every policy allows",
 		"unapproved service refused", "results equal a direct computation", "a recipient the owners did not accept gets no output key",
-		"infrastructure sees no plaintext", "alice's audit (meter-h1)", "bob's audit (meter-h2)", "carol's audit (meter-h3)",
+		"infrastructure sees no plaintext", "an injected frame is refused and logged", "alice's audit (meter-h1)", "bob's audit (meter-h2)", "carol's audit (meter-h3)",
 	}
 	got := map[string]Check{}
 	for _, c := range rep.Checks {
