@@ -115,7 +115,7 @@ func (t *Topology) NATSConfigs(d Deployment) (map[string]string, error) {
 					name += "-" + strconv.Itoa(i)
 				}
 				var b strings.Builder
-				header(&b, t, s, name)
+				header(&b, t, s, hs[i])
 				serverBlock(&b, name, HubDomain, path.Join(store, name))
 				if len(hs) > 1 {
 					fmt.Fprintf(&b, "cluster {\n  name: %q\n  listen: \"0.0.0.0:%d\"\n  routes: [%s]\n", s.Name, ClusterPort, quoteList(routes))
