@@ -42,6 +42,9 @@ type Config struct {
 	IO StreamIO
 	// Logger receives operational logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// StatusInterval is how often the worker reports its tasks' progress;
+	// 2 s when zero.
+	StatusInterval time.Duration
 }
 
 // Worker is a running node agent.
@@ -114,8 +117,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	renew := time.NewTimer(time.Until(a.Expires) * 3 / 4)
 	defer renew.Stop()
+	status := time.NewTicker(w.statusInterval())
+	defer status.Stop()
 	for {
 		select {
+		case <-status.C:
+			w.publishStatus()
 		case <-ctx.Done():
 			w.wg.Wait()
 			return nil
@@ -130,6 +137,33 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			renew.Reset(time.Until(a.Expires) * 3 / 4)
 		}
+	}
+}
+
+func (w *Worker) statusInterval() time.Duration {
+	if w.cfg.StatusInterval > 0 {
+		return w.cfg.StatusInterval
+	}
+	return 2 * time.Second
+}
+
+// publishStatus publishes a signed report of this worker's tasks; the
+// orchestrator serves their progress and rates (sealflow service status).
+func (w *Worker) publishStatus() {
+	var rep api.StatusReport
+	for _, t := range w.Tasks() {
+		in, out := t.Records()
+		rep.Tasks = append(rep.Tasks, api.TaskReport{Job: t.Job, Task: t.ID, State: t.State(), RecordsIn: in, RecordsOut: out})
+	}
+	if len(rep.Tasks) == 0 {
+		return
+	}
+	signed, err := party.Sign(w.kf, api.TypeTaskStatus, rep, time.Minute, time.Now())
+	if err != nil {
+		return
+	}
+	if err := w.cfg.NATS.Publish(api.StatusSubject(w.ID()), signed); err != nil {
+		w.log.Debug("status report not sent", "err", err)
 	}
 }
 
@@ -237,6 +271,7 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
+		defer w.publishStatus()
 		if err := t.run(ctx); err != nil && ctx.Err() == nil {
 			w.log.Error("task failed", "task", taskID, "err", err)
 			select {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -350,8 +351,20 @@ func runServiceStatus(ctx context.Context, args []string) error {
 		return fmt.Errorf("no deployed job %q", fs.Arg(0))
 	}
 	j := jobs[i]
-	return pf.emit(j, func(w io.Writer) {
+	var status []api.TaskStatus
+	if err := c.Get(ctx, "/v1/status?job="+url.QueryEscape(j.ID), &status); err != nil {
+		return fmt.Errorf("task status: %w", err)
+	}
+	names := nodeNames(ctx, c)
+	out := struct {
+		api.JobView
+		Status []api.TaskStatus `json:"status"`
+	}{j, status}
+	return pf.emit(out, func(w io.Writer) {
 		fmt.Fprintf(w, "job %s: service %s (digest %s), key epoch %d, %d tasks\n", j.ID, j.Service, j.Digest, j.Epoch, len(j.Tasks))
-		printTasks(w, j.Tasks, nodeNames(ctx, c))
+		fmt.Fprintf(w, "  %-28s %-22s %-10s %12s %12s %10s %10s\n", "task", "node", "state", "records in", "records out", "in/s", "out/s")
+		for _, t := range status {
+			fmt.Fprintf(w, "  %-28s %-22s %-10s %12d %12d %10.0f %10.0f\n", t.Task, names[t.Node], t.State, t.RecordsIn, t.RecordsOut, t.InPerSecond, t.OutPerSecond)
+		}
 	})
 }

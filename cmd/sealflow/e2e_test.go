@@ -200,6 +200,27 @@ stages:
 			t.Errorf("window %s: got %v kWh, want %v", w, got[w], v)
 		}
 	}
+	// The workers' signed status reports: every task finished, with records.
+	var st struct {
+		Status []struct {
+			Task      string `json:"task"`
+			State     string `json:"state"`
+			RecordsIn int64  `json:"records_in"`
+		} `json:"status"`
+	}
+	if err := waitUntil(ctx, 30*time.Second, func() bool {
+		if json.Unmarshal([]byte(run("service", "status", "--trust", gridTrust, "--json", "balance")), &st) != nil || len(st.Status) != 3 {
+			return false
+		}
+		for _, t := range st.Status {
+			if t.State != "finished" || t.RecordsIn == 0 {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		t.Errorf("service status never showed 3 finished tasks with records: %+v", st)
+	}
 	// Another provider is not a recipient: no key, no results.
 	other, otherTrust := party("provider", "adcorp")
 	c := exec.CommandContext(ctx, bin, "service", "results", "--key", other, "--trust", otherTrust, "--job", "balance", "--nats", ep.NATSURL)
@@ -217,4 +238,19 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+func waitUntil(ctx context.Context, d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not after %v", d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
 }

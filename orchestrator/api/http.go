@@ -40,6 +40,14 @@ func (s *Server) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/jobs", s.view(func(st *orchestrator.State) any { return JobViews(st) }))
 	mux.HandleFunc("GET /v1/parties", s.view(func(st *orchestrator.State) any { return PartyViews(st) }))
 	mux.HandleFunc("GET /v1/releases", s.handleReleases)
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, ok := s.JobStatus(r.URL.Query().Get("job"))
+		if !ok {
+			writeJSON(w, http.StatusNotFound, APIError{Error: fmt.Sprintf("job %q is not deployed", r.URL.Query().Get("job"))})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
 	mux.HandleFunc("GET /v1/policy/explain", s.handleExplain)
 	mux.Handle("GET /console/", console.Handler(s.ledger))
 	if gatherer != nil {

@@ -100,7 +100,12 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 		},
 		SubjectReleases: s.natsReleases,
 	}
-	var subs []*nats.Subscription
+	// Status reports go to every orchestrator instance, not one of a queue.
+	statusSub, err := nc.Subscribe(SubjectStatus, s.natsStatus)
+	if err != nil {
+		return fmt.Errorf("orchestrator: subscribing to %s: %w", SubjectStatus, err)
+	}
+	subs := []*nats.Subscription{statusSub}
 	defer func() {
 		for _, sub := range subs {
 			_ = sub.Unsubscribe()

@@ -82,6 +82,7 @@ type Server struct {
 	notify   func(node party.ID, r []orchestrator.Release)
 
 	metrics *metrics
+	status  statusBook
 }
 
 // New starts an orchestrator: it restores the sealed state from the store, or
