@@ -244,6 +244,7 @@ stages:
 		{"the log's key releases", `key\.released`},
 		{"every shown log entry proven", `✓ proof`},
 		{"the tree head signature verified", `Ed25519 verified in this browser`},
+		{"the browser's witness kept the head and found later polls consistent", `data-witness="(same|consistent)"`},
 		{"the owner's proofs all verified", `data-proofs="ok"`},
 		{"the owner view recomputed in the browser agrees", `data-agree="yes"`},
 	}

@@ -92,6 +92,58 @@ async function checkInclusion(head, record, proof, index) {
   }
 }
 
+// runTreeProof mirrors tlog.runTreeProof: the hashes of the subtree [lo, hi)
+// in the old tree (n records, hash old) and in the new tree.
+async function runTreeProof(p, lo, hi, n, old) {
+  if (n === hi) {
+    if (lo === 0) {
+      if (p.length !== 0) throw new Error("proof has unnecessary hashes");
+      return [old, old];
+    }
+    if (p.length !== 1) throw new Error("proof has the wrong length");
+    return [p[0], p[0]];
+  }
+  if (p.length === 0) throw new Error("proof too short");
+  const k = maxpow2(hi - lo);
+  const last = p[p.length - 1], rest = p.slice(0, -1);
+  if (n <= lo + k) {
+    const [oh, th] = await runTreeProof(rest, lo, lo + k, n, old);
+    return [oh, await nodeHash(th, last)];
+  }
+  const [oh, th] = await runTreeProof(rest, lo + k, hi, n, old);
+  return [await nodeHash(last, oh), await nodeHash(last, th)];
+}
+
+// checkConsistency mirrors tlog.CheckTree: the tree of size t with hash th
+// contains the tree of size n with hash h as a prefix.
+async function checkConsistency(hashes, t, th, n, h) {
+  if (t < 1 || n < 1 || n > t) return false;
+  try {
+    const [h2, th2] = await runTreeProof((hashes || []).map(b64), 0, t, n, h);
+    return equalBytes(h2, h) && equalBytes(th2, th);
+  } catch (e) {
+    return false;
+  }
+}
+
+// witness keeps, in this browser's storage, the last verified tree head of
+// the log it pins (its verifier key), and checks every newer head against it
+// with a consistency proof: a rolled-back or forked orchestrator shows here.
+// It returns {state: "first"|"same"|"consistent"|"rollback"|"fork", size}.
+async function witness(head, vkey) {
+  const key = "sealflow.witness." + vkey;
+  let last = null;
+  try { last = JSON.parse(localStorage.getItem(key) || "null"); } catch (e) { last = null; }
+  const save = () => localStorage.setItem(key, JSON.stringify({ size: head.size, hash: head.hashB64 }));
+  if (!last || !last.size) { save(); return { state: "first", size: head.size }; }
+  if (head.size < last.size) return { state: "rollback", size: last.size };
+  if (head.size === last.size) return { state: last.hash === head.hashB64 ? "same" : "fork", size: last.size };
+  const p = await getJSON(`/v1/log/consistency?old=${last.size}&new=${head.size}`);
+  if (!(await checkConsistency(p.hashes || [], head.size, head.hash, last.size, b64(last.hash)))) return { state: "fork", size: last.size };
+  save();
+  return { state: "consistent", size: last.size };
+}
+
 // parseHead reads a signed tree head (a note whose text is tlog.FormatTree).
 function parseHead(text) {
   const sep = text.indexOf("\n\n");
@@ -111,8 +163,12 @@ function parseHead(text) {
 // "ok", "bad" or "unsupported" (no Ed25519 in this browser's WebCrypto).
 async function verifyHead(head, vkey) {
   if (!vkey) return "unknown";
-  const [name, hashHex, keyB64] = vkey.split("+");
-  const key = b64(keyB64);
+  // The base64 key may itself contain "+": split at the first two only.
+  const i = vkey.indexOf("+"), j = vkey.indexOf("+", i + 1);
+  if (i < 0 || j < 0) return "bad";
+  const name = vkey.slice(0, i), hashHex = vkey.slice(i + 1, j);
+  let key;
+  try { key = b64(vkey.slice(j + 1)); } catch (e) { return "bad"; }
   if (key[0] !== 1 || key.length !== 33) return "bad";
   const sig = head.sigs.find((s) => s.name === name && hex(s.sig.slice(0, 4)) === hashHex);
   if (!sig || sig.sig.length !== 68) return "bad";
@@ -350,6 +406,7 @@ async function loadLog() {
   const es = await getJSON(`/v1/log/entries?from=${from}`);
   const th = parseHead(es.tree_head);
   const sig = await verifyHead(th, S.attest && S.attest.log_key);
+  const wit = sig === "ok" ? await witness(th, S.attest.log_key) : null;
   let proven = 0;
   const rows = [];
   for (const e of (es.entries || []).slice().reverse()) {
@@ -371,14 +428,27 @@ async function loadLog() {
       kv("Tree size", th.size),
       kv("Root hash", th.hashB64, "mono"),
       kv("Signature", sig === "ok" ? "✓ Ed25519 verified in this browser" : sig === "unsupported" ? "not checked (no Ed25519 in this browser)" : "✗ does not verify", sig === "ok" ? "good" : sig === "bad" ? "badtext" : ""),
-      kv("Proofs", `${proven} of ${rows.length} entries shown proven against this head`, proven === rows.length ? "good" : "badtext")),
+      kv("Proofs", `${proven} of ${rows.length} entries shown proven against this head`, proven === rows.length ? "good" : "badtext"),
+      kv("Witness (this browser)", witnessText(wit), wit && (wit.state === "rollback" || wit.state === "fork") ? "badtext" : "good")),
     h("pre", { class: "note" }, th.text));
   S.headStatus = sig;
+  document.body.dataset.witness = wit ? wit.state : "none";
   const table = h("table", { class: "log" },
     h("thead", {}, h("tr", {}, ["#", "time", "type", "subjects", "details", ""].map((x) => h("th", {}, x)))),
     h("tbody", {}, rows));
   document.getElementById("log-entries").replaceChildren(table);
   document.getElementById("log-summary").textContent = `latest ${rows.length} of ${th.size} entries`;
+}
+
+function witnessText(w) {
+  if (!w) return "not updated (signature not verified)";
+  switch (w.state) {
+    case "first": return "✓ first head seen here; later heads must extend it";
+    case "same": return `✓ same head as last seen (size ${w.size})`;
+    case "consistent": return `✓ consistent with the head seen before (size ${w.size} → proof verified)`;
+    case "rollback": return `✗ ROLLED BACK: this browser saw size ${w.size} before`;
+    default: return `✗ FORK: not consistent with the head of size ${w.size} seen before`;
+  }
 }
 
 function subjectLabel(s) {
@@ -573,5 +643,8 @@ function main() {
   setInterval(refresh, POLL_MS);
 }
 
-if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", main);
-else main();
+// The console page has a status line; other pages (the verifier's browser
+// test) load this file for its functions only.
+function start() { if (document.getElementById("status")) main(); }
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+else start();
