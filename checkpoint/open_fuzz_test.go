@@ -10,12 +10,16 @@ import (
 	"github.com/sealflow/sealflow/seal"
 )
 
-// sealBytes seals pt as id in memory, as Put does.
+// sealBytes seals pt as id in memory, as Put does, in chunks of MinChunk.
 func sealBytes(t testing.TB, id SnapshotID, pt []byte, keys *seal.Keyring) []byte {
+	return sealChunked(t, id, pt, keys, MinChunk)
+}
+
+func sealChunked(t testing.TB, id SnapshotID, pt []byte, keys *seal.Keyring, chunk uint32) []byte {
 	t.Helper()
 	k, _ := keys.Current(KeyScope(id.Job))
 	secret, _ := k.Bytes()
-	h := Header{ID: id, ChunkSize: MinChunk, Length: uint64(len(pt)), Epoch: k.Epoch(), KeyID: k.ID()}
+	h := Header{ID: id, ChunkSize: chunk, Length: uint64(len(pt)), Epoch: k.Epoch(), KeyID: k.ID()}
 	rand.Read(h.Salt[:])
 	hb, err := h.AppendBinary(nil)
 	if err != nil {
@@ -25,8 +29,9 @@ func sealBytes(t testing.TB, id SnapshotID, pt []byte, keys *seal.Keyring) []byt
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &sealReader{aead: aead, pt: pt, chunk: MinChunk, n: h.Chunks(), out: bytes.Clone(hb), sum: sha256.New()}
+	r := &sealReader{aead: aead, pt: pt, chunk: int(chunk), n: h.Chunks(), out: bytes.Clone(hb), sum: sha256.New()}
 	var out bytes.Buffer
+	out.Grow(int(h.SealedSize()) + bytes.MinRead)
 	if _, err := out.ReadFrom(r); err != nil {
 		t.Fatal(err)
 	}
