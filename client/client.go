@@ -53,6 +53,10 @@ type VerifyOptions struct {
 	// Verifiers verify evidence by TEE type (the sim verifier needs the sim
 	// root certificate of the development directory).
 	Verifiers map[attest.TEE]attest.Verifier
+	// Reference, when set, are signed reference values of orchestrator
+	// releases (see attest/refvalues): the claims must meet them, instead of
+	// Measurement and AllowSim.
+	Reference *attest.ReferenceValues
 	// HTTPClient is used for the first, unpinned request; the evidence then
 	// proves which TLS key is genuine.
 	HTTPClient *http.Client
@@ -109,7 +113,9 @@ func Verify(ctx context.Context, url string, opts VerifyOptions) (*Trust, *attes
 		return nil, nil, err
 	}
 	rv := attest.ReferenceValues{AllowSim: opts.AllowSim, Measurements: map[attest.TEE][]string{}}
-	if opts.Measurement != "" {
+	if opts.Reference != nil {
+		rv = *opts.Reference
+	} else if opts.Measurement != "" {
 		rv.Measurements[claims.TEE] = []string{strings.ToLower(opts.Measurement)}
 	} else if opts.AllowSim && claims.TEE == attest.TEESim {
 		rv.Measurements[claims.TEE] = []string{hex.EncodeToString(claims.Measurement)}

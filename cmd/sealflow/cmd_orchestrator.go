@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/attest/refvalues"
 	"github.com/sealflow/sealflow/attest/sim"
 	"github.com/sealflow/sealflow/attest/snp"
 	"github.com/sealflow/sealflow/attest/tdx"
@@ -63,6 +64,9 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	allowSim := fs.Bool("allow-sim", false, "run on the sim TEE platform and, without --genesis, admit sim workers running this executable")
 	name := fs.String("name", "sealflow-dev", "without --genesis: the deployment's name")
 	urlFile := fs.String("url-file", "", "where to write the endpoints (JSON); default DIR/"+orchEndpointsFile)
+	workerRef := fs.String("worker-refvalues", "", "without --genesis: admit workers by this signed reference-values file (attest refvalues sign) instead of this executable's sim measurement")
+	var signers multiFlag
+	fs.Var(&signers, "signer", "a release signer's Ed25519 public key (base64 or hex) trusted for --worker-refvalues; repeatable")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,6 +108,17 @@ func runOrchestrator(ctx context.Context, args []string) error {
 		}
 		g = orchestrator.Genesis{Name: *name, Operator: op, Workers: attest.ReferenceValues{AllowSim: true,
 			Measurements: map[attest.TEE][]string{attest.TEESim: {hex.EncodeToString(meas)}}}}
+		if *workerRef != "" {
+			keys, err := parseSigners(signers)
+			if err != nil {
+				return err
+			}
+			rv, err := refvalues.Load(*workerRef, keys)
+			if err != nil {
+				return fmt.Errorf("--worker-refvalues %s: %w", *workerRef, err)
+			}
+			g.Workers = *rv
+		}
 	}
 	verifiers, err := orchWorkerVerifiers(&g, plat)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/attest/refvalues"
 	"github.com/sealflow/sealflow/attest/sim"
 	"github.com/sealflow/sealflow/attest/snp"
 	"github.com/sealflow/sealflow/attest/tdx"
@@ -37,13 +38,27 @@ func runVerify(ctx context.Context, args []string) error {
 	meas := fs.String("measurement", "", "the orchestrator release's measurement (hex); the only one accepted")
 	allowSim := fs.Bool("allow-sim", false, "accept sim evidence (development only: it protects nothing)")
 	simDir := fs.String("sim-dir", "", "the sim platform directory whose root certifies sim evidence (the orchestrator's DIR/sim)")
+	refFile := fs.String("refvalues", "", "a signed reference-values file of orchestrator releases (attest refvalues sign): accept what it accepts")
+	var signers multiFlag
+	fs.Var(&signers, "signer", "a release signer's Ed25519 public key (base64 or hex) trusted for --refvalues; repeatable")
 	if err := parseParty(fs, args, 0); err != nil {
 		return err
+	}
+	var ref *attest.ReferenceValues
+	if *refFile != "" {
+		keys, err := parseSigners(signers)
+		if err != nil {
+			return err
+		}
+		if ref, err = refvalues.Load(*refFile, keys); err != nil {
+			return fmt.Errorf("--refvalues %s: %w", *refFile, err)
+		}
+		*allowSim = *allowSim || ref.AllowSim
 	}
 	if *url == "" {
 		return fmt.Errorf("%w: --orchestrator URL is required", errUsage)
 	}
-	if *meas == "" && !*allowSim {
+	if *meas == "" && !*allowSim && ref == nil {
 		return fmt.Errorf("%w: give the expected --measurement HEX of the orchestrator release (or --allow-sim for development)", errUsage)
 	}
 	var ms [][]byte
@@ -67,7 +82,7 @@ func runVerify(ctx context.Context, args []string) error {
 		}
 		verifiers[attest.TEESim] = v
 	}
-	tr, claims, err := client.Verify(ctx, *url, client.VerifyOptions{Measurement: *meas, AllowSim: *allowSim, Verifiers: verifiers})
+	tr, claims, err := client.Verify(ctx, *url, client.VerifyOptions{Measurement: *meas, AllowSim: *allowSim, Reference: ref, Verifiers: verifiers})
 	if err != nil {
 		return fmt.Errorf("orchestrator at %s not verified: %w", *url, err)
 	}

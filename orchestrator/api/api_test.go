@@ -210,3 +210,30 @@ func TestRefusalsAreAnsweredWithTheRule(t *testing.T) {
 		t.Fatalf("garbage: %v", err)
 	}
 }
+
+// TestVerifyAgainstSignedReferenceValues: clients accept the orchestrator by a
+// release's reference values (as loaded from a signed file) and refuse it when
+// its measurement is not among them, naming the rule.
+func TestVerifyAgainstSignedReferenceValues(t *testing.T) {
+	e := newEnv(t)
+	meas, _ := sim.ExecutableMeasurement()
+	verify := func(rv attest.ReferenceValues) error {
+		_, _, err := client.Verify(context.Background(), e.http.URL, client.VerifyOptions{Reference: &rv,
+			Verifiers: map[attest.TEE]attest.Verifier{attest.TEESim: e.verifier}})
+		return err
+	}
+	good := attest.ReferenceValues{AllowSim: true, Measurements: map[attest.TEE][]string{attest.TEESim: {hex.EncodeToString(meas)}}}
+	if err := verify(good); err != nil {
+		t.Fatal(err)
+	}
+	other := attest.ReferenceValues{AllowSim: true, Measurements: map[attest.TEE][]string{attest.TEESim: {hex.EncodeToString(make([]byte, 48))}}}
+	var r *attest.Refusal
+	if err := verify(other); !errors.As(err, &r) || r.Rule != "attest.measurement" {
+		t.Fatalf("another release's values: %v, want attest.measurement", err)
+	}
+	noSim := good
+	noSim.AllowSim = false
+	if err := verify(noSim); !errors.As(err, &r) || r.Rule != "attest.sim-not-allowed" {
+		t.Fatalf("values without sim: %v, want attest.sim-not-allowed", err)
+	}
+}
