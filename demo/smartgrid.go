@@ -562,8 +562,11 @@ func balanceManifest(hh []*household, recipients ...party.ID) (orchestrator.Mani
 		man.Tasks = append(man.Tasks, orchestrator.TaskSlot{ID: "balance/edge-" + h.id, Stage: "edge-" + h.id, Tiers: []string{"edge"}, Reads: []string{"meter-" + h.id}})
 		ins = append(ins, reg.Source("edge-"+h.id, "edge", jobspec.EventTime("window_start", 0)))
 	}
-	ins[0].Union(ins[1:]...).
-		KeyBy("feeder").
+	all := ins[0]
+	if len(ins) > 1 {
+		all = ins[0].Union(ins[1:]...)
+	}
+	all.KeyBy("feeder").
 		Window(jobspec.Tumbling(windowMs*time.Millisecond), jobspec.Sum("kwh", "kwh"), jobspec.Sum("readings", "readings")).
 		Sink("grid-balance")
 	spec, err := reg.Build()
