@@ -121,16 +121,17 @@ func BenchmarkExchangeCodec(b *testing.B) {
 				b.Fatal(err)
 			}
 			pt := make([]byte, size)
+			var sealed, opened []byte
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
 			h := runtime.FrameHeader{Job: "bench", Edge: 1, From: 0, To: 1}
 			for i := range b.N {
 				h.Seq = uint64(i + 1)
-				sealed, err := c.Seal(h, pt)
-				if err != nil {
+				var err error
+				if sealed, err = c.Seal(h, sealed[:0], pt); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := c.Open(h, sealed); err != nil {
+				if opened, err = c.Open(h, opened[:0], sealed); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -150,26 +151,26 @@ type timedCodec struct {
 
 const timedEvery = 8
 
-func (t *timedCodec) Seal(h runtime.FrameHeader, p []byte) ([]byte, error) {
+func (t *timedCodec) Seal(h runtime.FrameHeader, dst, p []byte) ([]byte, error) {
 	if t.calls.Add(1)%timedEvery != 0 {
-		return t.c.Seal(h, p)
+		return t.c.Seal(h, dst, p)
 	}
 	goruntime.LockOSThread()
 	defer goruntime.UnlockOSThread()
 	start := threadCPU()
-	out, err := t.c.Seal(h, p)
+	out, err := t.c.Seal(h, dst, p)
 	t.spent.Add(timedEvery * int64(threadCPU()-start))
 	return out, err
 }
 
-func (t *timedCodec) Open(h runtime.FrameHeader, s []byte) ([]byte, error) {
+func (t *timedCodec) Open(h runtime.FrameHeader, dst, s []byte) ([]byte, error) {
 	if t.calls.Add(1)%timedEvery != 0 {
-		return t.c.Open(h, s)
+		return t.c.Open(h, dst, s)
 	}
 	goruntime.LockOSThread()
 	defer goruntime.UnlockOSThread()
 	start := threadCPU()
-	out, err := t.c.Open(h, s)
+	out, err := t.c.Open(h, dst, s)
 	t.spent.Add(timedEvery * int64(threadCPU()-start))
 	return out, err
 }

@@ -20,12 +20,12 @@ func ExampleExchangeCodec() {
 		return
 	}
 	hdr := runtime.FrameHeader{Job: "job-7", Edge: 0, From: 1, To: 0, Seq: 1}
-	sealed, _ := codec.Seal(hdr, []byte("\x02watermark"))
-	plain, err := codec.Open(hdr, sealed)
+	sealed, _ := codec.Seal(hdr, nil, []byte("\x02watermark"))
+	plain, err := codec.Open(hdr, nil, sealed)
 	fmt.Printf("%q %v\n", plain[1:], err)
 
 	hdr.Seq = 2
-	_, err = codec.Open(hdr, sealed) // replayed
+	_, err = codec.Open(hdr, nil, sealed) // replayed
 	var r *seal.Rejection
 	if errors.As(err, &r) {
 		fmt.Println("refused by", r.RefusedBy())

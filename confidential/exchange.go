@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/sealflow/sealflow/engine/runtime"
@@ -38,7 +39,6 @@ type exchangeChannel struct {
 	mu     sync.Mutex
 	sealer *seal.Sealer
 	opener *seal.Opener
-	buf    []byte // plaintext of the last opened frame
 }
 
 var _ runtime.FrameCodec = (*ExchangeCodec)(nil)
@@ -109,9 +109,11 @@ func (c *ExchangeCodec) channel(hdr runtime.FrameHeader) (*exchangeChannel, uint
 	return ch, part, nil
 }
 
-// Seal seals plaintext as the next frame of hdr's channel. hdr.Seq must be
-// the channel's next sequence number (the runtime counts from 1).
-func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, plaintext []byte) ([]byte, error) {
+// Seal seals plaintext as the next frame of hdr's channel and appends the
+// sealed frame to dst, growing it at most once. hdr.Seq must be the channel's
+// next sequence number (the runtime counts from 1). dst must not overlap
+// plaintext.
+func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, dst, plaintext []byte) ([]byte, error) {
 	ch, part, err := c.channel(hdr)
 	if err != nil {
 		return nil, err
@@ -137,15 +139,14 @@ func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, plaintext []byte) ([]byte,
 	if c.cfg.padding > 0 {
 		n += c.cfg.padding + 4
 	}
-	return ch.sealer.Seal(make([]byte, 0, n), plaintext, 0, 0)
+	return ch.sealer.Seal(slices.Grow(dst, n), plaintext, 0, 0)
 }
 
-// Open opens a frame received on hdr's channel. A frame that is not the next
-// authentic frame of exactly that channel is refused with a *seal.Rejection,
-// counted and reported. The plaintext is written into a buffer the channel
-// reuses: it is valid until the next Open on the same channel (the runtime
-// decodes each frame, copying what it keeps, before it takes the next).
-func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, sealed []byte) ([]byte, error) {
+// Open opens a frame received on hdr's channel and appends its plaintext to
+// dst. A frame that is not the next authentic frame of exactly that channel is
+// refused with a *seal.Rejection, counted and reported. dst must not overlap
+// sealed.
+func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, dst, sealed []byte) ([]byte, error) {
 	ch, part, err := c.channel(hdr)
 	if err != nil {
 		return nil, err
@@ -176,12 +177,11 @@ func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, sealed []byte) ([]byte, er
 			}
 		}
 	}
-	h, out, err := ch.opener.Open(ch.buf[:0], sealed)
+	h, out, err := ch.opener.Open(dst, sealed)
 	if err != nil {
 		c.cfg.reject(c.job, err)
 		return nil, fmt.Errorf("confidential: frame %s: %w", hdr, err)
 	}
-	ch.buf = out
 	if h.Seq+1 != hdr.Seq {
 		// The opener checked continuity; the runtime's count disagreeing
 		// means frames were skipped below the codec.

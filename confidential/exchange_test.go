@@ -50,7 +50,7 @@ func TestExchangeCodecRoundTripConcurrent(t *testing.T) {
 				for seq := uint64(1); seq <= 50; seq++ {
 					h := hdr("job-1", 3, from, to, seq)
 					pt := fmt.Appendf(nil, "frame %d/%d #%d", from, to, seq)
-					sealed, err := c.Seal(h, pt)
+					sealed, err := c.Seal(h, nil, pt)
 					if err != nil {
 						errs <- err
 						return
@@ -63,7 +63,7 @@ func TestExchangeCodecRoundTripConcurrent(t *testing.T) {
 						errs <- fmt.Errorf("sealed frame %s has %d bytes, want one padding bucket", h, len(sealed))
 						return
 					}
-					got, err := c.Open(h, sealed)
+					got, err := c.Open(h, nil, sealed)
 					if err != nil {
 						errs <- err
 						return
@@ -110,7 +110,7 @@ func TestExchangeCodecRefuses(t *testing.T) {
 		var fs [3][]byte
 		for i := range fs {
 			h.Seq = uint64(i + 1)
-			if fs[i], err = c.Seal(h, fmt.Appendf(nil, "payload %d", i+1)); err != nil {
+			if fs[i], err = c.Seal(h, nil, fmt.Appendf(nil, "payload %d", i+1)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -157,11 +157,11 @@ func TestExchangeCodecRefuses(t *testing.T) {
 			}
 			good := mk(t, keys, ch)
 			h := ch
-			if _, err := c.Open(h, good.f1); err != nil {
+			if _, err := c.Open(h, nil, good.f1); err != nil {
 				t.Fatalf("first genuine frame: %v", err)
 			}
 			h.Seq = 2
-			pt, err := c.Open(h, tc.bad(t, good))
+			pt, err := c.Open(h, nil, tc.bad(t, good))
 			if err == nil {
 				t.Fatalf("bad frame accepted, opened to %q", pt)
 			}
@@ -182,7 +182,7 @@ func TestExchangeCodecRefuses(t *testing.T) {
 			if n := counterValue(t, counter, kind, string(tc.reason)); n != 1 {
 				t.Errorf("counter %s/%s = %v, want 1", kind, tc.reason, n)
 			}
-			if pt, err := c.Open(h, good.f2); err != nil || string(pt) != "payload 2" {
+			if pt, err := c.Open(h, nil, good.f2); err != nil || string(pt) != "payload 2" {
 				t.Errorf("genuine frame after the refusal: %q, %v", pt, err)
 			}
 		})

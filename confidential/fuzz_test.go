@@ -21,7 +21,7 @@ func FuzzExchangeOpen(f *testing.F) {
 		f.Fatal(err)
 	}
 	h := hdr("job-f", 2, 1, 0, 1)
-	genuine, err := sealer.Seal(h, []byte("\x01genuine exchange frame"))
+	genuine, err := sealer.Seal(h, nil, []byte("\x01genuine exchange frame"))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -34,9 +34,14 @@ func FuzzExchangeOpen(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pt, err := c.Open(h, frame)
+		// Open appends to a caller's buffer: what is there must survive.
+		dst := append(make([]byte, 0, 8), "kept"...)
+		pt, err := c.Open(h, dst, frame)
 		if err == nil && !bytes.Equal(frame, genuine) {
 			t.Fatalf("accepted a frame that is not the genuine one: %x -> %q", frame, pt)
+		}
+		if err == nil && string(pt) != "kept\x01genuine exchange frame" {
+			t.Fatalf("opened the genuine frame into %q, want the plaintext appended to %q", pt, "kept")
 		}
 		if err != nil && seal.ReasonOf(err) == "" {
 			t.Fatalf("refusal %v names no seal reason", err)

@@ -39,26 +39,41 @@ func (h FrameHeader) String() string {
 // producing side, Open on the consuming side. Confidential pipelines plug AEAD
 // sealing in here, so the exchange and the substrate see only ciphertext. A
 // codec is shared by all subtasks of a run and must be safe for concurrent use.
+//
+// Both methods append to a buffer the caller owns, so the runtime reuses one
+// buffer per exchange edge for sealed frames and one per consuming subtask for
+// opened frames, and sealing allocates nothing in steady state. A codec must
+// not keep dst, the input or the result past the call.
 type FrameCodec interface {
-	// Seal returns the sealed form of plaintext. It may return plaintext
-	// itself or seal in place. Once the frame is sent, the runtime may reuse
-	// plaintext's buffer (over transports that copy frames, such as NATS), so
-	// a codec must not keep either slice past the call.
-	Seal(hdr FrameHeader, plaintext []byte) ([]byte, error)
-	// Open returns the plaintext of a sealed frame, or an error if the frame
-	// is not authentic for hdr.
-	Open(hdr FrameHeader, sealed []byte) ([]byte, error)
+	// Seal appends the sealed form of plaintext to dst and returns the
+	// extended slice. dst and plaintext must not overlap. A codec that does
+	// not transform frames may instead return plaintext itself (as
+	// IdentityCodec does), so the caller must not assume the result lies in
+	// dst.
+	Seal(hdr FrameHeader, dst, plaintext []byte) ([]byte, error)
+	// Open appends the plaintext of a sealed frame to dst and returns the
+	// extended slice, or returns an error (and nothing appended that the
+	// caller should read) if the frame is not authentic for hdr. dst and
+	// sealed must not overlap. Like Seal, a codec that does not transform
+	// frames may return sealed itself.
+	Open(hdr FrameHeader, dst, sealed []byte) ([]byte, error)
 }
 
 // IdentityCodec passes frames through unchanged: the default, for pipelines
 // whose exchanges need no confidentiality.
 type IdentityCodec struct{}
 
-// Seal returns plaintext.
-func (IdentityCodec) Seal(_ FrameHeader, plaintext []byte) ([]byte, error) { return plaintext, nil }
+// Seal returns plaintext itself, without copying it into dst.
+func (IdentityCodec) Seal(_ FrameHeader, _, plaintext []byte) ([]byte, error) { return plaintext, nil }
 
-// Open returns sealed.
-func (IdentityCodec) Open(_ FrameHeader, sealed []byte) ([]byte, error) { return sealed, nil }
+// Open returns sealed itself, without copying it into dst.
+func (IdentityCodec) Open(_ FrameHeader, _, sealed []byte) ([]byte, error) { return sealed, nil }
+
+// sameArray reports whether a and b share their backing array (both
+// non-empty capacity slices ending at the same element of it).
+func sameArray(a, b []byte) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:cap(a)][cap(a)-1] == &b[:cap(b)][cap(b)-1]
+}
 
 // Frame kinds: the first byte of a plaintext frame.
 const (

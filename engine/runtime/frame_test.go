@@ -10,11 +10,13 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/exchange"
 )
 
 func FuzzDecodeFrame(f *testing.F) {
@@ -80,20 +82,21 @@ func (c *aeadCodec) nonceAD(h FrameHeader) ([]byte, []byte) {
 	return sum[:c.aead.NonceSize()], ad
 }
 
-func (c *aeadCodec) Seal(h FrameHeader, p []byte) ([]byte, error) {
+func (c *aeadCodec) Seal(h FrameHeader, dst, p []byte) ([]byte, error) {
 	c.sealed.Add(1)
 	nonce, ad := c.nonceAD(h)
-	out := c.aead.Seal(nil, nonce, p, ad)
+	start := len(dst)
+	out := c.aead.Seal(dst, nonce, p, ad)
 	if c.tamper && h.Seq == 3 {
-		out[0] ^= 1
+		out[start] ^= 1
 	}
 	return out, nil
 }
 
-func (c *aeadCodec) Open(h FrameHeader, s []byte) ([]byte, error) {
+func (c *aeadCodec) Open(h FrameHeader, dst, s []byte) ([]byte, error) {
 	c.opened.Add(1)
 	nonce, ad := c.nonceAD(h)
-	return c.aead.Open(nil, nonce, s, ad)
+	return c.aead.Open(dst, nonce, s, ad)
 }
 
 // TestCodecSealsEveryFrame runs the windowed job with an AEAD codec: results
@@ -151,5 +154,108 @@ func TestFrameHeaderBinaryDistinct(t *testing.T) {
 	}
 	if b, _ := hs[0].AppendBinary(nil); binary.BigEndian.Uint64(b[len(b)-8:]) != 4 {
 		t.Fatal("sequence not at the end of the header encoding")
+	}
+}
+
+// copyingTransport is a Local transport whose Send copies the frame and that
+// says so (CopiesFrames), as the NATS transport does: the runtime may then
+// reuse its frame buffers.
+type copyingTransport struct{ *exchange.Local }
+
+func (c copyingTransport) CopiesFrames() bool { return true }
+
+func (c copyingTransport) Sender(ctx context.Context, id exchange.ChannelID) (exchange.Sender, error) {
+	s, err := c.Local.Sender(ctx, id)
+	return copyingSender{s}, err
+}
+
+type copyingSender struct{ exchange.Sender }
+
+func (s copyingSender) Send(ctx context.Context, frame []byte) error {
+	return s.Sender.Send(ctx, bytes.Clone(frame))
+}
+
+// bufferRecorder wraps a codec and keeps every frame Seal returned, so a
+// test can count the distinct buffers frames were sealed into.
+type bufferRecorder struct {
+	FrameCodec
+	mu     sync.Mutex
+	frames [][]byte
+}
+
+func (r *bufferRecorder) Seal(h FrameHeader, dst, p []byte) ([]byte, error) {
+	out, err := r.FrameCodec.Seal(h, dst, p)
+	r.mu.Lock()
+	r.frames = append(r.frames, out)
+	r.mu.Unlock()
+	return out, err
+}
+
+// buffers returns the number of distinct backing arrays of the recorded
+// frames. The recorder holds every frame, so no array is freed and
+// reallocated at the same address meanwhile.
+func (r *bufferRecorder) buffers() int {
+	seen := map[*byte]bool{}
+	for _, f := range r.frames {
+		seen[&f[:cap(f)][cap(f)-1]] = true
+	}
+	return len(seen)
+}
+
+// TestFrameBufferReuse checks the frame buffer contract: over a transport
+// that copies frames, the runtime seals into a few buffers it reuses; over
+// one that hands frames to the consumer (Local), every frame has its own
+// buffer, whether the codec seals into dst or returns the plaintext itself.
+// Results must be exact either way: a buffer reused while a consumer still
+// holds it would corrupt them.
+func TestFrameBufferReuse(t *testing.T) {
+	const n = 20000
+	want := expectWindowed(n)
+	for _, tc := range []struct {
+		name   string
+		copies bool
+		codec  func() FrameCodec
+	}{
+		{"local/aead", false, func() FrameCodec { return newAEADCodec(t) }},
+		{"local/identity", false, func() FrameCodec { return IdentityCodec{} }},
+		{"copying/aead", true, func() FrameCodec { return newAEADCodec(t) }},
+		{"copying/identity", true, func() FrameCodec { return IdentityCodec{} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &bufferRecorder{FrameCodec: tc.codec()}
+			var tr exchange.Transport = exchange.NewLocal(4, 1<<20, nil)
+			if tc.copies {
+				tr = copyingTransport{tr.(*exchange.Local)}
+			}
+			var c Collector
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			res, err := Run(ctx, windowedSpec(2), Options{
+				Sources:           map[string]Source{"events": GeneratorSource(n, 100, func(i int64, r *record.Record) error { event(i, r); return nil })},
+				Sinks:             map[string]Sink{"results": c.Sink()},
+				Transport:         tr,
+				Codec:             rec,
+				BatchSize:         100,
+				WatermarkInterval: -1, // a watermark frame after every batch
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := rows(c.Records()); !slices.Equal(got, want) {
+				t.Fatalf("got %d rows, want %d", len(got), len(want))
+			}
+			frames, bufs := len(rec.frames), rec.buffers()
+			if int64(frames) != res.Frames || frames < 200 {
+				t.Fatalf("recorded %d sealed frames; the run sent %d (want at least 200)", frames, res.Frames)
+			}
+			if !tc.copies && bufs != frames {
+				t.Fatalf("%d frames handed to consumers share %d buffers; each needs its own", frames, bufs)
+			}
+			// Per producing subtask: one batch and one watermark buffer,
+			// and a few regrowths of each.
+			if tc.copies && bufs > 16 {
+				t.Fatalf("%d frames were sealed into %d buffers; the transport copies frames, so a few reused buffers suffice", frames, bufs)
+			}
+		})
 	}
 }

@@ -199,6 +199,10 @@ func (st *subtask) runInputs(ctx context.Context) error {
 	var (
 		dec   record.Decoder
 		batch record.Batch
+		// opened holds the plaintext of the frame being decoded: the
+		// codec appends into it, and it is reused for the next frame once
+		// this one is processed (Decode copies what the batch keeps).
+		opened []byte
 	)
 	for {
 		ev, err := m.Next(ctx)
@@ -215,9 +219,12 @@ func (st *subtask) runInputs(ctx context.Context) error {
 		} else {
 			ch.seq++
 			hdr := FrameHeader{Job: st.o.JobID, Edge: ch.e.id, From: ch.from, To: st.idx, Seq: ch.seq}
-			plain, err := st.o.Codec.Open(hdr, ev.Frame)
+			plain, err := st.o.Codec.Open(hdr, opened[:0], ev.Frame)
 			if err != nil {
 				return fmt.Errorf("opening frame %s: %w", hdr, err)
+			}
+			if !sameArray(plain, ev.Frame) {
+				opened = plain
 			}
 			isBatch, w, err := decodeFrame(plain, ch.e.schema, &dec, &batch)
 			if err != nil {
@@ -296,12 +303,14 @@ func (c *chainEmitter) EmitWatermark(wm int64) {
 
 // outEdge is the producing side of one exchange edge in one subtask.
 type outEdge struct {
-	scratch []byte // reused frame buffer, when the transport copies frames
-	e       *edge
-	fan     *exchange.Fanout
-	bufs    []batchBuf
-	seqs    []uint64
-	rr      int // rebalance target
+	plain  []byte // plaintext frame buffer (nil when handed to a consumer)
+	sealed []byte // sealed frame buffer, when the transport copies frames
+	hint   int    // length of the last plaintext frame: capacity for the next buffer
+	e      *edge
+	fan    *exchange.Fanout
+	bufs   []batchBuf
+	seqs   []uint64
+	rr     int // rebalance target
 }
 
 // tailEmitter routes what the chain's last op emits to the task's out edges.
@@ -309,7 +318,8 @@ type tailEmitter struct {
 	st    *subtask
 	node  int
 	edges []*outEdge
-	reuse bool // the transport copies frames, so frame buffers are reused
+	reuse bool   // the transport copies frames, so frame buffers are reused
+	wm    []byte // plaintext watermark frame buffer
 	// Source tasks coalesce watermarks (see Options.WatermarkInterval).
 	coalesce  bool
 	lastWM    time.Time // when a watermark was last sent
@@ -386,7 +396,11 @@ func (t *tailEmitter) sendWatermark(wm int64) {
 	for _, oe := range t.edges {
 		for to := range oe.bufs {
 			t.flushTarget(oe, to)
-			t.send(oe, to, appendWatermarkFrame(make([]byte, 0, 9), wm))
+			if t.wm == nil {
+				t.wm = make([]byte, 0, 9)
+			}
+			t.wm = appendWatermarkFrame(t.wm[:0], wm)
+			t.send(oe, to, t.wm, &t.wm)
 		}
 	}
 }
@@ -396,37 +410,47 @@ func (t *tailEmitter) flushTarget(oe *outEdge, to int) {
 	if len(b.batch.Records) == 0 || t.st.err != nil {
 		return
 	}
-	var buf []byte
-	if t.reuse {
-		buf = oe.scratch[:0]
-	} else {
-		buf = make([]byte, 0, 64*len(b.batch.Records))
+	if oe.plain == nil {
+		oe.plain = make([]byte, 0, max(oe.hint+oe.hint/8, 64*len(b.batch.Records)))
 	}
-	frame, err := appendBatchFrame(buf, oe.e.schema, &b.batch)
+	frame, err := appendBatchFrame(oe.plain[:0], oe.e.schema, &b.batch)
 	b.reset()
-	if t.reuse {
-		oe.scratch = frame[:0]
-	}
+	oe.plain, oe.hint = frame, len(frame)
 	if err != nil {
 		t.st.fail(fmt.Errorf("node %q: encoding a batch for edge %d: %w", t.st.t.nodes[t.node].Node.ID, oe.e.id, err))
 		return
 	}
-	t.send(oe, to, frame)
+	t.send(oe, to, frame, &oe.plain)
 }
 
 // ctx is the context emitters block on: the run's.
 func (st *subtask) ctx() context.Context { return st.rctx }
 
-func (t *tailEmitter) send(oe *outEdge, to int, plain []byte) {
+// send seals plain, which lives in the buffer *plainBuf, and sends it to
+// consumer subtask to. Over a transport that copies frames, the sealed frame
+// is appended to the edge's reused buffer; otherwise the frame is handed to
+// the consumer, so the buffer it lives in (a fresh one from the codec, or
+// *plainBuf when the codec returns plain itself) is given up.
+func (t *tailEmitter) send(oe *outEdge, to int, plain []byte, plainBuf *[]byte) {
 	if t.st.err != nil {
 		return
 	}
 	oe.seqs[to]++
 	hdr := FrameHeader{Job: t.st.o.JobID, Edge: oe.e.id, From: t.st.idx, To: to, Seq: oe.seqs[to]}
-	sealed, err := t.st.o.Codec.Seal(hdr, plain)
+	var dst []byte
+	if t.reuse {
+		dst = oe.sealed[:0]
+	}
+	sealed, err := t.st.o.Codec.Seal(hdr, dst, plain)
 	if err != nil {
 		t.st.fail(fmt.Errorf("sealing frame %s: %w", hdr, err))
 		return
+	}
+	switch inPlain := sameArray(sealed, plain); {
+	case t.reuse && !inPlain:
+		oe.sealed = sealed[:0]
+	case !t.reuse && inPlain:
+		*plainBuf = nil
 	}
 	if err := oe.fan.Send(t.st.ctx(), to, sealed); err != nil {
 		t.st.fail(err)
