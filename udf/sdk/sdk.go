@@ -92,9 +92,25 @@ func (c *Call) Emit(time int64, values ...record.Value) {
 
 // Row is one input record, with accessors by field name.
 type Row struct {
+	rec *record.Record
+	st  *rowState
+}
+
+// rowState is shared by the rows of one call: the first error, and a cache
+// of field lookups. A function usually asks for the same fields in the same
+// order for every record, so the k-th lookup of a record remembers the name
+// (by its bytes' address) and the index it found.
+type rowState struct {
 	schema *record.Schema
-	rec    *record.Record
-	err    *error
+	err    error
+	k      int
+	hints  [16]lookupHint
+}
+
+type lookupHint struct {
+	name *byte
+	n    int
+	idx  int
 }
 
 // Time returns the record's event time in epoch milliseconds.
@@ -106,21 +122,31 @@ func (r Row) Record() *record.Record { return r.rec }
 // Value returns the named field's value, or a null value (and a sticky error
 // reported after the call) if there is no such field.
 func (r Row) Value(name string) record.Value {
-	for i := range r.schema.Fields {
-		if r.schema.Fields[i].Name == name {
-			return r.rec.Values[i]
+	st := r.st
+	k := st.k
+	st.k++
+	if k < len(st.hints) {
+		if h := &st.hints[k]; h.name == unsafe.StringData(name) && h.n == len(name) && h.name != nil {
+			return r.rec.Values[h.idx]
 		}
 	}
-	if *r.err == nil {
-		*r.err = fmt.Errorf("input has no field %q", name)
+	i := st.schema.Index(name)
+	if i < 0 {
+		if st.err == nil {
+			st.err = fmt.Errorf("input has no field %q", name)
+		}
+		return record.Value{}
 	}
-	return record.Value{}
+	if k < len(st.hints) {
+		st.hints[k] = lookupHint{name: unsafe.StringData(name), n: len(name), idx: i}
+	}
+	return r.rec.Values[i]
 }
 
 func (r Row) typed(name string, t record.Type) record.Value {
 	v := r.Value(name)
-	if v.T != t && v.T != record.TypeNull && *r.err == nil {
-		*r.err = fmt.Errorf("input field %q is %s, not %s", name, v.T, t)
+	if v.T != t && v.T != record.TypeNull && r.st.err == nil {
+		r.st.err = fmt.Errorf("input field %q is %s, not %s", name, v.T, t)
 	}
 	return v
 }
@@ -181,19 +207,29 @@ type BatchFunc func(c *Call) error
 // packed response for the host. Each output record has the input's event time
 // unless fn sets another; fn may Skip a record.
 func Map(ptr, size uint32, fn MapFunc) uint64 {
-	return Batch(ptr, size, func(c *Call) error {
-		var rowErr error
+	return Batch(ptr, size, mapBatch(fn))
+}
+
+// mapBatch turns a per-record function into a batch function.
+func mapBatch(fn MapFunc) BatchFunc {
+	return func(c *Call) error {
+		st := &rows
+		if st.schema != c.In {
+			*st = rowState{schema: c.In}
+		}
+		st.err = nil
 		out := Out{values: outVals[:0]}
 		vals := mapVals[:0]
 		defer func() { outVals, mapVals = out.values[:0], vals[:0] }()
 		for i := range c.Input.Records {
 			rec := &c.Input.Records[i]
 			out = Out{values: out.values[:0], time: rec.Time}
-			if err := fn(Row{schema: c.In, rec: rec, err: &rowErr}, &out); err != nil {
+			st.k = 0
+			if err := fn(Row{rec: rec, st: st}, &out); err != nil {
 				return fmt.Errorf("record %d: %w", i, err)
 			}
-			if rowErr != nil {
-				return fmt.Errorf("record %d: %w", i, rowErr)
+			if st.err != nil {
+				return fmt.Errorf("record %d: %w", i, st.err)
 			}
 			if out.skip {
 				continue
@@ -207,7 +243,7 @@ func Map(ptr, size uint32, fn MapFunc) uint64 {
 			c.Output.Records = append(c.Output.Records, record.Record{Time: out.time, Values: vals[start:len(vals):len(vals)]})
 		}
 		return nil
-	})
+	}
 }
 
 // Per-module decoding state, reused across calls so that a call allocates
@@ -216,6 +252,9 @@ var (
 	mapVals   []record.Value // the values of Map's output records
 	outVals   []record.Value // one output record being built
 	theCall   Call
+	rows      rowState
+	inVals    []record.Value
+	inStrs    stringCache
 	dec       record.Decoder
 	inBatch   record.Batch
 	outBatch  record.Batch
@@ -229,25 +268,34 @@ var (
 // and returns the packed response for the host.
 func Batch(ptr, size uint32, fn BatchFunc) uint64 {
 	if size == 0 || uint32(len(inBuf)) < size || uintptr(unsafe.Pointer(&inBuf[0])) != uintptr(ptr) {
-		return respondErr(fmt.Errorf("request at %d (%d bytes) is not in the buffer sealflow_alloc returned", ptr, size))
+		return pack(errorResponse(fmt.Errorf("request at %d (%d bytes) is not in the buffer sealflow_alloc returned", ptr, size)))
 	}
-	c, err := decodeRequest(inBuf[:size])
+	return pack(serve(inBuf[:size], fn))
+}
+
+// serve answers one request: it decodes it, runs fn and returns the
+// response (in a buffer reused by the next call).
+func serve(req []byte, fn BatchFunc) []byte {
+	c, err := decodeRequest(req)
 	if err != nil {
-		return respondErr(err)
+		return errorResponse(err)
 	}
 	// Goroutines other than the caller of an exported function run only
 	// while it blocks or yields: yield once per call so the garbage
 	// collector's workers finish their cycles and the heap stays bounded.
 	defer runtime.Gosched()
 	if err := fn(c); err != nil {
-		return respondErr(err)
+		return errorResponse(err)
 	}
 	outBuf = append(outBuf[:0], StatusOK)
-	outBuf, err = record.AppendBatch(outBuf, c.Out, c.Output)
-	if err != nil {
-		return respondErr(fmt.Errorf("output does not match the output schema: %w", err))
+	var ok bool
+	if outBuf, ok = fastEncode(outBuf, c.Out, c.Output); !ok {
+		outBuf, err = record.AppendBatch(outBuf[:1], c.Out, c.Output)
 	}
-	return pack(outBuf)
+	if err != nil {
+		return errorResponse(fmt.Errorf("output does not match the output schema: %w", err))
+	}
+	return outBuf
 }
 
 // decodeRequest parses a request (see DecodeRequest) into the package's
@@ -265,18 +313,21 @@ func decodeRequest(req []byte) (*Call, error) {
 		lastHdr = append(lastHdr[:0], req[:len(req)-len(rest)]...)
 		lastIn, lastOut = in, out
 	}
-	if err := dec.Decode(body, lastIn, &inBatch); err != nil {
-		return nil, fmt.Errorf("input batch: %w", err)
+	var ok bool
+	if inVals, ok = fastDecode(body, lastIn, &inBatch, inVals, &inStrs); !ok {
+		if err := dec.Decode(body, lastIn, &inBatch); err != nil {
+			return nil, fmt.Errorf("input batch: %w", err)
+		}
 	}
 	outBatch.Records = outBatch.Records[:0]
 	theCall = Call{In: lastIn, Out: lastOut, Input: &inBatch, Output: &outBatch}
 	return &theCall, nil
 }
 
-func respondErr(err error) uint64 {
+func errorResponse(err error) []byte {
 	outBuf = append(outBuf[:0], StatusError)
 	outBuf = append(outBuf, err.Error()...)
-	return pack(outBuf)
+	return outBuf
 }
 
 func pack(b []byte) uint64 {

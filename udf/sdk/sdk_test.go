@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 
@@ -77,3 +78,108 @@ func equalSchema(a, b *record.Schema) bool {
 	}
 	return true
 }
+
+// request builds a request for a batch of records of schema in.
+func request(t *testing.T, in, out *record.Schema, recs ...record.Record) []byte {
+	t.Helper()
+	req, err := record.AppendBatch(AppendRequestHeader(nil, in, out), in, &record.Batch{Records: recs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// TestMap runs Map's batch function natively on requests and checks the
+// responses: field access by name in any order, skips, event times, and
+// the errors a UDF author sees.
+func TestMap(t *testing.T) {
+	meterOut := &record.Schema{Fields: []record.Field{{Name: "meter", Type: record.TypeString}, {Name: "double", Type: record.TypeFloat}}}
+	recs := []record.Record{
+		{Time: 1, Values: []record.Value{record.String("a"), record.Float(1)}},
+		{Time: 2, Values: []record.Value{record.String("b"), record.Float(-2)}},
+		{Time: 3, Values: []record.Value{record.String("c"), {}}},
+	}
+	for _, tc := range []struct {
+		name string
+		fn   MapFunc
+		want []record.Record // nil: want an error containing err
+		err  string
+	}{
+		{"fields in varying order", func(in Row, out *Out) error {
+			if in.Time()%2 == 0 { // a different lookup order on even records
+				k := in.Float("kwh")
+				out.String(in.String("meter"))
+				out.Float(2 * k)
+				return nil
+			}
+			out.String(in.String("meter"))
+			out.Float(2 * in.Float("kwh"))
+			return nil
+		}, []record.Record{
+			{Time: 1, Values: []record.Value{record.String("a"), record.Float(2)}},
+			{Time: 2, Values: []record.Value{record.String("b"), record.Float(-4)}},
+			{Time: 3, Values: []record.Value{record.String("c"), record.Float(0)}},
+		}, ""},
+		{"skip and set time", func(in Row, out *Out) error {
+			if in.IsNull("kwh") {
+				out.Skip()
+				return nil
+			}
+			out.SetTime(in.Time() * 10)
+			out.Value(in.Value("meter"))
+			out.Null()
+			return nil
+		}, []record.Record{
+			{Time: 10, Values: []record.Value{record.String("a"), {}}},
+			{Time: 20, Values: []record.Value{record.String("b"), {}}},
+		}, ""},
+		{"missing field", func(in Row, out *Out) error {
+			out.String(in.String("meter"))
+			out.Float(in.Float("kw"))
+			return nil
+		}, nil, `record 0: input has no field "kw"`},
+		{"wrong type", func(in Row, out *Out) error {
+			out.String(in.String("meter"))
+			out.Int(in.Int("kwh"))
+			return nil
+		}, nil, `record 0: input field "kwh" is float, not int`},
+		{"too few values", func(in Row, out *Out) error {
+			out.String(in.String("meter"))
+			return nil
+		}, nil, "record 0: produced 1 values, output schema has 2 fields"},
+		{"wrong output type", func(in Row, out *Out) error {
+			out.String(in.String("meter"))
+			out.Int(1)
+			return nil
+		}, nil, "output does not match the output schema"},
+		{"user error", func(in Row, out *Out) error {
+			if in.Time() == 2 {
+				return errors.New("meter b is broken")
+			}
+			out.String("x")
+			out.Float(0)
+			return nil
+		}, nil, "record 1: meter b is broken"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := range 2 { // the second round runs with warm lookup hints
+				resp := serve(request(t, meterKWhSchema, meterOut, recs...), mapBatch(tc.fn))
+				if tc.want == nil {
+					if resp[0] != StatusError || !strings.Contains(string(resp[1:]), tc.err) {
+						t.Fatalf("round %d: response %q, want an error containing %q", round, resp, tc.err)
+					}
+					continue
+				}
+				if resp[0] != StatusOK {
+					t.Fatalf("round %d: error response %q", round, resp[1:])
+				}
+				want, _ := record.AppendBatch([]byte{StatusOK}, meterOut, &record.Batch{Records: tc.want})
+				if !bytes.Equal(resp, want) {
+					t.Fatalf("round %d: response %x, want %x", round, resp, want)
+				}
+			}
+		})
+	}
+}
+
+var meterKWhSchema = &record.Schema{Fields: []record.Field{{Name: "meter", Type: record.TypeString}, {Name: "kwh", Type: record.TypeFloat}}}
