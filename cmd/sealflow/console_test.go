@@ -233,7 +233,7 @@ stages:
 	url := ep.OrchestratorURL + "/console/?owner=" + string(alice.ID())
 	dom := headless(ctx, t, chrome, url, 8*time.Second, "--dump-dom")
 	checks := []struct{ what, pattern string }{
-		{"the page loaded its data", `<body data-loaded="yes"`},
+		{"the page loaded its data", `<body[^>]* data-loaded="yes"`},
 		{"the live status", `data-state="live"`},
 		{"the edge node in the edge tier", `data-tier="edge"[\s\S]*data-name="edge-be-antwerp-1"`},
 		{"the regional node", `data-name="regional-be-flanders-2"`},

@@ -209,7 +209,7 @@ function buildOwnerView(streams, entries) {
 
 const S = {
   attest: null, nodes: [], jobs: [], services: [], parties: [], streams: [],
-  owner: null, // {id, view, verified, error}
+  owner: null, // {id, warning, view, total, proven, agree, sig, heads} or {id, error}
   headStatus: null,
 };
 
@@ -522,8 +522,10 @@ async function loadOwner() {
   }
   const mine = buildOwnerView(view.streams, verified);
   const serverNodes = new Set(view.nodes.map((n) => n.node));
+  const serverRecips = new Set(view.recipients.map((r) => r.recipient));
   const agree = serverNodes.size === mine.nodes.size && [...serverNodes].every((n) => mine.nodes.has(n)) &&
-    view.nodes.every((n) => mine.nodes.get(n.node).direct === n.direct);
+    view.nodes.every((n) => mine.nodes.get(n.node).direct === n.direct) &&
+    serverRecips.size === mine.recipients.size && [...serverRecips].every((r) => mine.recipients.has(r));
   S.owner = { id, warning: S.owner && S.owner.warning, view, total, proven, agree, sig: [...sigs].join(","), heads: [...heads] };
 }
 
