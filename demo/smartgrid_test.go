@@ -11,9 +11,6 @@ import (
 // results for the accepted recipient only, a plaintext scan of NATS and the
 // owners' audits. Every check must hold.
 func TestSmartGrid(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts NATS, an orchestrator and three workers")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, Options{Dir: t.TempDir(), Readings: 60})
