@@ -92,6 +92,11 @@ func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c Cross
 	if err != nil {
 		return nil, fmt.Errorf("topology: ensuring site stream %q in domain %q: %w", c.Stream, c.Domain, err)
 	}
+	// A source whose first request fails waits 10 s before its retry, so
+	// first wait until the hub sees the site's stream across the leafnodes.
+	if err := reachable(ctx, hub, c.Domain, c.Stream); err != nil {
+		return nil, err
+	}
 	hubS, err := hub.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        c.HubStream,
 		Description: "sealflow cross-site copy of " + c.Stream + " in domain " + c.Domain,
@@ -110,6 +115,30 @@ func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c Cross
 		return nil, err
 	}
 	return x, nil
+}
+
+// reachable waits until the stream named in domain answers a JetStream
+// request sent over hub's connection, or ctx ends.
+func reachable(ctx context.Context, hub jetstream.JetStream, domain, stream string) error {
+	remote, err := jetstream.NewWithDomain(hub.Conn(), domain)
+	if err != nil {
+		return fmt.Errorf("topology: JetStream for domain %q: %w", domain, err)
+	}
+	for {
+		probe, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = remote.Stream(probe, stream)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		tm := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return fmt.Errorf("topology: the hub cannot reach stream %q in domain %q (last error %v): %w", stream, domain, err, ctx.Err())
+		case <-tm.C:
+		}
+	}
 }
 
 // waitSourcing waits until the hub's source has reached the site's stream
@@ -203,12 +232,8 @@ func (x *Exchange) Heal(ctx context.Context) (bool, error) {
 	if si := info.Sources[0]; si.Active >= 0 && si.Active < StaleAfter {
 		return false, nil
 	}
-	remote, err := jetstream.NewWithDomain(x.hub.Conn(), x.cfg.Domain)
-	if err != nil {
-		return false, fmt.Errorf("topology: JetStream for domain %q: %w", x.cfg.Domain, err)
-	}
 	probe, cancel := context.WithTimeout(ctx, time.Second)
-	_, err = remote.Stream(probe, x.cfg.Stream)
+	err = reachable(probe, x.hub, x.cfg.Domain, x.cfg.Stream)
 	cancel()
 	if err != nil {
 		// The site is still unreachable; nothing to heal yet.
@@ -280,14 +305,20 @@ func (x *Exchange) Trim(ctx context.Context) (uint64, error) {
 // safe. Not safe for concurrent use with Trim.
 func (x *Exchange) Publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
 	wait := x.pollBase
+	full := false
 	for {
 		ack, err := x.site.PublishMsg(ctx, m)
 		if err == nil {
 			return ack, nil
 		}
 		if !IsBufferFull(err) {
+			if full && ctx.Err() != nil {
+				// The deadline struck while retrying into a full buffer.
+				return nil, fmt.Errorf("topology: publishing %q: %w: %w", m.Subject, ErrBufferFull, ctx.Err())
+			}
 			return nil, fmt.Errorf("topology: publishing %q to site stream %q: %w", m.Subject, x.cfg.Stream, err)
 		}
+		full = true
 		if _, terr := x.Trim(ctx); terr != nil && ctx.Err() == nil {
 			// The hub is unreachable during an outage; keep waiting.
 			wait = min(2*wait, time.Second)

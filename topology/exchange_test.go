@@ -92,8 +92,8 @@ func ensure(t *testing.T, site, hub jetstream.JetStream, c CrossSite) *Exchange 
 }
 
 // hubMsgs waits until the hub stream holds want messages and returns their
-// bodies in stream order.
-func hubMsgs(t *testing.T, x *Exchange, want int, within time.Duration) []string {
+// bodies in stream order and when the count was reached.
+func hubMsgs(t *testing.T, x *Exchange, want int, within time.Duration) ([]string, time.Time) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), within)
 	defer cancel()
@@ -105,22 +105,32 @@ func hubMsgs(t *testing.T, x *Exchange, want int, within time.Duration) []string
 		if ctx.Err() != nil {
 			t.Fatalf("hub stream holds %v messages after %v, want %d (last error %v)", msgsOf(info), within, want, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
+	reached := time.Now()
 	c, err := x.HubStream().OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _ := x.HubStream().Info(ctx)
+	info, err := x.HubStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []string
 	for uint64(len(out)) < info.State.Msgs {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		batch, err := c.Fetch(min(1000, int(info.State.Msgs)-len(out)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatalf("reading hub message %d: %v", len(out)+1, err)
+			t.Fatalf("reading hub messages from %d: %v", len(out)+1, err)
 		}
-		out = append(out, string(m.Data()))
+		n := len(out)
+		for m := range batch.Messages() {
+			out = append(out, string(m.Data()))
+		}
+		if err := batch.Error(); err != nil && len(out) == n {
+			t.Fatalf("reading hub messages from %d: %v", len(out)+1, err)
+		}
 	}
-	return out
+	return out, reached
 }
 
 func msgsOf(info *jetstream.StreamInfo) any {
@@ -168,7 +178,8 @@ func TestCrossSiteSurvivesOutage(t *testing.T) {
 	for range 50 {
 		publish()
 	}
-	checkSequence(t, hubMsgs(t, x, 50, 10*time.Second), 50)
+	got, _ := hubMsgs(t, x, 50, 10*time.Second)
+	checkSequence(t, got, 50)
 
 	// An outage of the edge's uplink (3 s unless SEALFLOW_GEO_OUTAGE says
 	// otherwise, such as 30s): the edge keeps accepting writes.
@@ -209,8 +220,9 @@ func TestCrossSiteSurvivesOutage(t *testing.T) {
 
 	up := time.Now()
 	link.SetDown(false)
-	checkSequence(t, hubMsgs(t, x, n, 20*time.Second+outage), n)
-	t.Logf("backlog of %d messages written during a %v outage drained %v after the link returned", n-before, outage, time.Since(up))
+	got, reached := hubMsgs(t, x, n, 20*time.Second+outage)
+	checkSequence(t, got, n)
+	t.Logf("backlog of %d messages written during a %v outage drained %v after the link returned", n-before, outage, reached.Sub(up))
 
 	left, err := x.Trim(ctx)
 	if err != nil {
@@ -281,7 +293,8 @@ func TestCrossSiteBackpressure(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Publish still blocked 20 s after the link returned")
 	}
-	checkSequence(t, hubMsgs(t, x, accepted+1, 20*time.Second), accepted+1)
+	got, _ := hubMsgs(t, x, accepted+1, 20*time.Second)
+	checkSequence(t, got, accepted+1)
 }
 
 func TestSourceSeq(t *testing.T) {
