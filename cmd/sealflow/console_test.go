@@ -247,6 +247,7 @@ stages:
 		{"the browser's witness kept the head and found later polls consistent", `data-witness="(same|consistent)"`},
 		{"the owner's proofs all verified", `data-proofs="ok"`},
 		{"the owner view recomputed in the browser agrees", `data-agree="yes"`},
+		{"the service the owner approved", `id="owner-services"[^>]*>Services approved to read them: <span class="svc">balance \(`},
 	}
 	for _, c := range checks {
 		if !regexp.MustCompile(c.pattern).MatchString(dom) {

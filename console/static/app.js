@@ -548,6 +548,7 @@ function renderOwner() {
     o.warning ? h("div", { class: "alert warnbox" }, o.warning) : null,
     h("div", { class: "owner-summary" },
       h("div", { class: "big" }, `${partyName(v.owner)} owns `, v.streams.map((s, i) => [i ? ", " : "", h("code", {}, s)])),
+      h("div", { class: "small", id: "owner-services" }, "Services approved to read them: ", approvedServices(v.streams)),
       h("div", { class: allProven ? "alert good" : "alert bad", id: "owner-proofs" },
         allProven ? `✓ ${o.proven} of ${o.total} log entries about these streams verified in this browser (RFC 6962 inclusion in tree ${o.heads.map((x) => x.split(" ")[0]).join(", ")}; head signature ${o.sig})`
           : `✗ only ${o.proven} of ${o.total} inclusion proofs verified`),
@@ -569,6 +570,25 @@ function renderOwner() {
           h("td", { class: "small mono" }, r.keys.map((k) => `${k.purpose} ${k.key} (#${k.index})`).join("  ")))),
         v.nodes.length + v.recipients.length ? null : h("tr", {}, h("td", { colspan: 4, class: "empty" }, "no key to these streams has been released")))),
   ].filter(Boolean));
+}
+
+// approvedServices lists, per stream, the services whose exact digest the
+// owner approved (from /v1/streams), with the revoked ones struck through.
+function approvedServices(streams) {
+  const out = [];
+  for (const name of streams) {
+    const st = S.streams.find((x) => x.name === name);
+    if (!st) continue;
+    for (const d of st.approved || []) {
+      const svc = S.services.find((x) => x.digest === d);
+      out.push(h("span", { class: "svc" }, `${svc ? svc.manifest.id : "unknown service"} (${short(d, 10)}) on ${name}`));
+    }
+    for (const d of st.revoked || []) {
+      const svc = S.services.find((x) => x.digest === d);
+      out.push(h("span", { class: "svc revoked" }, `${svc ? svc.manifest.id : "unknown service"} (${short(d, 10)}) revoked on ${name}`));
+    }
+  }
+  return out.length ? out : "none";
 }
 
 function setupOwnerForm() {
