@@ -85,13 +85,10 @@ func benchSuite(ctx context.Context, args []string, progress io.Writer) error {
 	if *svg == "" {
 		*svg = filepath.Join(filepath.Dir(*out), "bench.svg")
 	}
-	var extra string
 	if *notes != "" {
-		b, err := os.ReadFile(*notes)
-		if err != nil {
+		if _, err := os.Stat(*notes); err != nil {
 			return fmt.Errorf("--notes: %w", err)
 		}
-		extra = string(b)
 	}
 	argv, env, err := benchChild()
 	if err != nil {
@@ -105,19 +102,28 @@ func benchSuite(ctx context.Context, args []string, progress io.Writer) error {
 	if suiteErr != nil && !errors.Is(suiteErr, bench.ErrRowsDiffer) {
 		return suiteErr
 	}
-	if *scaling {
-		md, err := bench.Scaling(ctx, bench.ScalingOptions{Launch: launch, Events: *events, Seed: *seed, Progress: progress})
-		if err != nil {
-			return err
-		}
-		extra = md + "\n" + extra
-	}
 	if *profile != "" {
 		files, err := bench.Profiles(ctx, bench.ProfileOptions{Launch: launch, Dir: *profile, Queries: qs, Events: *events, Seed: *seed, Progress: progress})
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(progress, "bench: profiles: %s\n", strings.Join(files, " "))
+	}
+	var extra string
+	if *scaling {
+		md, err := bench.Scaling(ctx, bench.ScalingOptions{Launch: launch, Events: *events, Seed: *seed, Progress: progress})
+		if err != nil {
+			return err
+		}
+		extra = md + "\n"
+	}
+	// The notes are read last, so they may be written while the suite runs.
+	if *notes != "" {
+		b, err := os.ReadFile(*notes)
+		if err != nil {
+			return fmt.Errorf("--notes: %w", err)
+		}
+		extra += string(b)
 	}
 	rel, err := filepath.Rel(filepath.Dir(*out), *svg)
 	if err != nil {
