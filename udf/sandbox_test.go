@@ -264,3 +264,35 @@ func FuzzDecodeResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestConcurrentLoads loads one module from several goroutines: all get the
+// same compiled module.
+func TestConcurrentLoads(t *testing.T) {
+	r := newRuntime(t, Config{})
+	wasm := abiModule(emptyRequestSize, nil)
+	mods := make(chan *Module, 4)
+	for range cap(mods) {
+		go func() {
+			m, err := r.Load(context.Background(), Digest(wasm), wasm)
+			if err != nil {
+				t.Error(err)
+			}
+			mods <- m
+		}()
+	}
+	first := <-mods
+	for range cap(mods) - 1 {
+		if m := <-mods; m != first {
+			t.Fatalf("concurrent loads returned different modules %p and %p", m, first)
+		}
+	}
+	// The compiled code survives the duplicates' release.
+	inst, err := first.Instantiate(context.Background(), Function{Name: "f", In: xSchema, Out: xSchema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Close(context.Background())
+	if err := inst.Call(context.Background(), &record.Batch{}, &record.Batch{}); err != nil {
+		t.Fatal(err)
+	}
+}

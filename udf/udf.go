@@ -198,11 +198,11 @@ func (r *Runtime) Load(ctx context.Context, digest string, wasm []byte) (*Module
 		return nil, refuse(RuleDigest, "module bytes hash to %s, the job names %s", got, digest)
 	}
 	digest = strings.ToLower(digest)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if m, ok := r.modules[digest]; ok {
+	if m := r.loaded(digest); m != nil {
 		return m, nil
 	}
+	// Compile outside the lock: compiling takes seconds, and other
+	// modules' loads need not wait for it.
 	c, err := r.rt.CompileModule(ctx, wasm)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -217,6 +217,12 @@ func (r *Runtime) Load(ctx context.Context, digest string, wasm []byte) (*Module
 			rf.Reason = "module " + digest + ": " + rf.Reason
 		}
 		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m, ok := r.modules[digest]; ok { // loaded concurrently
+		c.Close(ctx)
+		return m, nil
 	}
 	m := &Module{Digest: digest, compiled: c, r: r}
 	r.modules[digest] = m
