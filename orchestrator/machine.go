@@ -580,7 +580,24 @@ func (m *Machine) revoke(now time.Time, st *party.Statement, issuer *party.Ident
 			delete(s.Approved, d)
 		}
 	}
-	out.Result = map[string]any{"stream": b.Stream, "service": b.Service, "next_epoch": s.Epoch + 1}
+	// The service's running jobs that read the stream stop now: the job and
+	// its keys are forgotten here, and its workers, which poll the jobs they
+	// run, stop their tasks and drop the keys.
+	var stopped []string
+	for id, j := range m.st.Jobs {
+		svc := m.st.Services[j.Service]
+		if j.Service == b.Service && svc != nil && slices.Contains(svc.Manifest.Inputs, b.Stream) {
+			for k := range j.Keys {
+				clear(j.Keys[k])
+			}
+			delete(m.st.Jobs, id)
+			stopped = append(stopped, id)
+			out.Entries = append(out.Entries, entry(now, "job.stopped", []string{"stream:" + b.Stream, "job:" + id, "service:" + b.Service},
+				map[string]any{"job": id, "service": b.Service, "reason": "revoked by the owner of " + b.Stream, "tasks": j.Tasks}))
+		}
+	}
+	slices.Sort(stopped)
+	out.Result = map[string]any{"stream": b.Stream, "service": b.Service, "next_epoch": s.Epoch + 1, "stopped_jobs": stopped}
 	out.Entries = append(out.Entries, entry(now, "service.revoked", []string{"stream:" + b.Stream, "service:" + b.Service},
 		map[string]any{"stream": b.Stream, "service": b.Service, "owner": st.Issuer, "next_epoch": s.Epoch + 1}))
 	return nil

@@ -472,3 +472,36 @@ func TestStateRestore(t *testing.T) {
 		t.Fatal("registration on the restored machine did not take")
 	}
 }
+
+func TestRevokeStopsJobsAndWithholdsNewEpochs(t *testing.T) {
+	w := newWorld(t, nil)
+	alice, _ := w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	if _, err := w.node("n1", "edge", "be"); err != nil {
+		t.Fatal(err)
+	}
+	d := w.must(grid, TypeServiceSubmit, manifest("svc", "meter-a")).Result.(map[string]any)["digest"].(string)
+	w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	out := w.must(alice, TypeServiceRevoke, Revoke{Stream: "meter-a", Service: "svc"})
+	if got := out.Result.(map[string]any)["stopped_jobs"]; len(got.([]string)) != 1 {
+		t.Fatalf("stopped jobs = %v, want [svc]", got)
+	}
+	if _, ok := w.m.State().Jobs["svc"]; ok || len(w.logged("job.stopped")) != 1 {
+		t.Fatal("the revoked service's job still runs, or its stop was not logged")
+	}
+	// Alice rotates to epoch 2; the service can never be deployed again.
+	key := make([]byte, 32)
+	pub, _ := w.m.Self().HPKEPublicKey()
+	wr, _ := seal.Wrap(pub, StreamKeyInfo("meter-a", 2, w.self.ID()).Bytes(), key)
+	w.must(alice, TypeStreamKey, StreamKey{Stream: "meter-a", Epoch: 2, Wrapped: wr})
+	out, err := w.do(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	if rule(err) != "approval.pending" || len(out.Releases) != 0 {
+		t.Fatalf("redeploy after revocation: %v (%d releases)", err, len(out.Releases))
+	}
+	// Even a fresh approval of the old digest is not enough while revoked.
+	w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	if _, err := w.do(grid, TypeJobDeploy, Deploy{Service: "svc"}); rule(err) != "approval.pending" {
+		t.Fatalf("redeploy with a re-approved digest while revoked: %v", err)
+	}
+}

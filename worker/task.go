@@ -60,6 +60,16 @@ type Task struct {
 
 	recordsIn, recordsOut atomic.Int64
 	state                 atomic.Value // string
+	cancel                context.CancelFunc
+	stopped               atomic.Value // string: why the task was stopped
+}
+
+// stop cancels the task and records why.
+func (t *Task) stop(why string) {
+	t.stopped.Store(why)
+	if t.cancel != nil {
+		t.cancel()
+	}
 }
 
 // State is "running", "finished" or "failed: ...".
@@ -111,6 +121,10 @@ func (t *Task) streamOf(name string, schema *record.Schema, sink bool) (Stream, 
 func (t *Task) run(ctx context.Context) error {
 	t.state.Store("running")
 	err := t.execute(ctx)
+	if why, ok := t.stopped.Load().(string); ok {
+		t.state.Store(why)
+		return nil
+	}
 	if err != nil {
 		t.state.Store("failed: " + err.Error())
 		return err

@@ -123,6 +123,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		select {
 		case <-status.C:
 			w.publishStatus()
+			w.stopRemovedJobs(ctx)
 		case <-ctx.Done():
 			w.wg.Wait()
 			return nil
@@ -164,6 +165,43 @@ func (w *Worker) publishStatus() {
 	}
 	if err := w.cfg.NATS.Publish(api.StatusSubject(w.ID()), signed); err != nil {
 		w.log.Debug("status report not sent", "err", err)
+	}
+}
+
+// stopRemovedJobs stops the tasks of jobs the orchestrator no longer runs
+// (an owner revoked the service, or the job was removed) and drops their
+// keys. The job list comes over the TLS connection pinned to the verified
+// orchestrator, so the infrastructure cannot fake a job's removal or hide it.
+func (w *Worker) stopRemovedJobs(ctx context.Context) {
+	w.mu.Lock()
+	running := len(w.keys) > 0
+	w.mu.Unlock()
+	if !running {
+		return
+	}
+	var jobs []api.JobView
+	if err := w.http.Get(ctx, "/v1/jobs", &jobs); err != nil {
+		w.log.Warn("could not list jobs", "err", err)
+		return
+	}
+	live := map[string]bool{}
+	for _, j := range jobs {
+		live[j.ID] = true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for job, ring := range w.keys {
+		if live[job] {
+			continue
+		}
+		for _, t := range w.tasks {
+			if t.Job == job {
+				t.stop("stopped: the job was removed (revoked by an owner)")
+			}
+		}
+		ring.Zero()
+		delete(w.keys, job)
+		w.log.Info("job removed by the orchestrator: tasks stopped, keys dropped", "job", job)
 	}
 }
 
@@ -268,11 +306,14 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected}
 	w.tasks[taskID] = t
 	w.mu.Unlock()
+	tctx, cancel := context.WithCancel(ctx)
+	t.cancel = cancel
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
+		defer cancel()
 		defer w.publishStatus()
-		if err := t.run(ctx); err != nil && ctx.Err() == nil {
+		if err := t.run(tctx); err != nil && tctx.Err() == nil {
 			w.log.Error("task failed", "task", taskID, "err", err)
 			select {
 			case w.errs <- fmt.Errorf("task %s: %w", taskID, err):

@@ -292,8 +292,26 @@ func runOwnerRevoke(ctx context.Context, args []string) error {
 		return err
 	}
 	next, _ := resultMap(r)["next_epoch"].(float64)
+	// Advance the stream's key epoch: publishers switch to it, and it is
+	// never released to the revoked service.
+	ksPath := client.KeystorePath(pf.key)
+	ks, err := client.LoadOwnerKeys(ksPath)
+	if err != nil {
+		return err
+	}
+	key := make([]byte, seal.KeySize)
+	rand.Read(key)
+	if err := c.UploadStreamKey(ctx, kf, *stream, uint32(next), key); err != nil {
+		return fmt.Errorf("revoked, but uploading epoch %d failed (run 'owner revoke' again or upload it): %w", int(next), err)
+	}
+	ks.Put(*stream, uint32(next), key)
+	if err := ks.Save(ksPath); err != nil {
+		return err
+	}
+	stopped := resultMap(r)["stopped_jobs"]
 	return pf.emit(r, func(w io.Writer) {
-		fmt.Fprintf(w, "revoked service %s on stream %s: it never receives epoch %d or later; upload epoch %d and publish with it\n", *service, *stream, int(next), int(next))
+		fmt.Fprintf(w, "revoked service %s on stream %s; stopped jobs: %v\n", *service, *stream, stopped)
+		fmt.Fprintf(w, "advanced the stream to key epoch %d (kept in %s); 'owner publish' seals with it from now on, and it is never released to %s\n", int(next), ksPath, *service)
 	})
 }
 
