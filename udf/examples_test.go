@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
@@ -272,7 +273,7 @@ func TestCommittedModulesMatchSource(t *testing.T) {
 	if os.Getenv("SEALFLOW_REBUILD_WASM") != "1" {
 		t.Skip("set SEALFLOW_REBUILD_WASM=1 to rebuild the example modules")
 	}
-	for _, name := range []string{"cost", "scorer", "anomaly"} {
+	for _, name := range []string{"cost", "scorer", "anomaly", "hostile"} {
 		t.Run(name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), name+".wasm")
 			cmd := exec.Command("go", "build", "-buildmode=c-shared", "-ldflags=-s -w", "-trimpath", "-o", out, "./"+name)
@@ -384,4 +385,43 @@ func equalSchemaFields(a, b *record.Schema) bool {
 		}
 	}
 	return true
+}
+
+// TestGoGuestRunaway runs a Go guest that loops forever or allocates
+// without bound: each runaway batch fails with an error saying which limit
+// stopped it, and the same instance then serves normal batches.
+func TestGoGuestRunaway(t *testing.T) {
+	normal := record.Batch{Records: readings(8)}
+	runaway := record.Batch{Records: []record.Record{{Time: 1, Values: []record.Value{record.String("m0"), record.Float(-1)}}}}
+	for _, tc := range []struct {
+		fn   string
+		cfg  Config
+		is   error
+		want string
+	}{
+		{"spin", Config{BatchTimeout: 500 * time.Millisecond}, ErrDeadline, "CPU time limit of 500ms"},
+		{"hog", Config{BatchTimeout: time.Minute, MemoryLimitPages: 512}, ErrMemoryLimit, "512 pages (32 MiB)"},
+	} {
+		t.Run(tc.fn, func(t *testing.T) {
+			r := newRuntime(t, tc.cfg)
+			inst := instance(t, r, "hostile", Function{Name: tc.fn, In: meterKWh, Out: meterKWh})
+			var out record.Batch
+			if err := inst.Call(context.Background(), &normal, &out); err != nil || out.Len() != normal.Len() {
+				t.Fatalf("normal batch: %v (%d records)", err, out.Len())
+			}
+			err := inst.Call(context.Background(), &runaway, &out)
+			t.Logf("runaway batch: %v", err)
+			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("runaway batch: %v, want %v containing %q", err, tc.is, tc.want)
+			}
+			for i := range 2 {
+				if err := inst.Call(context.Background(), &normal, &out); err != nil || out.Len() != normal.Len() {
+					t.Fatalf("normal batch %d after the runaway: %v (%d records)", i, err, out.Len())
+				}
+			}
+			if inst.Restarts != 1 {
+				t.Errorf("Restarts = %d, want 1", inst.Restarts)
+			}
+		})
+	}
 }

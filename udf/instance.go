@@ -33,7 +33,7 @@ type Instance struct {
 	m      *Module
 	fn     Function
 	config wazero.ModuleConfig
-	stderr *tailBuffer
+	stderr *headBuffer
 
 	mod   api.Module
 	alloc api.Function
@@ -67,7 +67,7 @@ func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error
 		}
 		return nil, err
 	}
-	stderr := &tailBuffer{max: 4096}
+	stderr := &headBuffer{max: 1024}
 	cfg := wazero.NewModuleConfig().
 		WithName(""). // anonymous: many instances of one module may coexist
 		WithStartFunctions(exportInit).
@@ -132,6 +132,7 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 			return err
 		}
 	}
+	in.stderr.Reset() // errors quote what the guest wrote during this call
 	var err error
 	in.req = append(in.req[:0], in.header...)
 	if in.req, err = record.AppendBatch(in.req, in.fn.In, b); err != nil {
@@ -195,6 +196,10 @@ func (in *Instance) explain(ctx context.Context, mod api.Module, what string, n 
 		case sys.ExitCodeContextCanceled:
 			return fmt.Errorf("%s: canceled: %w", prefix, context.Canceled)
 		}
+	}
+	// wazero appends the guest's whole wasm stack trace: keep the first line.
+	if msg := err.Error(); strings.Contains(msg, "\nwasm stack trace:") {
+		err = errors.New(msg[:strings.Index(msg, "\nwasm stack trace:")])
 	}
 	limit := in.m.r.cfg.MemoryLimitPages
 	if mod != nil && mod.Memory() != nil {
@@ -264,31 +269,32 @@ func DecodeResponse(d *record.Decoder, resp []byte, s *record.Schema, out *recor
 	return fmt.Errorf("response status byte %d (want %d or %d)", resp[0], sdk.StatusOK, sdk.StatusError)
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// headBuffer keeps the first max bytes written to it since its last
+// Reset: the start of a guest's output says what went wrong (a Go crash
+// begins with "fatal error: ..."), the rest is goroutine dumps.
+type headBuffer struct {
 	mu  sync.Mutex
 	max int
 	b   []byte
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+func (h *headBuffer) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if room := h.max - len(h.b); room > 0 {
+		h.b = append(h.b, p[:min(room, len(p))]...)
 	}
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
+func (h *headBuffer) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return strings.TrimSpace(string(h.b))
 }
 
-func (t *tailBuffer) Reset() {
-	t.mu.Lock()
-	t.b = t.b[:0]
-	t.mu.Unlock()
+func (h *headBuffer) Reset() {
+	h.mu.Lock()
+	h.b = h.b[:0]
+	h.mu.Unlock()
 }

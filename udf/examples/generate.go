@@ -8,8 +8,11 @@
 //   - cost: a map UDF pricing kWh by time of day.
 //   - scorer: a stateful scorer keeping an EWMA per meter (guest-side state).
 //   - anomaly: an anomaly detector with embedded logistic regression weights.
+//   - hostile: a Go guest that loops forever or allocates without bound on
+//     request, for the sandbox tests.
 package examples
 
 //go:generate env GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared "-ldflags=-s -w" -trimpath -o testdata/cost.wasm ./cost
 //go:generate env GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared "-ldflags=-s -w" -trimpath -o testdata/scorer.wasm ./scorer
 //go:generate env GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared "-ldflags=-s -w" -trimpath -o testdata/anomaly.wasm ./anomaly
+//go:generate env GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared "-ldflags=-s -w" -trimpath -o testdata/hostile.wasm ./hostile

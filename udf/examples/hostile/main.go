@@ -1,0 +1,43 @@
+// Command hostile is a misbehaving UDF for the sandbox tests: on a record
+// with negative kWh, spin loops forever and hog allocates until memory runs
+// out; on other records both pass (meter, kwh) through. It shows what a Go
+// guest that runs away looks like to the host.
+//
+// Build it as a WebAssembly reactor (see udf/examples/generate.go).
+package main
+
+import "github.com/sealflow/sealflow/udf/sdk"
+
+var sink int64
+
+//go:wasmexport spin
+func spin(ptr, size uint32) uint64 {
+	return sdk.Map(ptr, size, func(in sdk.Row, out *sdk.Out) error {
+		kwh := in.Float("kwh")
+		for kwh < 0 {
+			sink++
+		}
+		out.String(in.String("meter"))
+		out.Float(kwh)
+		return nil
+	})
+}
+
+var hoard [][]byte
+
+//go:wasmexport hog
+func hog(ptr, size uint32) uint64 {
+	return sdk.Map(ptr, size, func(in sdk.Row, out *sdk.Out) error {
+		kwh := in.Float("kwh")
+		for kwh < 0 {
+			b := make([]byte, 1<<20)
+			b[len(b)-1] = 1
+			hoard = append(hoard, b)
+		}
+		out.String(in.String("meter"))
+		out.Float(kwh)
+		return nil
+	})
+}
+
+func main() {}
