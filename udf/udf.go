@@ -95,8 +95,9 @@ type Config struct {
 	// MemoryLimitPages bounds each instance's linear memory, in 64 KiB
 	// pages (default 1024: 64 MiB).
 	MemoryLimitPages uint32
-	// BatchTimeout is the CPU time deadline of one batch call, and of
-	// instantiation (default 1s).
+	// BatchTimeout is the deadline of one batch call, and of
+	// instantiation (default 1s). It is wall-clock time; since a call does
+	// no I/O it bounds the CPU time a batch can take.
 	BatchTimeout time.Duration
 	// Cache, if set, is a compilation cache shared with other Runtimes
 	// (wazero.NewCompilationCache or NewCompilationCacheWithDir); by
@@ -105,8 +106,8 @@ type Config struct {
 	// Interpreter selects wazero's interpreter instead of its compiler
 	// (for platforms the compiler does not support).
 	Interpreter bool
-	// Logger receives guest output and instance restarts (default
-	// slog.Default()).
+	// Logger receives instance restarts (default slog.Default()). Guest
+	// output is not logged; errors quote its start.
 	Logger *slog.Logger
 
 	// unbounded compiles modules without wazero's termination checks, so
