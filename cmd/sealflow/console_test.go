@@ -230,6 +230,31 @@ stages:
 		t.Fatalf("owner-a's view names %d nodes, want 2 (the edge and the regional node of balance): %+v", len(want.Nodes), want.NodeIDs())
 	}
 
+	// Wait until every task's node has reported its progress, so the page
+	// has states to show.
+	for {
+		var st []struct {
+			Task  string `json:"task"`
+			State string `json:"state"`
+		}
+		if err := api.Get(ctx, "/v1/status?job=balance", &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st) == 3 && !slices.ContainsFunc(st, func(x struct {
+			Task  string `json:"task"`
+			State string `json:"state"`
+		}) bool {
+			return x.State == ""
+		}) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the nodes did not report the tasks' status: %+v", st)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
 	url := ep.OrchestratorURL + "/console/?owner=" + string(alice.ID())
 	dom := headless(ctx, t, chrome, url, 8*time.Second, "--dump-dom")
 	checks := []struct{ what, pattern string }{
@@ -241,6 +266,8 @@ stages:
 		{"the job", `data-job="balance"`},
 		{"a task placed on a node", `data-task="balance/edge-a"`},
 		{"the job graph's regional task", `data-vertex="balance/regional"`},
+		{"the edge task's reported state", `data-vertex="balance/edge-a" data-task-state="(running|finished)"`},
+		{"the edge task's records read", `in 20 · out`},
 		{"the log's key releases", `key\.released`},
 		{"every shown log entry proven", `✓ proof`},
 		{"the tree head signature verified", `Ed25519 verified in this browser`},
@@ -267,6 +294,9 @@ stages:
 		t.Errorf("highlighted nodes %v, want the owner view's %v", highlighted, want.NodeIDs())
 	}
 	if t.Failed() {
+		if m := regexp.MustCompile(`<div id="status"[^>]*>[^<]*</div>`).FindString(dom); m != "" {
+			t.Logf("status line: %s", m)
+		}
 		t.Logf("DOM:\n%s", tail(dom, 6000))
 	}
 

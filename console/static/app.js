@@ -208,7 +208,7 @@ function buildOwnerView(streams, entries) {
 // ---------- state ----------
 
 const S = {
-  attest: null, nodes: [], jobs: [], services: [], parties: [], streams: [],
+  attest: null, nodes: [], jobs: [], services: [], parties: [], streams: [], status: new Map(),
   owner: null, // {id, warning, view, total, proven, agree, sig, heads} or {id, error}
   headStatus: null,
 };
@@ -220,6 +220,22 @@ function nodeName(id) {
 function partyName(id) {
   const p = S.parties.find((p) => p.id === id);
   return p ? p.name : short(id);
+}
+
+// stateOf returns the short state of a task's latest report ("running",
+// "finished", "failed", "stopped"; "pending" before the first report).
+function stateOf(task) {
+  const st = S.status.get(task);
+  if (!st || !st.state) return "pending";
+  return st.state.split(":")[0];
+}
+
+function rate(x) { return x >= 100 ? Math.round(x).toString() : x.toFixed(1); }
+
+function progressText(task) {
+  const st = S.status.get(task);
+  if (!st) return "no report yet";
+  return `${stateOf(task)} · in ${st.records_in} (${rate(st.records_in_per_second || 0)}/s) · out ${st.records_out} (${rate(st.records_out_per_second || 0)}/s)`;
 }
 
 // ---------- orchestrator card ----------
@@ -303,7 +319,9 @@ function nodeCard(n, tasks, holder) {
     h("div", { class: "node-meta" }, `admitted ${ago(n.admitted_at)} · ${expired ? "expired" : "expires " + new Date(n.expires).toLocaleTimeString()} · ${tasks.length}/${n.slots} slots`),
     tasks.length ? h("ul", { class: "tasks" }, tasks.map((t) => {
       const hot = holder && holder.tasks.includes(t.task);
-      return h("li", { class: hot ? "task hot" : "task", "data-task": t.task }, h("span", { class: "job-tag" }, t.job), " ", t.task);
+      const state = stateOf(t.task);
+      return h("li", { class: hot ? "task hot" : "task", "data-task": t.task, title: progressText(t.task) },
+        h("span", { class: "job-tag" }, t.job), " ", t.task, " ", h("span", { class: `state state-${state}` }, state));
     })) : h("div", { class: "idle" }, "idle"));
 }
 
@@ -350,7 +368,7 @@ function jobGraph(job, svc) {
   const layers = [];
   for (const x of verts.values()) (layers[x.layer] = layers[x.layer] || []).push(x);
   layers.forEach((l) => l && l.sort((a, b) => a.label.localeCompare(b.label)));
-  const W = 190, H = 54, GX = 60, GY = 18;
+  const W = 210, H = 62, GX = 56, GY = 18;
   const rows = Math.max(...layers.map((l) => (l ? l.length : 0)), 1);
   const width = layers.length * (W + GX) - GX + 20, height = rows * (H + GY) - GY + 20;
   layers.forEach((l, li) => l && l.forEach((x, ri) => {
@@ -370,15 +388,30 @@ function jobGraph(job, svc) {
     }),
     [...verts.values()].map((x) => {
       const hot = x.kind === "task" ? hotTasks.has(x.label) : hotStreams.has(x.label);
-      const g = h("svg:g", { class: `v ${x.kind}${hot ? " hot" : ""}`, "data-vertex": x.label, transform: `translate(${x.x},${x.y})` },
-        h("svg:rect", { width: W, height: H, rx: x.kind === "task" ? 8 : 22 }),
-        h("svg:text", { x: 12, y: 21, class: "label" }, x.label.length > 26 ? x.label.slice(0, 25) + "…" : x.label),
-        h("svg:text", { x: 12, y: 40, class: "sub" }, x.kind === "task"
-          ? `on ${nodeName(x.node)}${x.ops && x.ops.length ? " · " + x.ops.join("→") : ""}`.slice(0, 34)
-          : x.kind === "input" ? "owner stream (sealed)" : x.kind === "output" ? "output (sealed)" : "exchange (sealed)"));
+      const isTask = x.kind === "task";
+      const st = isTask ? S.status.get(x.label) : null;
+      const state = isTask ? stateOf(x.label) : null;
+      const g = h("svg:g", { class: `v ${x.kind}${hot ? " hot" : ""}`, "data-vertex": x.label, "data-task-state": state,
+        transform: `translate(${x.x},${x.y})` },
+        h("svg:title", {}, isTask ? `${x.label} on ${nodeName(x.node)}: ${progressText(x.label)}` : x.label),
+        h("svg:rect", { width: W, height: H, rx: isTask ? 8 : 24 }),
+        isTask ? h("svg:circle", { cx: W - 14, cy: 15, r: 5, class: `dot state-${state}` }) : null,
+        h("svg:text", { x: 12, y: 20, class: "label" }, x.label.length > 27 ? x.label.slice(0, 26) + "…" : x.label),
+        h("svg:text", { x: 12, y: 37, class: "sub" }, isTask
+          ? `on ${nodeName(x.node)}${x.ops && x.ops.length ? " · " + x.ops.join("→") : ""}`.slice(0, 33)
+          : x.kind === "input" ? "owner stream (sealed)" : x.kind === "output" ? "output (sealed)" : "exchange (sealed)"),
+        isTask ? h("svg:text", { x: 12, y: 53, class: "sub rates" }, st
+          ? `${state} · in ${st.records_in} · out ${st.records_out} · ${rate(st.records_in_per_second || 0)}/s`
+          : "waiting for the node's report") : null);
       return g;
     }));
   return svg;
+}
+
+function summarizeStates(tasks) {
+  const n = {};
+  for (const t of tasks) n[stateOf(t)] = (n[stateOf(t)] || 0) + 1;
+  return Object.entries(n).sort().map(([k, v]) => `${v} ${k}`).join(" · ");
 }
 
 function renderJobs() {
@@ -389,10 +422,11 @@ function renderJobs() {
       h("div", { class: "job-head" },
         h("span", { class: "job-name" }, j.id),
         h("span", { class: "badge ok" }, "deployed"),
+        Object.keys(j.tasks || {}).length ? h("span", { class: "small" }, summarizeStates(Object.keys(j.tasks))) : null,
         h("span", { class: "mono small" }, `service ${j.service} · digest ${short(j.digest, 16)} · key epoch ${j.epoch}`),
         svc && svc.manifest.recipients ? h("span", { class: "small" }, "recipients: " + svc.manifest.recipients.map(partyName).join(", ")) : null),
       h("div", { class: "graph-wrap" }, jobGraph(j, svc)),
-      h("div", { class: "hint" }, "Per-operator rates, watermarks and backpressure are exported by each worker's /metrics (see deploy/grafana/sealflow.json)."));
+      h("div", { class: "hint" }, "Task states and rates come from the nodes' signed status reports (GET /v1/status); watermarks, backpressure and per-operator counters are on each worker's /metrics (deploy/grafana/sealflow.json)."));
   });
   document.getElementById("job-list").replaceChildren(...(list.length ? list : [h("div", { class: "empty" }, "no jobs deployed")]));
   document.getElementById("jobs-summary").textContent = `${S.jobs.length} job${S.jobs.length === 1 ? "" : "s"} · ${S.services.length} service${S.services.length === 1 ? "" : "s"} submitted`;
@@ -640,6 +674,9 @@ async function refresh() {
     const [nodes, jobs, services, parties, streams] = await Promise.all(
       ["/v1/nodes", "/v1/jobs", "/v1/services", "/v1/parties", "/v1/streams"].map(getJSON));
     S.nodes = nodes || []; S.jobs = jobs || []; S.services = services || []; S.streams = streams || [];
+    // Task progress: the latest signed status report of each task's node.
+    const reports = await Promise.all(S.jobs.map((j) => getJSON(`/v1/status?job=${encodeURIComponent(j.id)}`).catch(() => [])));
+    S.status = new Map(reports.flat().filter(Boolean).map((t) => [t.task, t]));
     S.parties = await Promise.all((parties || []).map(async (p) => ({ ...p, id: hex(await sha256(b64(p.signing_key))) })));
     await loadOwner();
     renderOwnerPicker();
