@@ -24,6 +24,7 @@ const (
 	StateRunning  = "running"
 	StateFinished = "finished"
 	StateFailed   = "failed"
+	StateStopped  = "stopped"
 )
 
 // Metrics exports a worker's counters to Prometheus, read from its tasks at
@@ -65,7 +66,7 @@ func NewMetrics(node string) *Metrics {
 		recordsOut: prometheus.NewDesc("sealflow_worker_records_out_total",
 			"Records a task wrote to its sealed output streams.", []string{"sealflow_job", "task"}, labels),
 		tasks: prometheus.NewDesc("sealflow_worker_tasks",
-			"Tasks on this worker by state (running, finished, failed).", []string{"state"}, labels),
+			"Tasks on this worker by state (running, finished, failed, stopped).", []string{"state"}, labels),
 	}
 	m.reg.MustRegister(m.rejected, m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -95,7 +96,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	w := m.w
 	m.mu.Unlock()
-	states := map[string]int{StateRunning: 0, StateFinished: 0, StateFailed: 0}
+	states := map[string]int{StateRunning: 0, StateFinished: 0, StateFailed: 0, StateStopped: 0}
 	if w != nil {
 		for _, t := range w.Tasks() {
 			in, out := t.Records()
@@ -117,6 +118,8 @@ func stateName(s string) string {
 		return StateFinished
 	case strings.HasPrefix(s, StateFailed):
 		return StateFailed
+	case strings.HasPrefix(s, StateStopped):
+		return StateStopped
 	}
 	return StateRunning
 }

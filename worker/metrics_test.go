@@ -105,6 +105,7 @@ func TestMetricsReadTasks(t *testing.T) {
 	add("balance/b", "finished", 7, 7)
 	add("balance/c", "failed: source: stream not found", 0, 0)
 	add("balance/d", "", 0, 0) // not started yet: counted as running
+	add("balance/e", "stopped: the job was removed", 4, 0)
 	m.Watch(w)
 	tests := []struct {
 		name   string
@@ -117,6 +118,7 @@ func TestMetricsReadTasks(t *testing.T) {
 		{"sealflow_worker_tasks", map[string]string{"state": "running"}, 2},
 		{"sealflow_worker_tasks", map[string]string{"state": "finished"}, 1},
 		{"sealflow_worker_tasks", map[string]string{"state": "failed"}, 1},
+		{"sealflow_worker_tasks", map[string]string{"state": "stopped"}, 1},
 	}
 	for _, tt := range tests {
 		if got := value(t, m.Registry(), tt.name, tt.labels); got != tt.want {
