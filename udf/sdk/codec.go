@@ -55,21 +55,11 @@ func fastDecode(data []byte, s *record.Schema, b *record.Batch, vals []record.Va
 		rec := &b.Records[i]
 		rec.Values = vals[i*nf : (i+1)*nf : (i+1)*nf]
 		// time: zig-zag varint
-		var u uint64
-		for shift := uint(0); ; shift += 7 {
-			if pos >= len(data) || shift > 63 {
-				return vals, false
-			}
-			c := data[pos]
-			pos++
-			u |= uint64(c&0x7F) << shift
-			if c < 0x80 {
-				if (c == 0 && shift > 0) || (shift == 63 && c > 1) {
-					return vals, false
-				}
-				break
-			}
+		u, k := uvarintAt(data, pos)
+		if k == 0 {
+			return vals, false
 		}
+		pos += k
 		rec.Time = int64(u>>1) ^ -int64(u&1)
 		if pos >= len(data) {
 			return vals, false
@@ -87,21 +77,11 @@ func fastDecode(data []byte, s *record.Schema, b *record.Batch, vals []record.Va
 			}
 			switch s.Fields[j].Type {
 			case record.TypeInt:
-				var u uint64
-				for shift := uint(0); ; shift += 7 {
-					if pos >= len(data) || shift > 63 {
-						return vals, false
-					}
-					c := data[pos]
-					pos++
-					u |= uint64(c&0x7F) << shift
-					if c < 0x80 {
-						if (c == 0 && shift > 0) || (shift == 63 && c > 1) {
-							return vals, false
-						}
-						break
-					}
+				u, k := uvarintAt(data, pos)
+				if k == 0 {
+					return vals, false
 				}
+				pos += k
 				*v = record.Value{T: record.TypeInt, I: int64(u>>1) ^ -int64(u&1)}
 			case record.TypeFloat:
 				if len(data)-pos < 8 {
@@ -226,4 +206,107 @@ func fastEncode(dst []byte, s *record.Schema, b *record.Batch) ([]byte, bool) {
 		}
 	}
 	return dst, true
+}
+
+// uvarintAt decodes the minimal uvarint at data[pos:] without a loop (in
+// WebAssembly every loop iteration pays the host's termination check),
+// returning its length, or 0 if it is truncated, overlong or not minimal.
+func uvarintAt(data []byte, pos int) (uint64, int) {
+	b := data[pos:]
+	if len(b) >= 10 {
+		b = b[:10]
+	}
+	var u uint64
+	n := 0
+	// Unrolled: each step reads one byte and stops at the last one.
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c & 0x7F)
+		n++
+		if c < 0x80 {
+			return u, n
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 7
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 14
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 21
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 28
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 35
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 42
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 49
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		u |= uint64(c&0x7F) << 56
+		n++
+		if c < 0x80 {
+			return u, minimal(c, n)
+		}
+	}
+	if n < len(b) {
+		c := b[n]
+		n++
+		if c <= 1 {
+			u |= uint64(c) << 63
+			return u, minimal(c, n)
+		}
+	}
+	return 0, 0
+}
+
+// minimal returns n, or 0 when the last byte c of an n-byte varint is zero
+// (a redundant continuation).
+func minimal(c byte, n int) int {
+	if c == 0 {
+		return 0
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
@@ -133,4 +134,22 @@ func FuzzFastDecode(f *testing.F) {
 			t.Fatalf("fastDecode(%x) = %v, record.Decoder = %v", data, fb.Records, rb.Records)
 		}
 	})
+}
+
+func TestUvarintAt(t *testing.T) {
+	for _, v := range []uint64{0, 1, 127, 128, 300, 1 << 35, 1<<63 - 1, 1 << 63, math.MaxUint64} {
+		b := append([]byte{0xFF}, binary.AppendUvarint(nil, v)...)
+		if got, n := uvarintAt(b, 1); got != v || n != len(b)-1 {
+			t.Errorf("uvarintAt(%x) = %d, %d; want %d, %d", b[1:], got, n, v, len(b)-1)
+		}
+	}
+	for _, b := range [][]byte{
+		{}, {0x80}, {0x80, 0x00}, {0xFF, 0x80, 0x00},
+		{0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02},
+		{0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x81, 0x00},
+	} {
+		if _, n := uvarintAt(b, 0); n != 0 {
+			t.Errorf("uvarintAt(%x) accepted %d bytes; want a refusal", b, n)
+		}
+	}
 }
