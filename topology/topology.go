@@ -30,8 +30,13 @@
 // [Parse] decodes strictly: unknown fields, duplicate keys, a missing parent, a
 // cycle, a tier-order violation or a bad link are errors naming the site.
 // [Start] runs a topology on loopback with every site-to-parent connection
-// crossing an emulated [wan.Link]; the same file drives a real multi-machine
-// deployment (docs/deploy.md).
+// crossing an emulated [wan.Link]; [Topology.NATSConfigs] renders the
+// nats-server configuration files that run the same topology on many machines
+// (docs/deploy.md). [EnsureCrossSite] builds the durable exchange between a
+// site and the hub: a bounded buffer stream in the site's JetStream domain,
+// sourced by a stream in the hub's, so data written during a WAN outage is
+// kept at the site (writers are slowed when it is full, never dropped) and
+// copied in order, once, when the link returns.
 package topology
 
 import (

@@ -316,3 +316,23 @@ func FuzzParse(f *testing.F) {
 		_ = topo.Order()
 	})
 }
+
+// FuzzParseBandwidth checks that ParseBandwidth never panics and returns a
+// positive rate exactly when it accepts a non-zero value.
+func FuzzParseBandwidth(f *testing.F) {
+	for _, s := range []string{"", "0", "100Mbit", "2.5Gbit", "10MB", "1e3kbit", "-1B", "NaNGB", "Mbit", "1bit"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseBandwidth(s)
+		if err != nil {
+			if v != 0 {
+				t.Fatalf("ParseBandwidth(%q) = %d with error %v", s, v, err)
+			}
+			return
+		}
+		if (s == "" || s == "0") != (v == 0) || v < 0 {
+			t.Fatalf("ParseBandwidth(%q) = %d", s, v)
+		}
+	})
+}
