@@ -425,3 +425,35 @@ func TestGoGuestRunaway(t *testing.T) {
 		})
 	}
 }
+
+// TestCapabilities checks that a guest sees a deterministic fake clock and
+// random source unless the spec grants "clock" and "random", and the real
+// ones when it does.
+func TestCapabilities(t *testing.T) {
+	r := newRuntime(t, Config{})
+	probeOut := &record.Schema{Fields: []record.Field{{Name: "now", Type: record.TypeInt}, {Name: "random", Type: record.TypeInt}}}
+	probe := func(allow ...string) (now time.Time, random int64) {
+		inst := instance(t, r, "hostile", Function{Name: "probe", In: meterKWh, Out: probeOut, Allow: allow})
+		var out record.Batch
+		if err := inst.Call(context.Background(), &record.Batch{Records: readings(1)}, &out); err != nil {
+			t.Fatal(err)
+		}
+		return time.UnixMilli(out.Records[0].Values[0].I), out.Records[0].Values[1].I
+	}
+	now1, rand1 := probe()
+	now2, rand2 := probe()
+	if !now1.Equal(now2) || rand1 != rand2 {
+		t.Errorf("without capabilities two instances saw (%v, %d) and (%v, %d); want the same fakes", now1, rand1, now2, rand2)
+	}
+	if d := time.Since(now1); d < 24*time.Hour {
+		t.Errorf("without the clock capability the guest saw the real time %v", now1)
+	}
+	nowA, randA := probe(CapClock, CapRandom)
+	_, randB := probe(CapClock, CapRandom)
+	if d := time.Since(nowA); d < -time.Minute || d > time.Minute {
+		t.Errorf("with the clock capability the guest saw %v, %v from now", nowA, d)
+	}
+	if randA == randB || randA == rand1 {
+		t.Errorf("with the random capability two instances drew %d and %d (fake: %d)", randA, randB, rand1)
+	}
+}

@@ -1,12 +1,20 @@
 // Command hostile is a misbehaving UDF for the sandbox tests: on a record
 // with negative kWh, spin loops forever and hog allocates until memory runs
 // out; on other records both pass (meter, kwh) through. It shows what a Go
-// guest that runs away looks like to the host.
+// guest that runs away looks like to the host. probe reads the clock and the
+// random source, to show what the sandbox gives a guest without the clock
+// and random capabilities.
 //
 // Build it as a WebAssembly reactor (see udf/examples/generate.go).
 package main
 
-import "github.com/sealflow/sealflow/udf/sdk"
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"time"
+
+	"github.com/sealflow/sealflow/udf/sdk"
+)
 
 var sink int64
 
@@ -36,6 +44,22 @@ func hog(ptr, size uint32) uint64 {
 		}
 		out.String(in.String("meter"))
 		out.Float(kwh)
+		return nil
+	})
+}
+
+// probe emits, for each input record, (now int, random int): the wall
+// clock in Unix milliseconds and 8 random bytes.
+//
+//go:wasmexport probe
+func probe(ptr, size uint32) uint64 {
+	return sdk.Map(ptr, size, func(in sdk.Row, out *sdk.Out) error {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		out.Int(time.Now().UnixMilli())
+		out.Int(int64(binary.LittleEndian.Uint64(b[:])))
 		return nil
 	})
 }
