@@ -205,7 +205,10 @@ func (in *Instance) explain(ctx context.Context, mod api.Module, what string, n 
 	if mod != nil && mod.Memory() != nil {
 		// A guest that cannot grow its memory traps (or, for Go, exits
 		// with "out of memory"): say so when memory is near the limit.
-		if pages := mod.Memory().Size() / 65536; pages+64 >= limit || strings.Contains(in.stderr.String(), "out of memory") {
+		// "Near": within an eighth of the limit, at most 64 pages (Go
+		// grows its heap in steps of up to 4 MiB).
+		near := min(64, limit/8)
+		if pages := mod.Memory().Size() / 65536; pages+near >= limit || strings.Contains(in.stderr.String(), "out of memory") {
 			err = fmt.Errorf("%w: memory is at %d of the %d pages (%d MiB) allowed: %v", ErrMemoryLimit, pages, limit, limit/16, err)
 		}
 	}

@@ -296,3 +296,26 @@ func TestConcurrentLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTrapIsNotALimit checks that a guest that traps far from its limits is
+// reported as a trap, not as a deadline or memory limit, and recovers.
+func TestTrapIsNotALimit(t *testing.T) {
+	r := newRuntime(t, Config{MemoryLimitPages: 32})
+	wasm := abiModule(emptyRequestSize, []byte{0x00}) // unreachable
+	m, err := r.Load(context.Background(), Digest(wasm), wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := m.Instantiate(context.Background(), Function{Name: "f", In: xSchema, Out: xSchema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Close(context.Background())
+	err = inst.Call(context.Background(), &oneX, &record.Batch{})
+	if err == nil || errors.Is(err, ErrMemoryLimit) || errors.Is(err, ErrDeadline) || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("trap: err = %v, want an unreachable trap that is neither a deadline nor a memory limit", err)
+	}
+	if err := inst.Call(context.Background(), &record.Batch{}, &record.Batch{}); err != nil {
+		t.Fatalf("batch after the trap: %v", err)
+	}
+}
