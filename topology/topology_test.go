@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sealflow/sealflow/substrate"
 	"sigs.k8s.io/yaml"
@@ -335,4 +336,86 @@ func FuzzParseBandwidth(f *testing.F) {
 			t.Fatalf("ParseBandwidth(%q) = %d", s, v)
 		}
 	})
+}
+
+// TestLinkCapsSiteTraffic checks that a site's link settings govern the NATS
+// traffic between the site and its parent: 512 KB published at the edge
+// reaches the hub no faster than the link's 1 MB/s allows.
+func TestLinkCapsSiteTraffic(t *testing.T) {
+	topo, err := Parse([]byte(`
+name: capped
+sites:
+  - {name: cloud, tier: cloud, region: c, nats: {role: hub}}
+  - {name: edge, tier: edge, region: r, parent: cloud, nats: {role: leafnode}, link: {latencyMs: 2, bandwidth: 1MB}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	r, err := Start(ctx, topo, t.TempDir(), WithSync(substrate.SyncRelaxed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	if err := r.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hub, err := substrate.Connect(ctx, r.URL("cloud"), "hub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close()
+	edge, err := substrate.Connect(ctx, r.URL("edge"), "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer edge.Close()
+	const n, size = 64, 8 << 10
+	got := make(chan int, n+16)
+	sub, err := hub.Subscribe("bulk", func(m *nats.Msg) { got <- len(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	hub.Flush()
+	// Wait until the hub's interest has reached the edge.
+	for {
+		edge.Publish("bulk", nil)
+		edge.Flush()
+		select {
+		case <-got:
+		case <-time.After(50 * time.Millisecond):
+			continue
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+		break
+	}
+	for len(got) > 0 {
+		<-got
+	}
+	start := time.Now()
+	body := make([]byte, size)
+	for range n {
+		if err := edge.Publish("bulk", body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	edge.Flush()
+	bytes := 0
+	for bytes < n*size {
+		select {
+		case b := <-got:
+			bytes += b
+		case <-ctx.Done():
+			t.Fatalf("hub got %d of %d bytes", bytes, n*size)
+		}
+	}
+	took := time.Since(start)
+	// 524288 bytes at 1e6 B/s is 0.52 s; the burst lets 64 KiB through early.
+	if floor := 400 * time.Millisecond; took < floor {
+		t.Errorf("512 KiB crossed a 1 MB/s link in %v, want at least %v", took, floor)
+	}
+	t.Logf("512 KiB across a 1 MB/s link in %v", took)
 }
