@@ -52,7 +52,7 @@ func findChromium(t *testing.T) string {
 	return p
 }
 
-// headless runs Chromium headless on url with extra flags (--dump-dom or
+// headless runs Chromium headless on url with extra flags (--dump-dom,
 // --screenshot=FILE) and returns its standard output. The page's scripts run
 // for budget of virtual time first.
 func headless(ctx context.Context, t *testing.T, chrome, url string, budget time.Duration, extra ...string) string {
@@ -256,7 +256,8 @@ stages:
 	}
 
 	url := ep.OrchestratorURL + "/console/?owner=" + string(alice.ID())
-	dom := headless(ctx, t, chrome, url, 8*time.Second, "--dump-dom")
+	shot := filepath.Join(t.TempDir(), "console.png")
+	dom := headless(ctx, t, chrome, url, 8*time.Second, "--dump-dom", "--screenshot="+shot, "--window-size=1440,2000")
 	checks := []struct{ what, pattern string }{
 		{"the page loaded its data", `<body[^>]* data-loaded="yes"`},
 		{"the live status", `data-state="live"`},
@@ -300,8 +301,6 @@ stages:
 		t.Logf("DOM:\n%s", tail(dom, 6000))
 	}
 
-	shot := filepath.Join(t.TempDir(), "console.png")
-	headless(ctx, t, chrome, url, 8*time.Second, "--screenshot="+shot, "--window-size=1440,2000")
 	png, err := os.ReadFile(shot)
 	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
 		t.Fatalf("no PNG screenshot at %s: %v", shot, err)
