@@ -403,12 +403,9 @@ func (m *Machine) streamKey(now time.Time, st *party.Statement, issuer *party.Id
 	if err := decodeBody(st, &b); err != nil {
 		return err
 	}
-	s, ok := m.st.Streams[b.Stream]
-	if !ok {
-		return refuse("stream.unknown", "stream %q is not registered", b.Stream)
-	}
-	if s.Owner != st.Issuer {
-		return refuse("stream.owner", "only the owner of stream %s may upload its keys", b.Stream)
+	s, err := m.ownedStream(b.Stream, st.Issuer, "upload its keys")
+	if err != nil {
+		return err
 	}
 	if _, dup := s.Keys[b.Epoch]; dup {
 		return refuse("stream.epoch", "stream %s already has a key for epoch %d", b.Stream, b.Epoch)
@@ -518,6 +515,19 @@ func hasStage(p *policy.Policy, stage policy.Stage) bool {
 	return false
 }
 
+// ownedStream returns the registered stream name if issuer owns it, or the
+// refusal naming what the issuer tried to do.
+func (m *Machine) ownedStream(name string, issuer party.ID, action string) (*Stream, error) {
+	s, ok := m.st.Streams[name]
+	if !ok {
+		return nil, refuse("stream.unknown", "stream %q is not registered", name)
+	}
+	if s.Owner != issuer {
+		return nil, refuse("stream.owner", "only the owner of stream %s may %s", name, action)
+	}
+	return s, nil
+}
+
 // Approve is the body of a service.approve statement.
 type Approve struct {
 	Stream string `json:"stream"`
@@ -533,12 +543,9 @@ func (m *Machine) approve(now time.Time, st *party.Statement, issuer *party.Iden
 	if err := decodeBody(st, &b); err != nil {
 		return err
 	}
-	s, ok := m.st.Streams[b.Stream]
-	if !ok {
-		return refuse("stream.unknown", "stream %q is not registered", b.Stream)
-	}
-	if s.Owner != st.Issuer {
-		return refuse("stream.owner", "only the owner of stream %s may approve services for it", b.Stream)
+	s, err := m.ownedStream(b.Stream, st.Issuer, "approve services for it")
+	if err != nil {
+		return err
 	}
 	s.Approved[b.Digest] = true
 	out.Result = map[string]any{"stream": b.Stream, "digest": b.Digest}
@@ -561,20 +568,13 @@ func (m *Machine) revoke(now time.Time, st *party.Statement, issuer *party.Ident
 	if err := decodeBody(st, &b); err != nil {
 		return err
 	}
-	s, ok := m.st.Streams[b.Stream]
-	if !ok {
-		return refuse("stream.unknown", "stream %q is not registered", b.Stream)
+	s, err := m.ownedStream(b.Stream, st.Issuer, "revoke services")
+	if err != nil {
+		return err
 	}
-	if s.Owner != st.Issuer {
-		return refuse("stream.owner", "only the owner of stream %s may revoke services", b.Stream)
-	}
+	// A revoked service is never deployed on this stream again, so it never
+	// receives the next epoch, which the owner uploads and publishes with.
 	s.Revoked[b.Service] = true
-	if s.RevokedEpoch == nil {
-		s.RevokedEpoch = map[string]uint32{}
-	}
-	// The revoked service never receives an epoch after the current one; the
-	// owner uploads the next epoch and its publishers switch to it.
-	s.RevokedEpoch[b.Service] = s.Epoch + 1
 	for d := range s.Approved {
 		if svc := m.serviceByDigest(d); svc != nil && svc.Manifest.ID == b.Service {
 			delete(s.Approved, d)

@@ -111,9 +111,6 @@ type Stream struct {
 	Approved map[string]bool `json:"approved"`
 	// Revoked holds the service ids the owner revoked.
 	Revoked map[string]bool `json:"revoked"`
-	// RevokedEpoch records, per revoked service, the first epoch it must never
-	// receive.
-	RevokedEpoch map[string]uint32 `json:"revoked_epoch,omitempty"`
 }
 
 // Manifest is what a service provider submits: the service, its JobSpec digest,
