@@ -57,6 +57,24 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 			bytesize(s.PeakRSSBytes), bytesize(p.PeakRSSBytes), bytesize(s.ExchangeBytes), latency(c.SealedLatency, c.Pace), latency(c.PlainLatency, c.Pace))
 	}
 	b.WriteString("\n")
+	var met int
+	var misses []string
+	for _, c := range r.Cases {
+		if c.Ratio() >= 0.97 {
+			met++
+		} else {
+			mode := "chained"
+			if c.NoChain {
+				mode = "every edge"
+			}
+			misses = append(misses, fmt.Sprintf("%s %s %.2f", c.Query, mode, c.Ratio()))
+		}
+	}
+	fmt.Fprintf(&b, "Target sealed / plaintext ≥ 0.97: met by %d of %d.", met, len(r.Cases))
+	if len(misses) > 0 {
+		fmt.Fprintf(&b, " Below: %s.", strings.Join(misses, ", "))
+	}
+	b.WriteString("\n")
 	if len(r.Mismatches) == 0 {
 		fmt.Fprintf(&b, "Rows: in all %d runs, every run of a query (sealed, plaintext, chained, every edge) produced the same rows as its first run (multiset digest of the JSON lines).\n", r.RowChecks)
 	} else {
@@ -104,7 +122,16 @@ func latency(s *Summary, pace int64) string {
 	if s.LatencyP50Ms == 0 && s.LatencyP99Ms == 0 {
 		return fmt.Sprintf("no timed rows at %s/s", rate(float64(pace)))
 	}
-	return fmt.Sprintf("%.3g / %.3g at %s/s", s.LatencyP50Ms, s.LatencyP99Ms, rate(float64(pace)))
+	return fmt.Sprintf("%s / %s at %s/s", millis(s.LatencyP50Ms), millis(s.LatencyP99Ms), rate(float64(pace)))
+}
+
+// millis formats milliseconds without an exponent: 3 significant digits
+// below 100, whole milliseconds above.
+func millis(ms float64) string {
+	if ms >= 100 {
+		return fmt.Sprintf("%.0f", ms)
+	}
+	return fmt.Sprintf("%.3g", ms)
 }
 
 // SVG renders events/s per core, sealed next to plaintext, per query and

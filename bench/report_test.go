@@ -46,6 +46,8 @@ func TestMarkdown(t *testing.T) {
 		"1.5 / 40 at 500 k/s",
 		"no timed rows at 500 k/s",
 		"in all 18 runs",
+		// q1 chained 0.8, q1 every edge 0.75, q5& chained 1.0.
+		"Target sealed / plaintext ≥ 0.97: met by 1 of 3. Below: q1 chained 0.80, q1 every edge 0.75.",
 		"### Peers\n\nnotes here",
 	} {
 		if !strings.Contains(md, want) {
@@ -126,6 +128,14 @@ func TestSVG(t *testing.T) {
 }
 
 func TestNiceCeil(t *testing.T) {
+	for _, tt := range []struct {
+		ms   float64
+		want string
+	}{{0.5, "0.5"}, {1.234, "1.23"}, {99.94, "99.9"}, {2360.4, "2360"}, {12345, "12345"}} {
+		if got := millis(tt.ms); got != tt.want {
+			t.Errorf("millis(%g) = %q, want %q", tt.ms, got, tt.want)
+		}
+	}
 	for _, tt := range []struct{ x, want float64 }{{0, 1}, {0.3, 0.5}, {1, 1}, {1.2, 2}, {3e6, 5e6}, {7e5, 1e6}} {
 		if got := niceCeil(tt.x); got != tt.want {
 			t.Errorf("niceCeil(%g) = %g, want %g", tt.x, got, tt.want)

@@ -83,7 +83,7 @@ func Scaling(ctx context.Context, o ScalingOptions) (string, error) {
 	p := &progress{w: o.Progress, total: total}
 	p.start = time.Now()
 	var b strings.Builder
-	b.WriteString("### Scaling curves (`sealflow bench --scaling`)\n\nSealed, chained, one run per point, each its own process.\n")
+	b.WriteString("### Scaling curves (`sealflow bench --scaling`)\n\nSealed, chained, one run per point, each its own process; result rows are discarded (`--out /dev/null`), so rates are higher than the table above, whose runs write JSON rows to a file. *tasks* counts chains; with P each runs as P subtasks.\n")
 	for _, c := range curves {
 		fmt.Fprintf(&b, "\n**%s**: %s.\n\n| run | events | tasks | events/s per core | CPU-s | wall events/s | peak RSS |\n|---|---|---|---|---|---|---|\n", c.title, c.note)
 		for _, st := range c.steps {
