@@ -144,8 +144,21 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("JetStream on %s: %w", url, err)
 	}
-	kv, err := substrate.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: stateBucket, History: 16,
-		Description: "sealflow orchestrator state, sealed to the orchestrator's TEE"})
+	// A NATS cluster that is still electing its JetStream leader answers
+	// with timeouts: retry for a while before giving up.
+	var kv jetstream.KeyValue
+	for attempt := 1; ; attempt++ {
+		kv, err = substrate.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: stateBucket, History: 16,
+			Description: "sealflow orchestrator state, sealed to the orchestrator's TEE"})
+		if err == nil || attempt == 6 || ctx.Err() != nil {
+			break
+		}
+		log.Warn("JetStream not ready yet; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
 	if err != nil {
 		return err
 	}

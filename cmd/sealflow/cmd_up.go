@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/substrate"
+	"github.com/sealflow/sealflow/topology"
 )
 
 func init() {
@@ -39,6 +40,7 @@ func runUp(ctx context.Context, args []string) error {
 	fs := newFlags("up")
 	dir := fs.String("dir", ".sealflow/up", "the deployment's directory (NATS store, sim platform, operator key, logs, endpoints.json)")
 	workers := fs.Int("workers", 3, "how many worker processes to start (tiers and regions cycle: edge be-antwerp, regional be-flanders, cloud de-frankfurt, ...)")
+	topoFile := fs.String("topology", "", "a topology file (deploy/topologies/*.yaml): a hub NATS cluster, a leafnode per site behind an emulated WAN link, and each site's workers; replaces --workers")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,12 +57,49 @@ func runUp(ctx context.Context, args []string) error {
 	}
 	progress := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "up: "+format+"\n", a...) }
 
-	progress("starting NATS JetStream (embedded, synchronous flush) in %s", filepath.Join(*dir, "nats"))
-	ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats")})
-	if err != nil {
-		return err
+	// The substrate: one embedded server, or a topology of sites.
+	type workerSpec struct{ name, tier, region, site, natsURL, jsDomain string }
+	var natsURL string
+	var specs []workerSpec
+	if *topoFile != "" {
+		topo, err := topology.Load(*topoFile)
+		if err != nil {
+			return err
+		}
+		progress("starting topology %s: %d sites, each leafnode behind an emulated WAN link", topo.Name, len(topo.Sites))
+		running, err := topology.Start(ctx, topo, filepath.Join(*dir, "topology"))
+		if err != nil {
+			return err
+		}
+		defer running.Stop()
+		if err := running.WaitConnected(ctx); err != nil {
+			return err
+		}
+		natsURL = running.URL(topo.Hub().Name)
+		for _, site := range topo.Order() {
+			for i := range site.Workers {
+				ws := workerSpec{name: fmt.Sprintf("%s-%d", site.Name, i+1), tier: string(site.Tier), region: site.Region, site: site.Name,
+					natsURL: running.URL(site.Name)}
+				if running.Site(site.Name).Domain != "hub" {
+					ws.jsDomain = "hub" // the sealed streams live in the hub's JetStream
+				}
+				specs = append(specs, ws)
+			}
+		}
+	} else {
+		progress("starting NATS JetStream (embedded, synchronous flush) in %s", filepath.Join(*dir, "nats"))
+		ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats")})
+		if err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		natsURL = ns.ClientURL()
+		for i := 0; i < *workers; i++ {
+			n := upNodes[i%len(upNodes)]
+			name := fmt.Sprintf("%s-%s-%d", n.tier, n.region, i+1)
+			specs = append(specs, workerSpec{name: name, tier: n.tier, region: n.region, site: name, natsURL: natsURL})
+		}
 	}
-	defer ns.Shutdown()
 
 	var children []*exec.Cmd
 	defer func() {
@@ -95,23 +134,25 @@ func runUp(ctx context.Context, args []string) error {
 	orchDir := filepath.Join(*dir, "orchestrator")
 	epFile := filepath.Join(orchDir, orchEndpointsFile)
 	_ = os.Remove(epFile)
-	if err := start("orchestrator", "orchestrator", "--dir", orchDir, "--nats", ns.ClientURL(), "--allow-sim"); err != nil {
+	if err := start("orchestrator", "orchestrator", "--dir", orchDir, "--nats", natsURL, "--allow-sim"); err != nil {
 		return err
 	}
 	var oe orchEndpoints
 	if err := waitFile(ctx, epFile, 60*time.Second, &oe); err != nil {
 		return fmt.Errorf("the orchestrator did not come up (see %s): %w", filepath.Join(*dir, "logs", "orchestrator.log"), err)
 	}
-	for i := 0; i < *workers; i++ {
-		n := upNodes[i%len(upNodes)]
-		name := fmt.Sprintf("%s-%s-%d", n.tier, n.region, i+1)
-		if err := start(name, "worker", "--nats", ns.ClientURL(), "--orchestrator", oe.OrchestratorURL, "--measurement", oe.OrchestratorMeasurement,
-			"--allow-sim", "--sim-dir", oe.SimDir, "--name", name, "--tier", n.tier, "--region", n.region, "--site", name,
-			"--operator-key", filepath.Join(orchDir, "operator.key")); err != nil {
+	for _, w := range specs {
+		args := []string{"worker", "--nats", w.natsURL, "--orchestrator", oe.OrchestratorURL, "--measurement", oe.OrchestratorMeasurement,
+			"--allow-sim", "--sim-dir", oe.SimDir, "--name", w.name, "--tier", w.tier, "--region", w.region, "--site", w.site,
+			"--operator-key", filepath.Join(orchDir, "operator.key")}
+		if w.jsDomain != "" {
+			args = append(args, "--js-domain", w.jsDomain)
+		}
+		if err := start(w.name, args...); err != nil {
 			return err
 		}
 	}
-	ep := Endpoints{NATSURL: ns.ClientURL(), OrchestratorURL: oe.OrchestratorURL, OrchestratorMeasurement: oe.OrchestratorMeasurement, SimDir: oe.SimDir}
+	ep := Endpoints{NATSURL: natsURL, OrchestratorURL: oe.OrchestratorURL, OrchestratorMeasurement: oe.OrchestratorMeasurement, SimDir: oe.SimDir}
 	b, _ := json.MarshalIndent(ep, "", "  ")
 	if err := os.WriteFile(filepath.Join(*dir, "endpoints.json"), append(b, '\n'), 0o600); err != nil {
 		return err

@@ -39,6 +39,7 @@ func runWorker(ctx context.Context, args []string) error {
 	slots := fs.Int("slots", 8, "how many tasks the node offers to run")
 	claimsFile := fs.String("claims", "", "the operator's signed node.claims statement for this node")
 	operatorKey := fs.String("operator-key", "", "development: sign this node's claims with the operator's key file")
+	jsDomain := fs.String("js-domain", "", "the JetStream domain holding the sealed streams (for a worker at a leafnode site: the hub's, \"hub\"); the local one when empty")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -98,6 +99,9 @@ func runWorker(ctx context.Context, args []string) error {
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
+	if *jsDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, *jsDomain)
+	}
 	if err != nil {
 		return err
 	}
