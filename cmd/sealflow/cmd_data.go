@@ -53,6 +53,7 @@ func runOwnerPublish(ctx context.Context, args []string) error {
 	timeField := fs.String("time-field", "", "the int field holding each record's event time in epoch ms (default: none, time 0)")
 	partition := fs.Uint("partition", 0, "the partition to publish to")
 	batch := fs.Int("batch", 256, "records per sealed frame")
+	pad := fs.Int("pad", 0, "pad every frame's contents to a multiple of this many bytes, so frame sizes say less about the records (0: no padding)")
 	nats := natsFlag(fs)
 	if err := parseParty(fs, args, 0); err != nil {
 		return err
@@ -99,7 +100,11 @@ func runOwnerPublish(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	pub, err := confidential.NewPublisher(ctx, js, *stream, schema, ring, parts)
+	var opts []confidential.Option
+	if *pad > 0 {
+		opts = append(opts, confidential.WithPadding(*pad))
+	}
+	pub, err := confidential.NewPublisher(ctx, js, *stream, schema, ring, parts, opts...)
 	if err != nil {
 		return err
 	}

@@ -116,7 +116,7 @@ rules:
 			want[fmt.Sprint(ts-ts%5000)] += kwh
 			fmt.Fprintf(&lines, `{"household": "house-%s", "kwh": %g, "ts": %d}`+"\n", id, kwh, ts)
 		}
-		run("owner", "publish", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--input", file("meter-"+id+".jsonl", lines.String()), "--time-field", "ts", "--nats", ep.NATSURL)
+		run("owner", "publish", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--input", file("meter-"+id+".jsonl", lines.String()), "--time-field", "ts", "--nats", ep.NATSURL, "--pad", "4096")
 	}
 
 	edge := func(id string) string {
