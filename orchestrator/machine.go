@@ -479,7 +479,9 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 	return nil
 }
 
-func serviceInput(svc *Service) policy.Service {
+// ServiceInput is the policy view of a service: the `service` variable of
+// every policy stage.
+func ServiceInput(svc *Service) policy.Service {
 	return policy.Service{ID: svc.Manifest.ID, Provider: string(svc.Provider), Version: svc.Manifest.Version,
 		SecurityVersion: svc.Manifest.SecurityVersion, Digest: svc.Digest, CodeDigests: svc.Manifest.CodeDigests}
 }
@@ -498,7 +500,7 @@ func (m *Machine) pendingOwners(svc *Service) []string {
 		if s.Approved[svc.Digest] {
 			continue
 		}
-		if p := m.policies[in]; p != nil && hasStage(p, StageService) && p.Evaluate(StageService, policy.Input{Service: serviceInput(svc)}).Allowed {
+		if p := m.policies[in]; p != nil && hasStage(p, StageService) && p.Evaluate(StageService, policy.Input{Service: ServiceInput(svc)}).Allowed {
 			continue
 		}
 		pending = append(pending, in)
@@ -779,7 +781,7 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 		}
 		cands = append(cands, Candidate{ID: string(id), Tier: n.Location.Tier, Region: n.Location.Region, Site: n.Location.Site, Free: n.Slots - used[id]})
 	}
-	sin := serviceInput(svc)
+	sin := ServiceInput(svc)
 	check := func(t TaskSlot, c Candidate) error {
 		n := m.st.Nodes[party.ID(c.ID)]
 		in := policy.Input{Service: sin, Node: policy.NodeFromClaims(c.ID, &n.Claims, n.Location)}
@@ -913,7 +915,7 @@ func (m *Machine) outputRequest(now time.Time, st *party.Statement, issuer *part
 		if !slices.Contains(svc.Manifest.Recipients, st.Issuer) {
 			return refuse("recipient.manifest", "party %s is not a recipient named by service %s", st.Issuer.Short(), svc.Manifest.ID)
 		}
-		in := policy.Input{Service: serviceInput(svc), Recipient: policy.Recipient{ID: string(st.Issuer), Name: issuer.Name, Role: string(issuer.Role)}}
+		in := policy.Input{Service: ServiceInput(svc), Recipient: policy.Recipient{ID: string(st.Issuer), Name: issuer.Name, Role: string(issuer.Role)}}
 		for _, s := range svc.Manifest.Inputs {
 			if d := m.policies[s].Evaluate(policy.StageRecipient, in); !d.Allowed {
 				return d.Err()

@@ -267,9 +267,7 @@ func (s *Server) Explain(stream, service, node string) (*policy.Decision, error)
 			return nil, fmt.Errorf("no admitted node %q", node)
 		}
 	}
-	in := policy.Input{Service: policy.Service{ID: svc.Manifest.ID, Provider: string(svc.Provider), Version: svc.Manifest.Version,
-		SecurityVersion: svc.Manifest.SecurityVersion, Digest: svc.Digest, CodeDigests: svc.Manifest.CodeDigests},
-		Node: policy.NodeFromClaims(node, &n.Claims, n.Location)}
+	in := policy.Input{Service: orchestrator.ServiceInput(svc), Node: policy.NodeFromClaims(node, &n.Claims, n.Location)}
 	d := p.Evaluate(policy.StagePlacement, in)
 	return &d, nil
 }
