@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -86,53 +85,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	chrome := findChromium(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "sealflow")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := sealflowBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	ep := startUp(ctx, t, bin, dir, "--workers", "3")
+	run := sealflowRunner(ctx, t, bin)
 
-	upDir := filepath.Join(dir, "up")
-	up := exec.Command(bin, "up", "--dir", upDir, "--workers", "3")
-	var upErr bytes.Buffer
-	up.Stderr = &upErr
-	if err := up.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = up.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- up.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = up.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("up stderr:\n%s", upErr.String())
-			logs, _ := filepath.Glob(filepath.Join(upDir, "logs", "*.log"))
-			for _, l := range logs {
-				b, _ := os.ReadFile(l)
-				t.Logf("%s:\n%s", filepath.Base(l), tail(string(b), 2000))
-			}
-		}
-	}()
-	var ep Endpoints
-	if err := waitFile(ctx, filepath.Join(upDir, "endpoints.json"), 90*time.Second, &ep); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) string {
-		t.Helper()
-		c := exec.CommandContext(ctx, bin, args...)
-		var stderr bytes.Buffer
-		c.Stderr = &stderr
-		out, err := c.Output()
-		if err != nil {
-			t.Fatalf("sealflow %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr.String())
-		}
-		return string(out)
-	}
 	file := func(name, content string) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {

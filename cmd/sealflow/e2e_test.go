@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -26,56 +24,11 @@ func TestEndToEndAcrossProcesses(t *testing.T) {
 		t.Skip("builds the binary and starts five processes")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "sealflow")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := sealflowBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-
-	upDir := filepath.Join(dir, "up")
-	up := exec.Command(bin, "up", "--dir", upDir, "--workers", "3")
-	var upErr bytes.Buffer
-	up.Stderr = &upErr
-	if err := up.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = up.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- up.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = up.Process.Kill()
-			t.Error("sealflow up did not stop on SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("up stderr:\n%s", upErr.String())
-			logs, _ := filepath.Glob(filepath.Join(upDir, "logs", "*.log"))
-			for _, l := range logs {
-				b, _ := os.ReadFile(l)
-				t.Logf("%s:\n%s", filepath.Base(l), tail(string(b), 3000))
-			}
-		}
-	}()
-	var ep Endpoints
-	if err := waitFile(ctx, filepath.Join(upDir, "endpoints.json"), 90*time.Second, &ep); err != nil {
-		t.Fatal(err)
-	}
-
-	run := func(args ...string) string {
-		t.Helper()
-		c := exec.CommandContext(ctx, bin, args...)
-		var stderr bytes.Buffer
-		c.Stderr = &stderr
-		out, err := c.Output()
-		if err != nil {
-			t.Fatalf("sealflow %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, stderr.String())
-		}
-		return string(out)
-	}
+	ep := startUp(ctx, t, bin, dir, "--workers", "3")
+	run := sealflowRunner(ctx, t, bin)
 	file := func(name, content string) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -231,13 +184,6 @@ stages:
 	if !strings.Contains(audit, "key.released") || !strings.Contains(audit, "proof ok") {
 		t.Errorf("audit output lacks proven key releases:\n%s", audit)
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 func waitUntil(ctx context.Context, d time.Duration, cond func() bool) error {

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -21,10 +19,7 @@ func TestUpWithTopology(t *testing.T) {
 		t.Skip("builds the binary and starts a topology")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "sealflow")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := sealflowBinary(t)
 	topo := filepath.Join(dir, "topo.yaml")
 	os.WriteFile(topo, []byte(`name: two-sites
 sites:
@@ -33,30 +28,7 @@ sites:
 `), 0o600)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	upDir := filepath.Join(dir, "up")
-	up := exec.Command(bin, "up", "--dir", upDir, "--topology", topo)
-	var stderr bytes.Buffer
-	up.Stderr = &stderr
-	if err := up.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = up.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- up.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = up.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("up:\n%s", stderr.String())
-		}
-	}()
-	var ep Endpoints
-	if err := waitFile(ctx, filepath.Join(upDir, "endpoints.json"), 2*time.Minute, &ep); err != nil {
-		t.Fatal(err)
-	}
+	ep := startUp(ctx, t, bin, dir, "--topology", topo)
 	trust := filepath.Join(dir, "trust.json")
 	if out, err := exec.Command(bin, "verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement,
 		"--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust).CombinedOutput(); err != nil {
