@@ -32,6 +32,7 @@ import (
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/udf"
 	"github.com/sealflow/sealflow/exchange"
 )
 
@@ -98,6 +99,12 @@ type Options struct {
 	Side func(node, name string, rec record.Record)
 	// Logger receives the run's log lines; slog.Default() if nil.
 	Logger *slog.Logger
+	// UDFs runs the WebAssembly functions of udf nodes; a job with udf nodes
+	// needs it and Modules.
+	UDFs *udf.Runtime
+	// Modules returns the plaintext of a udf node's module by digest (for
+	// example decrypted with the job's code key).
+	Modules udf.ModuleSource
 }
 
 // NodeCounters count what one node did over all its subtasks.
@@ -267,7 +274,7 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 	)
 	for _, t := range p.tasks {
 		for i := range t.parallelism {
-			st, err := newSubtask(p, t, i, &o)
+			st, err := newSubtask(ctx, p, t, i, &o)
 			if err != nil {
 				cancel(err)
 				wg.Wait()

@@ -36,12 +36,18 @@ type subtask struct {
 	frames, bytes int64
 }
 
-func newSubtask(p *plan, t *task, idx int, o *Options) (*subtask, error) {
+func newSubtask(ctx context.Context, p *plan, t *task, idx int, o *Options) (*subtask, error) {
 	st := &subtask{p: p, t: t, idx: idx, o: o, stats: make([]nodeStats, len(t.nodes))}
 	for i, info := range t.nodes {
 		n := info.Node
 		split := Split{Node: n.ID, Stream: n.Params.Stream, Subtask: idx, Parallelism: t.parallelism, Schema: info.Out}
-		op, err := buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split)
+		var op operator.Operator
+		var err error
+		if n.Kind == jobspec.KindUDF {
+			op, err = buildUDF(ctx, info, o)
+		} else {
+			op, err = buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("node %q (%s): %w", n.ID, n.Kind, err)
 		}
@@ -80,6 +86,7 @@ func (st *subtask) side(node int, name string, rec record.Record) {
 // run executes the subtask to the end of its input.
 func (st *subtask) run(ctx context.Context) (err error) {
 	st.rctx = ctx
+	defer st.closeOps()
 	defer func() {
 		if err != nil {
 			st.tail.abort()
