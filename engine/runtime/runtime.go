@@ -32,8 +32,8 @@ import (
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
-	"github.com/sealflow/sealflow/udf"
 	"github.com/sealflow/sealflow/exchange"
+	"github.com/sealflow/sealflow/udf"
 )
 
 // Split is what a source or sink function learns about the subtask calling it.
