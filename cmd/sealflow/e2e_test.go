@@ -72,39 +72,7 @@ rules:
 		run("owner", "publish", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--input", file("meter-"+id+".jsonl", lines.String()), "--time-field", "ts", "--nats", ep.NATSURL, "--pad", "4096")
 	}
 
-	edge := func(id string) string {
-		return fmt.Sprintf(`    edge-%[1]s:
-      name: edge-%[1]s
-      schemas:
-        meter: [{name: household, type: string}, {name: kwh, type: float}, {name: ts, type: int}]
-      nodes:
-        - {id: src, kind: source, params: {stream: meter-%[1]s, schema: meter, timeField: ts}}
-        - {id: key, kind: key-by, inputs: [src], params: {keys: [household]}}
-        - {id: win, kind: window-aggregate, inputs: [key], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
-        - {id: out, kind: sink, inputs: [win], params: {stream: x-%[1]s}}
-`, id)
-	}
-	manifest := file("balance.yaml", `id: balance
-version: 1
-inputs: [meter-a, meter-b]
-outputs: [balance-out]
-recipients: [grid-operator]
-tasks:
-  - {id: balance/edge-a, stage: edge-a, tiers: [edge], reads: [meter-a]}
-  - {id: balance/edge-b, stage: edge-b, tiers: [edge], reads: [meter-b]}
-  - {id: balance/regional, stage: regional, tiers: [regional], writes: [balance-out]}
-stages:
-`+edge("a")+edge("b")+`    regional:
-      name: regional
-      schemas:
-        edge: [{name: household, type: string}, {name: window_start, type: int}, {name: window_end, type: int}, {name: kwh, type: float}]
-      nodes:
-        - {id: a, kind: source, params: {stream: x-a, schema: edge, timeField: window_start}}
-        - {id: b, kind: source, params: {stream: x-b, schema: edge, timeField: window_start}}
-        - {id: all, kind: union, inputs: [a, b]}
-        - {id: w, kind: window-aggregate, inputs: [all], params: {window: {type: tumbling, sizeMs: 5000}, aggregates: [{fn: sum, field: kwh, as: kwh}]}}
-        - {id: out, kind: sink, inputs: [w], params: {stream: balance-out}}
-`)
+	manifest := exampleFile(t, "smartgrid/balance.yaml")
 	var sub struct {
 		Result struct {
 			Digest string `json:"digest"`

@@ -115,3 +115,16 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// exampleFile returns the absolute path of a file under examples/.
+func exampleFile(t *testing.T, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("..", "..", "examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
