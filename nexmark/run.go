@@ -3,7 +3,9 @@ package nexmark
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
@@ -20,6 +22,14 @@ type Input struct {
 	// Given, if not nil, are the events to run over instead (read from a
 	// file, for example).
 	Given []Event
+	// Open, if not nil (and Given is nil), opens a JSON-lines file of events
+	// as written by WriteEvents (FileOpener opens a path) to stream the
+	// input from: it is called once by every source subtask, which reads the
+	// whole file and decodes its own share of the lines (see Sources), so
+	// memory stays bounded whatever the file's size. A malformed line fails
+	// the run with an error naming the line; rows already written stay
+	// written.
+	Open func() (io.ReadCloser, error)
 	// Pace, if positive, paces generated events: event n is emitted no
 	// earlier than Start + n/Pace seconds of wall-clock time, and sources
 	// flush partial batches rather than wait. With Config.EventsPerSecond
@@ -29,6 +39,10 @@ type Input struct {
 	// Start is the wall-clock origin of pacing (time.Now() when Sources is
 	// called, if zero).
 	Start time.Time
+	// Read holds the number of events in an Open input once a source has
+	// read all of it (Sources sets a new counter if nil; set one before calling Run, which
+	// takes the Input by value, to read the count afterwards).
+	Read *atomic.Int64
 }
 
 // DueTime returns when, under pacing, the event with event time t was due:
@@ -38,10 +52,18 @@ func (in *Input) DueTime(t int64) time.Time {
 	return in.Start.Add(time.Duration(t-in.Config.withDefaults().BaseTime) * time.Millisecond)
 }
 
-// Len returns the number of events of the input.
+// Len returns the number of events of the input; for an Open input, the
+// number in the file once a source has read all of it (after a successful
+// run), 0 before.
 func (in *Input) Len() int64 {
 	if in.Given != nil {
 		return int64(len(in.Given))
+	}
+	if in.Open != nil {
+		if in.Read == nil {
+			return 0
+		}
+		return in.Read.Load()
 	}
 	return in.Events
 }
@@ -49,7 +71,8 @@ func (in *Input) Len() int64 {
 // Sources returns the runtime sources of the three Nexmark streams for in.
 // Generated events are produced by each source subtask directly into record
 // batches (subtask i of p takes event numbers ≡ i mod p); given events are
-// split by kind and then by position.
+// split by kind and then by position; events of an Open input are split the
+// same way as given ones, streaming.
 func Sources(in *Input, batchSize int) (map[string]runtime.Source, error) {
 	if batchSize <= 0 {
 		batchSize = 512
@@ -65,6 +88,15 @@ func Sources(in *Input, batchSize int) (map[string]runtime.Source, error) {
 		}
 		for _, k := range kinds {
 			srcs[Stream(k)] = runtime.SliceSource(byKind[k], batchSize)
+		}
+		return srcs, nil
+	}
+	if in.Open != nil {
+		if in.Read == nil {
+			in.Read = new(atomic.Int64)
+		}
+		for _, k := range kinds {
+			srcs[Stream(k)] = streamSource(in.Open, k, batchSize, in.Read)
 		}
 		return srcs, nil
 	}

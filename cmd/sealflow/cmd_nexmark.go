@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -119,18 +120,14 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if *input != "" {
+		// Fail early on a missing file; the sources stream it themselves.
 		f, err := os.Open(*input)
 		if err != nil {
 			return err
 		}
-		in.Given, err = nexmark.ReadEvents(f)
 		f.Close()
-		if err != nil {
-			return fmt.Errorf("--input %s: %w", *input, err)
-		}
-		if in.Given == nil {
-			in.Given = []nexmark.Event{}
-		}
+		in.Open = nexmark.FileOpener(*input)
+		in.Read = new(atomic.Int64)
 	}
 
 	url := *natsURL
@@ -216,6 +213,9 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	wall := time.Since(start).Seconds()
 	cpu1, rss := rusage()
 	if err != nil {
+		if *input != "" {
+			return fmt.Errorf("--input %s: %w", *input, err)
+		}
 		return err
 	}
 	if err := bw.Flush(); err != nil {
