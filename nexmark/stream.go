@@ -24,6 +24,9 @@ type EventDecoder struct {
 	tmp  record.Record
 }
 
+// timeMissing is record.JSONDecoder's message for a missing time field.
+const timeMissing = "time field is missing or null"
+
 var typeSchema = record.Schema{Fields: []record.Field{{Name: "type", Type: record.TypeString}}}
 
 // NewEventDecoder returns a decoder of event lines.
@@ -80,9 +83,12 @@ func (d *EventDecoder) Decode(line []byte, lineNo int, k Kind, rec *record.Recor
 	if s == nil {
 		return fmt.Errorf("line %d: malformed event: unknown kind %s", lineNo, k)
 	}
-	if err := d.kind[k].Decode(line, lineNo, rec); err != nil {
+	err := d.kind[k].Decode(line, lineNo, rec)
+	var je *record.JSONError
+	if err != nil && !(errors.As(err, &je) && je.Msg == timeMissing) {
 		return eventError(lineNo, k.String()+" ", err)
 	}
+	// The whole line was read: name the first missing field in schema order.
 	for i := range rec.Values {
 		if rec.Values[i].T == record.TypeNull {
 			return fmt.Errorf("line %d: malformed %s event: missing field %q", lineNo, k, s.Fields[i].Name)
@@ -97,9 +103,6 @@ func eventError(lineNo int, kind string, err error) error {
 	var je *record.JSONError
 	if errors.As(err, &je) {
 		if je.Field != "" {
-			if je.Msg == "time field is missing or null" {
-				return fmt.Errorf("line %d: malformed %sevent: missing field %q", lineNo, kind, je.Field)
-			}
 			return fmt.Errorf("line %d: malformed %sevent: field %q: %s", lineNo, kind, je.Field, je.Msg)
 		}
 		return fmt.Errorf("line %d: malformed %sevent: byte %d: %s", lineNo, kind, je.Offset, je.Msg)
