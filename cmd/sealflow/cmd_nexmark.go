@@ -84,7 +84,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	events := fs.Int64("events", 1_000_000, "number of events to generate (ignored with --input)")
 	seed := fs.Int64("seed", 1, "generator seed")
 	rate := fs.Int64("rate", 10000, "events per second of event time of the generator")
-	input := fs.String("input", "", "read events from this JSON-lines file (as written by nexmark gen) instead of generating them")
+	input := fs.String("input", "", "stream events from this JSON-lines file (as written by nexmark gen) instead of generating them; a malformed line fails the run naming the line (rows already written stay in --out)")
 	out := fs.String("out", "", "write result rows as JSON lines to this file (required; - for stdout)")
 	par := fs.Int("parallelism", 1, "tasks per operator")
 	plaintext := fs.Bool("plaintext", false, "exchange frames in plaintext instead of sealing them (AES-256-GCM seal frames under an ephemeral job key); for measuring the cost of sealing only")

@@ -134,6 +134,18 @@ func TestNexmarkRun(t *testing.T) {
 			t.Errorf("%s: %s", tc.query, d)
 		}
 	}
+	// A malformed line fails the run with an error naming the file and line.
+	bad := filepath.Join(dir, "bad.jsonl")
+	if err := os.WriteFile(bad, append(gen.Bytes(), `{"type":"bid","auction":"x"}`+"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := nexmarkRun(context.Background(), []string{"--query", "q0", "--out", filepath.Join(dir, "bad.out"), "--input", bad}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--input "+bad) || !strings.Contains(err.Error(), `line 20001: malformed bid event: field "auction"`) {
+		t.Errorf("nexmark run over a malformed line: error %v, want one naming the file, line and field", err)
+	}
+	if err := nexmarkRun(context.Background(), []string{"--query", "q0", "--out", filepath.Join(dir, "bad.out"), "--input", filepath.Join(dir, "absent")}, io.Discard); err == nil {
+		t.Error("nexmark run over a missing --input file succeeded")
+	}
 	for _, bad := range [][]string{{"--query", "q99", "--out", "x"}, {"--query", "q1"}, {"--query", "q1", "--out", "x", "--parallelism", "0"},
 		{"--query", "q1", "--out", "x", "--max-out-of-order", "-1s"},
 		{"--query", "q1", "--out", "x", "--pace", "1000", "--input", "f"}} {
