@@ -234,7 +234,9 @@ func ParseEvent(line []byte) (Event, error) {
 }
 
 // ReadEvents reads JSON-lines events from r (blank lines are skipped). It
-// stops at the first malformed line and names it.
+// stops at the first malformed line and names it. It holds every event in
+// memory and decodes by reflection: to run a query over a large file, stream
+// it with Input.Open instead.
 func ReadEvents(r io.Reader) ([]Event, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<16), 1<<24)
