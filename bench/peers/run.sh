@@ -29,7 +29,7 @@ cpu() {
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-echo "| query | rows | sealflow CPU-s (process) | sealflow events/s per core | sealflow engine CPU-s (after parsing the file) | Benthos CPU-s (process) | Benthos events/s per core | sealflow / Benthos per core (process) |"
+echo "| query | rows | sealflow CPU-s (process) | sealflow events/s per core | sealflow cpu_seconds (run summary, reading included) | Benthos CPU-s (process) | Benthos events/s per core | sealflow / Benthos per core (process) |"
 echo "|---|---|---|---|---|---|---|---|"
 for q in q0 q1 q2; do
 	s=() b=() e=()
