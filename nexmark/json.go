@@ -10,7 +10,6 @@ import (
 	"io"
 	"math"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/sealflow/sealflow/engine/record"
 )
@@ -31,7 +30,7 @@ func AppendJSON(dst []byte, ev *Event) []byte {
 	ev.Record(&rec)
 	for i, f := range s.Fields {
 		dst = append(dst, ',')
-		dst = appendString(dst, f.Name)
+		dst = record.AppendJSONString(dst, f.Name)
 		dst = append(dst, ':')
 		dst = AppendValue(dst, rec.Values[i])
 	}
@@ -45,7 +44,7 @@ func AppendRowJSON(dst []byte, cols []string, vals []record.Value) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, c)
+		dst = record.AppendJSONString(dst, c)
 		dst = append(dst, ':')
 		if i < len(vals) {
 			dst = AppendValue(dst, vals[i])
@@ -73,56 +72,11 @@ func AppendValue(dst []byte, v record.Value) []byte {
 		}
 		return strconv.AppendFloat(dst, v.F, 'g', -1, 64)
 	case record.TypeString:
-		return appendString(dst, v.S)
+		return record.AppendJSONString(dst, v.S)
 	case record.TypeBool:
 		return strconv.AppendBool(dst, v.I != 0)
 	}
 	return append(dst, "null"...)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string, escaping quotes, backslashes,
-// control characters and invalid UTF-8.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // WriteEvents writes n events from g as JSON lines to w. It stops early with

@@ -219,7 +219,7 @@ func FuzzEventDecoder(f *testing.F) {
 		line := append([]byte(`{"type":"`+k.String()+`"`), nil...)
 		for i, fl := range Schema(k).Fields {
 			line = append(line, ',')
-			line = appendString(line, fl.Name)
+			line = record.AppendJSONString(line, fl.Name)
 			line = append(line, ':')
 			line = AppendValue(line, rec.Values[i])
 		}

@@ -446,7 +446,7 @@ func NewJSONEncoder(s *Schema) *JSONEncoder {
 		if i > 0 {
 			k = append(k, ',')
 		}
-		k = appendJSONString(k, f.Name)
+		k = AppendJSONString(k, f.Name)
 		e.keys[i] = append(k, ':')
 	}
 	return e
@@ -469,7 +469,7 @@ func (e *JSONEncoder) Append(dst []byte, rec *Record) []byte {
 		case TypeFloat:
 			dst = appendJSONFloat(dst, v.F)
 		case TypeString:
-			dst = appendJSONString(dst, v.S)
+			dst = AppendJSONString(dst, v.S)
 		case TypeBool:
 			dst = strconv.AppendBool(dst, v.I != 0)
 		default:
@@ -495,9 +495,10 @@ func appendJSONFloat(dst []byte, f float64) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD,
-// as encoding/json does.
-func appendJSONString(dst []byte, s string) []byte {
+// AppendJSONString appends s to dst as a JSON string: quotes, backslashes
+// and control characters escaped, invalid UTF-8 replaced by U+FFFD as
+// encoding/json does.
+func AppendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
