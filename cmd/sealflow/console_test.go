@@ -91,20 +91,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	ep := startUp(ctx, t, bin, dir, "--workers", "3")
 	run := sealflowRunner(ctx, t, bin)
 
-	file := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	newParty := func(role, name string) (key, trust string) {
-		key, trust = filepath.Join(dir, name+".key"), filepath.Join(dir, name+".trust")
-		run("keygen", "--role", role, "--name", name, "--out", key)
-		run("verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust)
-		run("owner", "register", "--key", key, "--trust", trust)
-		return key, trust
-	}
+	file := func(name, content string) string { return writeTestFile(t, filepath.Join(dir, name), content) }
+	newParty := func(role, name string) (key, trust string) { return registerPartyCLI(run, ep, dir, role, name) }
 	grid, gridTrust := newParty("provider", "grid-operator")
 	owners := map[string][2]string{}
 	for _, id := range []string{"a", "b"} {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -29,20 +28,8 @@ func TestEndToEndAcrossProcesses(t *testing.T) {
 	defer cancel()
 	ep := startUp(ctx, t, bin, dir, "--workers", "3")
 	run := sealflowRunner(ctx, t, bin)
-	file := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	party := func(role, name string) (key, trust string) {
-		key, trust = filepath.Join(dir, name+".key"), filepath.Join(dir, name+".trust")
-		run("keygen", "--role", role, "--name", name, "--out", key)
-		run("verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust)
-		run("owner", "register", "--key", key, "--trust", trust)
-		return key, trust
-	}
+	file := func(name, content string) string { return writeTestFile(t, filepath.Join(dir, name), content) }
+	party := func(role, name string) (key, trust string) { return registerPartyCLI(run, ep, dir, role, name) }
 
 	grid, gridTrust := party("provider", "grid-operator")
 	type owner struct{ id, key, trust string }

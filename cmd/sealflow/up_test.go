@@ -128,3 +128,14 @@ func exampleFile(t *testing.T, name string) string {
 	}
 	return p
 }
+
+// registerPartyCLI creates a party's key file with the CLI, verifies the
+// orchestrator of ep into the party's own trust file, and registers the
+// party; it returns the two files.
+func registerPartyCLI(run func(...string) string, ep Endpoints, dir, role, name string) (key, trust string) {
+	key, trust = filepath.Join(dir, name+".key"), filepath.Join(dir, name+".trust")
+	run("keygen", "--role", role, "--name", name, "--out", key)
+	run("verify", "--orchestrator", ep.OrchestratorURL, "--measurement", ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", ep.SimDir, "--trust", trust)
+	run("owner", "register", "--key", key, "--trust", trust)
+	return key, trust
+}
