@@ -59,9 +59,7 @@ type Worker struct {
 	admission *orchestrator.Admission
 	keys      map[string]*seal.Keyring // job → keys of that job's tasks here
 	tasks     map[string]*Task         // task id → task
-	pending   map[string][]orchestrator.Release
 	wg        sync.WaitGroup
-	errs      chan error
 }
 
 // New creates a worker with fresh keys. Nothing leaves the process until Run.
@@ -78,7 +76,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	return &Worker{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), kf: kf,
 		ctl: api.NewControlClient(cfg.NATS, cfg.Orchestrator.Identity), http: client.New(cfg.Orchestrator),
-		keys: map[string]*seal.Keyring{}, tasks: map[string]*Task{}, pending: map[string][]orchestrator.Release{}, errs: make(chan error, 16)}, nil
+		keys: map[string]*seal.Keyring{}, tasks: map[string]*Task{}}, nil
 }
 
 // ID returns the node's identity id (its admission id).
@@ -98,8 +96,9 @@ func (w *Worker) Admit(ctx context.Context) (*orchestrator.Admission, error) {
 }
 
 // Run admits the worker, then runs the tasks placed on it until ctx ends. It
-// re-attests before the admission expires. It returns the first task error,
-// or nil when ctx ends.
+// re-attests before the admission expires. It returns an error when the
+// worker cannot be admitted, and nil when ctx ends; a task that fails is
+// logged and reported in the status reports, and the node keeps running.
 func (w *Worker) Run(ctx context.Context) error {
 	a, err := w.Admit(ctx)
 	if err != nil {
@@ -127,8 +126,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			w.wg.Wait()
 			return nil
-		case err := <-w.errs:
-			return err
 		case <-renew.C:
 			a, err := w.Admit(ctx)
 			if err != nil {
@@ -313,12 +310,10 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 		defer w.wg.Done()
 		defer cancel()
 		defer w.publishStatus()
+		// A failed task does not stop the node: its state ("failed: ...")
+		// reaches the orchestrator in the status reports.
 		if err := t.run(tctx); err != nil && tctx.Err() == nil {
 			w.log.Error("task failed", "task", taskID, "err", err)
-			select {
-			case w.errs <- fmt.Errorf("task %s: %w", taskID, err):
-			default:
-			}
 		}
 	}()
 	return nil
