@@ -792,7 +792,7 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 		}
 		return nil
 	}
-	placement, err := Schedule(svc.Manifest.Tasks, cands, check)
+	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), cands, check)
 	if err != nil {
 		return logRefusal(err)
 	}
@@ -1000,4 +1000,28 @@ func checkSpecs(man *Manifest) error {
 		}
 	}
 	return nil
+}
+
+// pinSources places each task that reads an owner's stream registered with a
+// site at that site (sources run where the records enter), unless the
+// manifest pinned it already. A task reading streams of different sites is
+// left unpinned: no single site holds all its inputs.
+func pinSources(tasks []TaskSlot, streams map[string]*Stream) []TaskSlot {
+	out := slices.Clone(tasks)
+	for i := range out {
+		if out[i].Site != "" {
+			continue
+		}
+		site := ""
+		for _, in := range out[i].Reads {
+			s := streams[in]
+			if s == nil || s.Site == "" || (site != "" && s.Site != site) {
+				site = ""
+				break
+			}
+			site = s.Site
+		}
+		out[i].Site = site
+	}
+	return out
 }

@@ -119,11 +119,17 @@ func (w *world) provider(name string) *party.KeyFile {
 	return kf
 }
 
-// node admits a worker with the given location and issuer options.
+// node admits a worker with the given location and issuer options, and 4 slots.
 func (w *world) node(name, tier, region string, opts ...sim.IssuerOption) (*party.KeyFile, error) {
+	return w.nodeSlots(name, tier, region, 4, opts...)
+}
+
+// nodeSlots admits a worker offering the given number of task slots; its site
+// is its name.
+func (w *world) nodeSlots(name, tier, region string, slots int, opts ...sim.IssuerOption) (*party.KeyFile, error) {
 	w.t.Helper()
 	kf := mustKey(w.t, party.RoleWorker, name)
-	claims, err := party.Sign(w.operator, TypeNodeClaims, NodeClaims{Name: name, Tier: tier, Region: region, Site: name, Slots: 4}, time.Hour, w.now)
+	claims, err := party.Sign(w.operator, TypeNodeClaims, NodeClaims{Name: name, Tier: tier, Region: region, Site: name, Slots: slots}, time.Hour, w.now)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -503,5 +509,27 @@ func TestRevokeStopsJobsAndWithholdsNewEpochs(t *testing.T) {
 	w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
 	if _, err := w.do(grid, TypeJobDeploy, Deploy{Service: "svc"}); rule(err) != "approval.pending" {
 		t.Fatalf("redeploy with a re-approved digest while revoked: %v", err)
+	}
+}
+
+func TestSourcesRunAtTheirStreamsSite(t *testing.T) {
+	w := newWorld(t, nil)
+	alice, _ := w.owner("alice", "meter-a", edgeOnlyBE)
+	// Alice's records enter at site n2 (the world's nodes use their name as site).
+	w.must(alice, TypeStreamRegister, RegisterStream{Name: "meter-a", Partitions: 1, Site: "n2",
+		Schema: []Field{{Name: "kwh", Type: "float"}}, Policy: json.RawMessage(`{"stream": "meter-a", "rules": [` + edgeOnlyBE + `]}`)})
+	grid := w.provider("grid")
+	// Without the pin the scheduler would prefer n1, which has more free slots.
+	for n, slots := range map[string]int{"n1": 8, "n2": 2} {
+		if _, err := w.nodeSlots(n, "edge", "be", slots); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := w.must(grid, TypeServiceSubmit, manifest("svc", "meter-a")).Result.(map[string]any)["digest"].(string)
+	w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	node := w.m.State().Nodes[w.m.State().Jobs["svc"].Tasks["svc/src-meter-a"]]
+	if node.Location.Site != "n2" {
+		t.Fatalf("the source task runs at site %q, want the stream's site n2", node.Location.Site)
 	}
 }

@@ -93,3 +93,24 @@ func TestSchedule(t *testing.T) {
 		})
 	}
 }
+
+func TestPinSources(t *testing.T) {
+	streams := map[string]*Stream{"a": {Site: "house-a"}, "b": {Site: "house-b"}, "c": {}}
+	tasks := []TaskSlot{
+		{ID: "src-a", Reads: []string{"a"}},
+		{ID: "src-ab", Reads: []string{"a", "b"}},
+		{ID: "src-c", Reads: []string{"c"}},
+		{ID: "pinned", Reads: []string{"a"}, Site: "elsewhere"},
+		{ID: "agg"},
+	}
+	got := pinSources(tasks, streams)
+	want := map[string]string{"src-a": "house-a", "src-ab": "", "src-c": "", "pinned": "elsewhere", "agg": ""}
+	for _, ts := range got {
+		if ts.Site != want[ts.ID] {
+			t.Errorf("task %s pinned to %q, want %q", ts.ID, ts.Site, want[ts.ID])
+		}
+	}
+	if tasks[0].Site != "" {
+		t.Error("pinSources modified the manifest's tasks")
+	}
+}
