@@ -70,6 +70,20 @@ func (p *partyFlags) client() (*client.Client, error) {
 	return client.New(t), nil
 }
 
+// signer returns the pinned client and the party's key file: what every
+// command that signs a statement needs. The trust file is checked first.
+func (p *partyFlags) signer() (*client.Client, *party.KeyFile, error) {
+	c, err := p.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	kf, err := p.keyFile()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, kf, nil
+}
+
 // keyFile loads the party key file named by --key.
 func (p *partyFlags) keyFile() (*party.KeyFile, error) {
 	if p.key == "" {

@@ -200,11 +200,7 @@ func runServiceResults(ctx context.Context, args []string) error {
 	if *job == "" {
 		return fmt.Errorf("%w: --job is required", errUsage)
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}

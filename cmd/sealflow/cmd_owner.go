@@ -41,11 +41,7 @@ func runOwnerRegister(ctx context.Context, args []string) error {
 }
 
 func registerParty(ctx context.Context, pf *partyFlags) error {
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}
@@ -138,11 +134,7 @@ func runOwnerRegisterStream(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}
@@ -245,11 +237,7 @@ func runOwnerApprove(ctx context.Context, args []string) error {
 	if *stream == "" || *service == "" {
 		return fmt.Errorf("%w: --stream and --service are required", errUsage)
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}
@@ -279,11 +267,7 @@ func runOwnerRevoke(ctx context.Context, args []string) error {
 	if *stream == "" || *service == "" {
 		return fmt.Errorf("%w: --stream and --service are required", errUsage)
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}

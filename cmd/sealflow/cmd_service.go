@@ -185,11 +185,7 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: give the manifest file: sealflow service submit --key F FILE.yaml", errUsage)
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}
@@ -238,11 +234,7 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	if *service == "" {
 		return fmt.Errorf("%w: --service is required", errUsage)
 	}
-	c, err := pf.client()
-	if err != nil {
-		return err
-	}
-	kf, err := pf.keyFile()
+	c, kf, err := pf.signer()
 	if err != nil {
 		return err
 	}
