@@ -105,6 +105,12 @@ type Options struct {
 	// Modules returns the plaintext of a udf node's module by digest (for
 	// example decrypted with the job's code key).
 	Modules udf.ModuleSource
+	// Checkpoint, if not nil, takes aligned checkpoints (see Checkpointing).
+	Checkpoint *Checkpointing
+	// CommitSinks maps the stream of sink nodes to functions committing
+	// their output per checkpoint, for exactly-once output; used instead of
+	// Sinks when Checkpoint is set.
+	CommitSinks map[string]CommitSink
 }
 
 // NodeCounters count what one node did over all its subtasks.
