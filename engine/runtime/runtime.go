@@ -48,6 +48,14 @@ type Split struct {
 	// as a record on the source node's "error" side output, so a bad record
 	// never fails the job. It must be called from the source's goroutine.
 	Malformed func(err error)
+	// Restored, given to sources of a run restored from a checkpoint, is
+	// the position the subtask's SourceSnapshotter returned at that
+	// checkpoint; nil otherwise (start from the beginning).
+	Restored []byte
+	// SetSnapshotter, given to sources of a checkpointed run, registers the
+	// function returning the subtask's position. A source that registers
+	// none cannot be rewound: every checkpoint of the run is declined.
+	SetSnapshotter func(SourceSnapshotter)
 }
 
 // Source produces the records of one source subtask: it calls emit with
