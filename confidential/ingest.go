@@ -35,21 +35,39 @@ func NewPublisher(ctx context.Context, js jetstream.JetStream, id string, schema
 }
 
 // Publish seals b as the next frame of partition and publishes it, returning
-// once JetStream has stored it.
+// once JetStream has stored it. The first frame of a partition continues the
+// sealed sequence of what the partition already holds.
 func (p *Publisher) Publish(ctx context.Context, partition uint32, b *record.Batch) error {
 	return p.w.write(ctx, partition, b, false)
 }
 
+// CommitSink returns the runtime.CommitSink publishing a sink node's output
+// to the stream exactly once per checkpoint (for an intermediate stream
+// between the stages of a job): sink subtask i publishes to partition i, as
+// OutputSink.CommitSink does.
+func (p *Publisher) CommitSink() runtime.CommitSink {
+	return func(ctx context.Context, split runtime.Split, checkpoint uint64, batches []*record.Batch) error {
+		if split.Subtask < 0 || split.Subtask >= p.w.partitions {
+			return fmt.Errorf("confidential: ingest stream %q has %d partitions, sink subtask %d has none to write", p.w.id, p.w.partitions, split.Subtask)
+		}
+		return p.w.commit(ctx, uint32(split.Subtask), checkpoint, batches)
+	}
+}
+
 // Close seals and publishes the last-of-stream frame of every partition;
-// readers report a stream without them as truncated.
+// readers report a stream without them as truncated. As OutputSink.Close,
+// it leaves partitions that already ended alone.
 func (p *Publisher) Close(ctx context.Context) error { return p.w.close(ctx) }
 
 // Position is where a partition of an ingest stream was read up to, for a
-// checkpoint: the JetStream stream sequence of the last frame taken from it
-// and the sealed sequence number expected next.
+// checkpoint: the JetStream stream sequence of the last frame taken from it,
+// the sealed sequence number expected next, and whether that frame was the
+// partition's last (a reader resuming from an ended partition reads nothing
+// more from it).
 type Position struct {
 	StreamSeq uint64 `json:"stream_seq"`
 	Next      uint64 `json:"next"`
+	Ended     bool   `json:"ended,omitempty"`
 }
 
 // IngestSource reads a sealed ingest stream back from JetStream as a
@@ -59,7 +77,11 @@ type Position struct {
 // order. Replayed, tampered, foreign and unkeyed frames are counted, reported
 // and skipped; a gap in a partition, or no new frame within the end timeout
 // before every partition delivered its last frame, fails the run. The source
-// remembers how far it read each partition (Positions). It is safe for
+// remembers how far it read each partition (Positions). In a checkpointed
+// run each subtask registers a runtime.SourceSnapshotter returning the
+// positions of its partitions (MarshalPositions), and a subtask restored from
+// a checkpoint (runtime.Split.Restored) resumes from them; a partition whose
+// last frame was read before the checkpoint counts as ended. It is safe for
 // concurrent use by the subtasks of one run.
 type IngestSource struct {
 	js         jetstream.JetStream
@@ -122,37 +144,76 @@ func (s *IngestSource) Source() runtime.Source {
 }
 
 func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*record.Batch) error) error {
-	mine := map[uint32]bool{}
-	var subjects []string
-	start := uint64(0)
-	skip := map[uint32]uint64{}
-	resume := map[uint32]Position{}
-	s.mu.Lock()
+	// cur is this subtask's position in each of its partitions, as the
+	// snapshotter reports it; only this goroutine touches it.
+	cur := map[uint32]Position{}
+	var parts []uint32
 	for p := split.Subtask; p < s.partitions; p += split.Parallelism {
-		mine[uint32(p)] = true
-		subjects = append(subjects, IngestSubject(s.id, uint32(p)))
-		pos, ok := s.pos[uint32(p)]
-		if !ok {
-			start = 1
-			continue
+		parts = append(parts, uint32(p))
+	}
+	if split.Restored != nil {
+		restored, err := UnmarshalPositions(split.Restored)
+		if err != nil {
+			return fmt.Errorf("confidential: ingest stream %q subtask %d: restoring: %w", s.id, split.Subtask, err)
 		}
-		if start == 0 || pos.StreamSeq+1 < start {
-			start = pos.StreamSeq + 1
+		for p, pos := range restored {
+			if int(p)%split.Parallelism != split.Subtask || int64(p) >= int64(s.partitions) {
+				return fmt.Errorf("confidential: ingest stream %q: subtask %d of %d restored a position of partition %d, which it does not read (of %d partitions)",
+					s.id, split.Subtask, split.Parallelism, p, s.partitions)
+			}
+			cur[p] = pos
 		}
-		skip[uint32(p)] = pos.StreamSeq
-		resume[uint32(p)] = pos
+	} else {
+		s.mu.Lock()
+		for _, p := range parts {
+			if pos, ok := s.pos[p]; ok {
+				cur[p] = pos
+			}
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	for _, p := range parts {
+		if pos, ok := cur[p]; ok {
+			s.pos[p] = pos
+		} else {
+			delete(s.pos, p)
+		}
 	}
 	s.mu.Unlock()
-	if len(mine) == 0 {
+	if split.SetSnapshotter != nil {
+		split.SetSnapshotter(func() ([]byte, error) { return MarshalPositions(cur) })
+	}
+
+	// Partitions that ended before the checkpoint are not read again.
+	live := map[uint32]bool{}
+	var subjects []string
+	start := uint64(0)
+	for _, p := range parts {
+		pos, ok := cur[p]
+		switch {
+		case ok && pos.Ended:
+			continue
+		case !ok:
+			start = 1
+		case start == 0 || pos.StreamSeq+1 < start:
+			start = pos.StreamSeq + 1
+		}
+		live[p] = true
+		subjects = append(subjects, IngestSubject(s.id, p))
+	}
+	if len(live) == 0 {
 		return nil
 	}
-	r, err := newFrameReader(ingestPlace, s.id, split.Schema, s.keys, s.cfg, mine)
+	r, err := newFrameReader(ingestPlace, s.id, split.Schema, s.keys, s.cfg, live)
 	if err != nil {
 		return err
 	}
-	for p, pos := range resume {
-		if err := r.opener.Resume(s.id, p, pos.Next); err != nil {
-			return err
+	for p := range live {
+		if pos, ok := cur[p]; ok {
+			if err := r.opener.Resume(s.id, p, pos.Next); err != nil {
+				return err
+			}
 		}
 	}
 	cc := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1)}
@@ -189,7 +250,7 @@ func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*
 		if err != nil {
 			return fmt.Errorf("confidential: reading ingest stream %q: %w", s.id, err)
 		}
-		if sp, ok := r.subjectPartition(msg.Subject()); ok && md.Sequence.Stream <= skip[sp] {
+		if sp, ok := r.subjectPartition(msg.Subject()); ok && md.Sequence.Stream <= cur[sp].StreamSeq {
 			continue // read before the checkpoint this run resumes from
 		}
 		b, h, err := r.handle(msg.Subject(), msg.Data())
@@ -199,14 +260,18 @@ func (s *IngestSource) run(ctx context.Context, split runtime.Split, emit func(*
 		if b == nil {
 			continue
 		}
+		// The position moves before emit: a checkpoint taken inside emit
+		// must count this frame as read.
+		pos := Position{StreamSeq: md.Sequence.Stream, Next: h.Seq + 1, Ended: h.Flags&seal.FlagLast != 0}
+		cur[h.Partition] = pos
+		s.mu.Lock()
+		s.pos[h.Partition] = pos
+		s.mu.Unlock()
 		if b.Len() > 0 {
 			if err := emit(b); err != nil {
 				return err
 			}
 		}
-		s.mu.Lock()
-		s.pos[h.Partition] = Position{StreamSeq: md.Sequence.Stream, Next: h.Seq + 1}
-		s.mu.Unlock()
 	}
 	return nil
 }

@@ -49,7 +49,28 @@ func (o *OutputSink) Sink() runtime.Sink {
 	}
 }
 
-// Close seals and publishes the last-of-stream frame of every partition.
+// CommitSink returns the runtime.CommitSink writing the stream exactly once
+// per checkpoint: sink subtask i publishes the batches of a checkpoint to
+// partition i, one frame each, with the checkpoint id and the batch's index
+// in headers (HeaderCheckpoint, HeaderBatch). The first call for a partition
+// looks up the partition's last message: the sealed sequence continues after
+// it, and batches the partition already holds (of an earlier checkpoint, or
+// up to the recorded index of the same one) are not published again, so a
+// task restored from a checkpoint may commit it again. One writer (one
+// OutputSink at a time) per partition.
+func (o *OutputSink) CommitSink() runtime.CommitSink {
+	return func(ctx context.Context, split runtime.Split, checkpoint uint64, batches []*record.Batch) error {
+		if split.Parallelism != o.w.partitions {
+			return fmt.Errorf("confidential: output stream %q was set up for %d partitions, the sink node runs %d subtasks", o.w.id, o.w.partitions, split.Parallelism)
+		}
+		return o.w.commit(ctx, uint32(split.Subtask), checkpoint, batches)
+	}
+}
+
+// Close seals and publishes the last-of-stream frame of every partition. It
+// is idempotent across writers: a partition whose last message already is a
+// last frame is left alone, and a partition this sink has not written yet
+// continues the sealed sequence of what it holds.
 func (o *OutputSink) Close(ctx context.Context) error { return o.w.close(ctx) }
 
 // ReadOutput returns the records of a finished output stream id, reading

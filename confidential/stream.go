@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/seal"
@@ -118,6 +121,18 @@ func timeRange(b *record.Batch) (lo, hi int64) {
 	return lo, hi
 }
 
+// Message headers of the frames a writer publishes once a partition received
+// output committed per checkpoint (OutputSink.CommitSink, Publisher.CommitSink).
+// They say how far the committed output in the partition goes, up to and
+// including the message: HeaderCheckpoint the id of the last checkpoint whose
+// batches were published, HeaderBatch "i/n", batches 1 to i of its n. A
+// restarted writer reads them from the partition's last message to publish
+// what is missing and nothing twice. They are routing metadata, not sealed.
+const (
+	HeaderCheckpoint = "Sealflow-Checkpoint"
+	HeaderBatch      = "Sealflow-Batch"
+)
+
 // writer seals batches of records into the partitions of a sealed stream.
 type writer struct {
 	js         jetstream.JetStream
@@ -126,15 +141,29 @@ type writer struct {
 	schema     *record.Schema
 	partitions int
 	cfg        *config
+	keys       *seal.Keyring
+	so         []seal.SealerOption
 	parts      []partWriter
+
+	streamMu sync.Mutex
+	stream   jetstream.Stream
 }
 
+// partWriter is the state of one partition. Until known, the writer has not
+// looked at what the partition already holds; the first write, commit or
+// close looks up its last message (sync), and a failed publish makes the
+// writer look again, since the frame may or may not have been stored.
 type partWriter struct {
 	mu     sync.Mutex
+	known  bool
 	sealer *seal.Sealer
 	body   []byte
 	frame  []byte
 	ended  bool
+	// The committed output the partition holds: batches 1 to batch of the
+	// batches of checkpoint cp (0: none).
+	cp             uint64
+	batch, batches int
 }
 
 func newWriter(ctx context.Context, js jetstream.JetStream, pl place, id string, schema *record.Schema, keys *seal.Keyring, partitions int, opts []Option) (*writer, error) {
@@ -169,34 +198,151 @@ func newWriter(ctx context.Context, js jetstream.JetStream, pl place, id string,
 	if cfg.plaintext {
 		so = append(so, seal.WithPlaintext())
 	}
-	w := &writer{js: js, pl: pl, id: id, schema: schema, partitions: partitions, cfg: cfg, parts: make([]partWriter, partitions)}
-	for i := range w.parts {
-		if w.parts[i].sealer, err = seal.NewSealer(keys, pl.kind, id, uint32(i), so...); err != nil {
-			return nil, err
-		}
+	// A sealer made here checks the options and keys before anything is
+	// published; sync replaces it.
+	if _, err := seal.NewSealer(keys, pl.kind, id, 0, so...); err != nil {
+		return nil, err
 	}
+	w := &writer{js: js, pl: pl, id: id, schema: schema, partitions: partitions, cfg: cfg, keys: keys, so: so, parts: make([]partWriter, partitions)}
 	if err := pl.ensure(ctx, js, id); err != nil {
 		return nil, err
 	}
 	return w, nil
 }
 
-// write seals b as the next frame of partition part and publishes it,
-// waiting for JetStream's acknowledgement.
-func (w *writer) write(ctx context.Context, part uint32, b *record.Batch, last bool) error {
+// part returns partition part's state, locked, after making sure the writer
+// knows what the partition holds.
+func (w *writer) part(ctx context.Context, part uint32) (*partWriter, error) {
 	if int64(part) >= int64(w.partitions) {
-		return fmt.Errorf("confidential: %s stream %q has %d partitions, not partition %d", w.pl.kind, w.id, w.partitions, part)
+		return nil, fmt.Errorf("confidential: %s stream %q has %d partitions, not partition %d", w.pl.kind, w.id, w.partitions, part)
 	}
 	p := &w.parts[part]
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ended {
-		if last {
-			return nil
+	if !p.known {
+		if err := w.sync(ctx, part, p); err != nil {
+			p.mu.Unlock()
+			return nil, err
 		}
-		return fmt.Errorf("confidential: %s stream %q partition %d is closed", w.pl.kind, w.id, part)
 	}
-	var err error
+	return p, nil
+}
+
+func (w *writer) jsStream(ctx context.Context) (jetstream.Stream, error) {
+	w.streamMu.Lock()
+	defer w.streamMu.Unlock()
+	if w.stream == nil {
+		s, err := w.js.Stream(ctx, w.pl.streamName(w.id))
+		if err != nil {
+			return nil, err
+		}
+		w.stream = s
+	}
+	return w.stream, nil
+}
+
+// sync looks up the last message of partition part and sets the partition's
+// state after it: the sealer continues at the next sealed sequence, the
+// partition has ended if the message is a last frame, and the committed
+// output goes as far as the message's headers say. The message must be an
+// authentic frame of the partition: a writer continues no sequence the
+// storage made up.
+func (w *writer) sync(ctx context.Context, part uint32, p *partWriter) error {
+	fail := func(err error) error {
+		return fmt.Errorf("confidential: %s stream %q partition %d: looking up the last frame: %w", w.pl.kind, w.id, part, err)
+	}
+	stream, err := w.jsStream(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	next, ended := uint64(0), false
+	cp, batch, batches := uint64(0), 0, 0
+	msg, err := stream.GetLastMsgForSubject(ctx, w.pl.subject(w.id, part))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return fail(err)
+	default:
+		h, err := w.checkTail(part, msg.Data)
+		if err != nil {
+			return fail(fmt.Errorf("message %d: %w", msg.Sequence, err))
+		}
+		if cp, batch, batches, err = parseCommitHeaders(msg.Header); err != nil {
+			return fail(fmt.Errorf("message %d: %w", msg.Sequence, err))
+		}
+		next, ended = h.Seq+1, h.Flags&seal.FlagLast != 0
+	}
+	so := w.so
+	if next > 0 {
+		so = append(slices.Clip(so), seal.WithStartSeq(next))
+	}
+	sealer, err := seal.NewSealer(w.keys, w.pl.kind, w.id, part, so...)
+	if err != nil {
+		return fail(err)
+	}
+	p.sealer, p.ended, p.cp, p.batch, p.batches, p.known = sealer, ended, cp, batch, batches, true
+	return nil
+}
+
+// checkTail opens frame as partition part's frame at its own sequence
+// number, to authenticate it, and returns its header.
+func (w *writer) checkTail(part uint32, frame []byte) (seal.Header, error) {
+	h, err := seal.ParseHeader(frame)
+	if err != nil {
+		return h, err
+	}
+	var oo []seal.OpenerOption
+	if w.cfg.plaintext {
+		oo = append(oo, seal.AcceptPlaintext())
+	}
+	op, err := seal.NewOpener(w.keys, w.pl.kind, []string{w.id}, oo...)
+	if err != nil {
+		return h, err
+	}
+	if h.Partition != part {
+		return h, fmt.Errorf("the frame says it belongs to partition %d", h.Partition)
+	}
+	if err := op.Resume(w.id, part, h.Seq); err != nil {
+		return h, err
+	}
+	if h, _, err = op.Open(nil, frame); err != nil {
+		return h, fmt.Errorf("not an authentic frame of the partition: %w", err)
+	}
+	return h, nil
+}
+
+// parseCommitHeaders returns the committed output a message's headers
+// record (all zero without them).
+func parseCommitHeaders(h nats.Header) (cp uint64, batch, batches int, err error) {
+	cs, bs := h.Get(HeaderCheckpoint), h.Get(HeaderBatch)
+	if cs == "" && bs == "" {
+		return 0, 0, 0, nil
+	}
+	bad := func() (uint64, int, int, error) {
+		return 0, 0, 0, fmt.Errorf("headers %s %q and %s %q, want a checkpoint id ≥ 1 and \"i/n\" with 1 ≤ i ≤ n", HeaderCheckpoint, cs, HeaderBatch, bs)
+	}
+	cp, err = strconv.ParseUint(cs, 10, 64)
+	is, ns, ok := strings.Cut(bs, "/")
+	if err != nil || cp == 0 || !ok {
+		return bad()
+	}
+	i, erri := strconv.Atoi(is)
+	n, errn := strconv.Atoi(ns)
+	if erri != nil || errn != nil || i < 1 || i > n || strconv.Itoa(i) != is || strconv.Itoa(n) != ns || strconv.FormatUint(cp, 10) != cs {
+		return bad()
+	}
+	return cp, i, n, nil
+}
+
+// publish seals b as the next frame of partition part (a last frame when
+// last) and publishes it with the partition's commit headers, waiting for
+// JetStream's acknowledgement. A failure leaves the partition unknown, so
+// the next call looks up what was stored.
+func (w *writer) publish(ctx context.Context, part uint32, p *partWriter, b *record.Batch, last bool) (err error) {
+	defer func() {
+		if err != nil {
+			p.known = false
+		}
+	}()
 	if p.body, err = appendBody(p.body[:0], w.schema, b, last, w.partitions); err != nil {
 		return fmt.Errorf("confidential: %s stream %q partition %d: %w", w.pl.kind, w.id, part, err)
 	}
@@ -210,12 +356,77 @@ func (w *writer) write(ctx context.Context, part uint32, b *record.Batch, last b
 	if err != nil {
 		return fmt.Errorf("confidential: %s stream %q partition %d: %w", w.pl.kind, w.id, part, err)
 	}
+	msg := &nats.Msg{Subject: w.pl.subject(w.id, part), Data: p.frame}
+	if p.cp > 0 {
+		msg.Header = nats.Header{}
+		msg.Header.Set(HeaderCheckpoint, strconv.FormatUint(p.cp, 10))
+		msg.Header.Set(HeaderBatch, strconv.Itoa(p.batch)+"/"+strconv.Itoa(p.batches))
+	}
+	msgID := w.id + "." + strconv.FormatUint(uint64(part), 10) + "." + strconv.FormatUint(seq, 10)
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return fmt.Errorf("confidential: publishing frame %d of %s stream %q partition %d: %w", seq, w.pl.kind, w.id, part, err)
+	}
 	if last {
 		p.ended = true
 	}
-	msgID := w.id + "." + strconv.FormatUint(uint64(part), 10) + "." + strconv.FormatUint(seq, 10)
-	if _, err := w.js.Publish(ctx, w.pl.subject(w.id, part), p.frame, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("confidential: publishing frame %d of %s stream %q partition %d: %w", seq, w.pl.kind, w.id, part, err)
+	return nil
+}
+
+// write seals b as the next frame of partition part and publishes it,
+// waiting for JetStream's acknowledgement; with last, it ends the partition
+// (nothing to do if it already ended).
+func (w *writer) write(ctx context.Context, part uint32, b *record.Batch, last bool) error {
+	p, err := w.part(ctx, part)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	if p.ended {
+		if last {
+			return nil
+		}
+		return fmt.Errorf("confidential: %s stream %q partition %d is closed", w.pl.kind, w.id, part)
+	}
+	return w.publish(ctx, part, p, b, last)
+}
+
+// commit publishes the batches of checkpoint cp to partition part, one frame
+// each, skipping what the partition already holds: every batch of an
+// earlier checkpoint than the last one published, and batches 1 to i of the
+// last one.
+func (w *writer) commit(ctx context.Context, part uint32, cp uint64, batches []*record.Batch) error {
+	if cp == 0 {
+		return fmt.Errorf("confidential: %s stream %q partition %d: commit of checkpoint 0; checkpoint ids start at 1", w.pl.kind, w.id, part)
+	}
+	p, err := w.part(ctx, part)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	n, from := len(batches), 0
+	switch {
+	case cp < p.cp:
+		return nil
+	case cp == p.cp && n != p.batches:
+		return fmt.Errorf("confidential: %s stream %q partition %d holds %d of %d batches of checkpoint %d, but its commit now has %d batches",
+			w.pl.kind, w.id, part, p.batch, p.batches, cp, n)
+	case cp == p.cp:
+		from = p.batch
+	}
+	if from >= n {
+		return nil
+	}
+	if p.ended {
+		return fmt.Errorf("confidential: %s stream %q partition %d is closed, but batches %d to %d of checkpoint %d were not published",
+			w.pl.kind, w.id, part, from+1, n, cp)
+	}
+	for i := from; i < n; i++ {
+		pcp, pb, pn := p.cp, p.batch, p.batches
+		p.cp, p.batch, p.batches = cp, i+1, n
+		if err := w.publish(ctx, part, p, batches[i], false); err != nil {
+			p.cp, p.batch, p.batches = pcp, pb, pn
+			return err
+		}
 	}
 	return nil
 }
