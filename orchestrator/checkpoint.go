@@ -73,11 +73,84 @@ func (r *CheckpointRecord) Snapshot(task string) (CheckpointSnapshot, bool) {
 	return s, ok
 }
 
-// JobCheckpoints are a job's last complete checkpoint and the ones still
-// waiting for acknowledgements.
+// JobCheckpoints are a job's last complete checkpoint, the ones still
+// waiting for acknowledgements and each task's restore point.
 type JobCheckpoints struct {
 	Complete *CheckpointRecord            `json:"complete,omitempty"`
 	Pending  map[uint64]*CheckpointRecord `json:"pending,omitempty"`
+	// Latest holds each task's latest accepted snapshot, by task id.
+	Latest map[string]*RestorePoint `json:"latest,omitempty"`
+}
+
+// RestorePoint is a task's latest accepted checkpoint snapshot: what the task
+// restores from when it restarts, on the same node or another. Every stage of
+// a job checkpoints on its own and commits its output only after its
+// checkpoint is accepted, so a task restores from its own latest snapshot,
+// not from the job's last complete checkpoint.
+type RestorePoint struct {
+	Job        string `json:"job"`
+	Task       string `json:"task"`
+	Checkpoint uint64 `json:"checkpoint"`
+	// Version is the version of the service that wrote the snapshot.
+	Version   int64       `json:"version"`
+	KeyGroups state.Range `json:"key_groups"`
+	// Digest is the hex SHA-256 of the sealed snapshot object; a restore
+	// refuses any other object.
+	Digest string `json:"digest"`
+	// Node is the node that wrote the snapshot.
+	Node party.ID `json:"node"`
+	// Positions are the task's source positions at the snapshot.
+	Positions map[string]map[uint32]SourcePosition `json:"positions,omitempty"`
+	// Accepted is when the orchestrator accepted the acknowledgement.
+	Accepted time.Time `json:"accepted"`
+}
+
+// CheckpointAckResult is the Output.Result of an accepted checkpoint.ack.
+type CheckpointAckResult struct {
+	Job        string `json:"job"`
+	Checkpoint uint64 `json:"checkpoint"`
+	Task       string `json:"task"`
+	// Complete is true when every task of the job acknowledged the
+	// checkpoint.
+	Complete bool `json:"complete"`
+	// Already is true when the acknowledgement repeats the task's latest
+	// accepted one (a retry): nothing changed.
+	Already bool `json:"already,omitempty"`
+}
+
+// RestorePoint returns the latest snapshot of a job's task the orchestrator
+// accepted, if any.
+func (m *Machine) RestorePoint(job, task string) (RestorePoint, bool) {
+	c := m.st.Checkpoints[job]
+	if c == nil || c.Latest[task] == nil {
+		return RestorePoint{}, false
+	}
+	rp := *c.Latest[task]
+	rp.Positions = clonePositions(rp.Positions)
+	return rp, true
+}
+
+func clonePositions(p map[string]map[uint32]SourcePosition) map[string]map[uint32]SourcePosition {
+	if p == nil {
+		return nil
+	}
+	out := make(map[string]map[uint32]SourcePosition, len(p))
+	for s, parts := range p {
+		out[s] = maps.Clone(parts)
+	}
+	return out
+}
+
+// samePositions reports whether a and b hold the same positions.
+func samePositions(a, b map[string]map[uint32]SourcePosition) bool {
+	n := func(p map[string]map[uint32]SourcePosition) int {
+		c := 0
+		for _, parts := range p {
+			c += len(parts)
+		}
+		return c
+	}
+	return n(a) == n(b) && positionsEqual(a, b)
 }
 
 // LastCheckpoint returns the job's last complete checkpoint: the snapshots a
@@ -115,8 +188,8 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 	if placed != st.Issuer {
 		return logRefusal(refuse("checkpoint.node", "task %s of job %s is placed on node %s, not on %s", b.Task, b.Job, placed.Short(), st.Issuer.Short()))
 	}
-	if n := m.st.Nodes[st.Issuer]; n == nil || !now.Before(n.Expires) {
-		return logRefusal(refuse("checkpoint.node", "node %s is not admitted or its identity expired; it must re-attest", st.Issuer.Short()))
+	if !m.st.Nodes[st.Issuer].admitted(now) {
+		return logRefusal(refuse("checkpoint.node", "node %s is not admitted, was declared lost or its identity expired; it must re-attest", st.Issuer.Short()))
 	}
 	if d, err := hex.DecodeString(b.Digest); err != nil || len(d) != 32 {
 		return refuse("checkpoint.digest", "snapshot digest %q of task %s is not a hex SHA-256", short(b.Digest), b.Task)
@@ -128,6 +201,17 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		return err
 	}
 	cps := m.st.Checkpoints[b.Job]
+	if latest := cps.latest(b.Task); latest != nil && b.Checkpoint <= latest.Checkpoint {
+		if b.Checkpoint == latest.Checkpoint && latest.Node == st.Issuer {
+			if latest.Digest == b.Digest && latest.KeyGroups == b.KeyGroups && latest.Version == b.Version && samePositions(latest.Positions, b.Positions) {
+				out.Result = &CheckpointAckResult{Job: b.Job, Checkpoint: b.Checkpoint, Task: b.Task,
+					Complete: cps.Complete != nil && cps.Complete.ID == b.Checkpoint, Already: true}
+				return nil
+			}
+			return logRefusal(refuse("checkpoint.duplicate", "task %s already acknowledged checkpoint %d of job %s with digest %s", b.Task, b.Checkpoint, b.Job, short(latest.Digest)))
+		}
+		return logRefusal(refuse("checkpoint.stale", "checkpoint %d of task %s of job %s is not newer than the task's latest accepted checkpoint %d", b.Checkpoint, b.Task, b.Job, latest.Checkpoint))
+	}
 	if cps != nil && cps.Complete != nil && b.Checkpoint <= cps.Complete.ID {
 		return logRefusal(refuse("checkpoint.stale", "checkpoint %d of job %s is not newer than its last complete checkpoint %d", b.Checkpoint, b.Job, cps.Complete.ID))
 	}
@@ -148,10 +232,8 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 			return logRefusal(refuse("checkpoint.version", "task %s acknowledges checkpoint %d of job %s at version %d, other tasks at version %d", b.Task, b.Checkpoint, b.Job, b.Version, rec.Version))
 		}
 		if prev, ok := rec.Snapshots[b.Task]; ok {
-			if prev == snap && positionsEqual(rec.Positions, b.Positions) {
-				out.Result = map[string]any{"job": b.Job, "checkpoint": b.Checkpoint, "task": b.Task, "complete": false, "already": true}
-				return nil
-			}
+			// Only reachable for a state saved before restore points
+			// existed: the task's restore point covers this otherwise.
 			return logRefusal(refuse("checkpoint.duplicate", "task %s already acknowledged checkpoint %d of job %s with digest %s", b.Task, b.Checkpoint, b.Job, short(prev.Digest)))
 		}
 		for stream, parts := range b.Positions {
@@ -182,6 +264,11 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		cps.Pending[b.Checkpoint] = rec
 	}
 	rec.Snapshots[b.Task] = snap
+	if cps.Latest == nil {
+		cps.Latest = map[string]*RestorePoint{}
+	}
+	cps.Latest[b.Task] = &RestorePoint{Job: b.Job, Task: b.Task, Checkpoint: b.Checkpoint, Version: b.Version, KeyGroups: b.KeyGroups,
+		Digest: b.Digest, Node: st.Issuer, Positions: clonePositions(b.Positions), Accepted: now.UTC()}
 	for stream, parts := range b.Positions {
 		if rec.Positions == nil {
 			rec.Positions = map[string]map[uint32]SourcePosition{}
@@ -198,7 +285,7 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 			break
 		}
 	}
-	out.Result = map[string]any{"job": b.Job, "checkpoint": b.Checkpoint, "task": b.Task, "complete": complete}
+	out.Result = &CheckpointAckResult{Job: b.Job, Checkpoint: b.Checkpoint, Task: b.Task, Complete: complete}
 	if !complete {
 		return nil
 	}
@@ -213,6 +300,13 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		map[string]any{"job": b.Job, "checkpoint": rec.ID, "version": rec.Version, "snapshots": rec.Snapshots,
 			"positions": rec.Positions, "digest": digestJSON(rec)}))
 	return nil
+}
+
+func (c *JobCheckpoints) latest(task string) *RestorePoint {
+	if c == nil {
+		return nil
+	}
+	return c.Latest[task]
 }
 
 // checkPositions checks that a task reports positions only of registered

@@ -78,12 +78,13 @@ func TestCheckpointAcks(t *testing.T) {
 		ack          func() CheckpointAck
 		wantRule     string
 		wantComplete bool
+		wantAlready  bool
 		wantLogged   string // a log entry type the step must append
 	}{
 		{name: "source acknowledges checkpoint 1", by: func() *party.KeyFile { return c.on(src) },
 			ack: func() CheckpointAck { return ack(src, 1, "src-1") }},
 		{name: "the same acknowledgement again is idempotent", by: func() *party.KeyFile { return c.on(src) },
-			ack: func() CheckpointAck { return ack(src, 1, "src-1") }},
+			ack: func() CheckpointAck { return ack(src, 1, "src-1") }, wantAlready: true},
 		{name: "another digest for the same snapshot", by: func() *party.KeyFile { return c.on(src) },
 			ack: func() CheckpointAck { return ack(src, 1, "src-1-substituted") }, wantRule: "checkpoint.duplicate", wantLogged: "checkpoint.refused"},
 		{name: "other positions for the same snapshot", by: func() *party.KeyFile { return c.on(src) },
@@ -120,14 +121,18 @@ func TestCheckpointAcks(t *testing.T) {
 			ack: func() CheckpointAck { a := ack(agg, 1, "agg-1"); a.Version = 2; return a }, wantRule: "checkpoint.version", wantLogged: "checkpoint.refused"},
 		{name: "the last task completes checkpoint 1", by: func() *party.KeyFile { return c.on(agg) },
 			ack: func() CheckpointAck { return ack(agg, 1, "agg-1") }, wantComplete: true, wantLogged: EntryCheckpointComplete},
-		{name: "an acknowledgement of the complete checkpoint", by: func() *party.KeyFile { return c.on(src) },
-			ack: func() CheckpointAck { return ack(src, 1, "src-1") }, wantRule: "checkpoint.stale", wantLogged: "checkpoint.refused"},
+		{name: "a retry of the acknowledgement that completed checkpoint 1", by: func() *party.KeyFile { return c.on(agg) },
+			ack: func() CheckpointAck { return ack(agg, 1, "agg-1") }, wantComplete: true, wantAlready: true},
+		{name: "another snapshot for the complete checkpoint", by: func() *party.KeyFile { return c.on(src) },
+			ack: func() CheckpointAck { return ack(src, 1, "src-1b") }, wantRule: "checkpoint.duplicate", wantLogged: "checkpoint.refused"},
 		{name: "an older checkpoint", by: func() *party.KeyFile { return c.on(src) },
 			ack: func() CheckpointAck { return ack(src, 0, "src-0") }, wantRule: "checkpoint.stale", wantLogged: "checkpoint.refused"},
 		{name: "checkpoint 2 started", by: func() *party.KeyFile { return c.on(src) },
 			ack: func() CheckpointAck { return ack(src, 2, "src-2") }},
 		{name: "checkpoint 3 from the source", by: func() *party.KeyFile { return c.on(src) },
 			ack: func() CheckpointAck { return ack(src, 3, "src-3") }},
+		{name: "the source goes back to checkpoint 2 after 3: not newer than its restore point", by: func() *party.KeyFile { return c.on(src) },
+			ack: func() CheckpointAck { return ack(src, 2, "src-2") }, wantRule: "checkpoint.stale", wantLogged: "checkpoint.refused"},
 		{name: "checkpoint 3 completes before 2", by: func() *party.KeyFile { return c.on(agg) },
 			ack: func() CheckpointAck { return ack(agg, 3, "agg-3") }, wantComplete: true, wantLogged: EntryCheckpointComplete},
 		{name: "checkpoint 2 is now stale", by: func() *party.KeyFile { return c.on(agg) },
@@ -148,8 +153,8 @@ func TestCheckpointAcks(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
-			if got := out.Result.(map[string]any)["complete"]; got != s.wantComplete {
-				t.Fatalf("%s: complete = %v, want %v", s.name, got, s.wantComplete)
+			if got := out.Result.(*CheckpointAckResult); got.Complete != s.wantComplete || got.Already != s.wantAlready {
+				t.Fatalf("%s: result %+v, want complete %v, already %v", s.name, got, s.wantComplete, s.wantAlready)
 			}
 		}
 		var types []string

@@ -703,7 +703,11 @@ func (m *Machine) checkAdmission(now time.Time, b *Admit, out *Output) error {
 	id := b.Identity.ID()
 	loc := policy.Location{Tier: nc.Tier, Region: nc.Region, Site: nc.Site}
 	n := &Node{Identity: b.Identity.Identity, Claims: *claims, Location: loc, Slots: nc.Slots, AdmittedAt: now.UTC(), Expires: now.UTC().Add(m.st.Genesis.nodeTTL())}
-	if old, ok := m.st.Nodes[id]; ok {
+	old, readmitted := m.st.Nodes[id]
+	// A node declared lost is admitted afresh; a re-attesting node keeps
+	// its tasks.
+	readmitted = readmitted && old.Lost.IsZero()
+	if readmitted {
 		n.AdmittedAt = old.AdmittedAt
 	}
 	m.st.Nodes[id] = n
@@ -711,6 +715,14 @@ func (m *Machine) checkAdmission(now time.Time, b *Admit, out *Output) error {
 	out.Entries = append(out.Entries, entry(now, "node.admitted", []string{"node:" + string(id)},
 		map[string]any{"node": id, "name": nc.Name, "tee": claims.TEE, "measurement": hex.EncodeToString(claims.Measurement),
 			"svn": claims.SVN, "debug": claims.Debug, "tier": nc.Tier, "region": nc.Region, "site": nc.Site, "expires": n.Expires}))
+	if readmitted {
+		// A restarted worker with the same identity gets its tasks' keys
+		// again and restarts them (a running one ignores keys it holds).
+		if err := m.releaseAgain(now, id, out); err != nil {
+			return err
+		}
+	}
+	m.placeUnplaced(now, "node "+id.Short()+" admitted", out)
 	return nil
 }
 
@@ -762,37 +774,7 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 			return logRefusal(refuse("stream.no-key", "stream %s has no key epoch uploaded yet", in))
 		}
 	}
-	used := map[party.ID]int{}
-	for _, j := range m.st.Jobs {
-		for _, n := range j.Tasks {
-			used[n]++
-		}
-	}
-	var cands []Candidate
-	ids := make([]party.ID, 0, len(m.st.Nodes))
-	for id := range m.st.Nodes {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		n := m.st.Nodes[id]
-		if n.Draining || !now.Before(n.Expires) {
-			continue
-		}
-		cands = append(cands, Candidate{ID: string(id), Tier: n.Location.Tier, Region: n.Location.Region, Site: n.Location.Site, Free: n.Slots - used[id]})
-	}
-	sin := ServiceInput(svc)
-	check := func(t TaskSlot, c Candidate) error {
-		n := m.st.Nodes[party.ID(c.ID)]
-		in := policy.Input{Service: sin, Node: policy.NodeFromClaims(c.ID, &n.Claims, n.Location)}
-		for _, s := range svc.Manifest.Inputs {
-			if d := m.policies[s].Evaluate(policy.StagePlacement, in); !d.Allowed {
-				return d.Err()
-			}
-		}
-		return nil
-	}
-	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), cands, check)
+	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), m.candidates(now), m.placementCheck(svc))
 	if err != nil {
 		return logRefusal(err)
 	}
@@ -805,41 +787,12 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 	for _, t := range svc.Manifest.Tasks {
 		node := party.ID(placement[t.ID])
 		job.Tasks[t.ID] = node
-		n := m.st.Nodes[node]
-		rel := func(purpose, scope string, epoch uint32, key []byte) error {
-			r, err := m.wrapFor(n.Identity, b.Job, t.ID, purpose, scope, epoch, key)
-			if err != nil {
-				return err
+		if err := m.releaseTask(now, out, job, svc, t, node, ""); err != nil {
+			var r *attest.Refusal
+			if errors.As(err, &r) {
+				return logRefusal(err)
 			}
-			out.Releases = append(out.Releases, r)
-			out.Entries = append(out.Entries, entry(now, "key.released", append(slices.Clone(subjects), "node:"+string(node)),
-				map[string]any{"key": r.KeyID(), "purpose": purpose, "key_digest": keyDigest(key), "node": node, "task": t.ID,
-					"measurement": hex.EncodeToString(n.Claims.Measurement), "service_digest": svc.Digest, "policy_digests": m.policyDigests(svc)}))
-			return nil
-		}
-		for _, in := range t.Reads {
-			s := m.st.Streams[in]
-			if s == nil || !slices.Contains(svc.Manifest.Inputs, in) {
-				return logRefusal(refuse("service.manifest", "task %s reads %q, which is not an input of the service", t.ID, in))
-			}
-			if err := rel("stream", in, s.Epoch, s.Keys[s.Epoch]); err != nil {
-				return err
-			}
-		}
-		if err := rel("exchange", b.Job, 0, job.Keys["exchange"]); err != nil {
 			return err
-		}
-		if err := rel("checkpoint", b.Job, 0, job.Keys["checkpoint"]); err != nil {
-			return err
-		}
-		for _, o := range t.Writes {
-			k, ok := job.Keys["output:"+o]
-			if !ok {
-				return logRefusal(refuse("service.manifest", "task %s writes %q, which is not an output of the service", t.ID, o))
-			}
-			if err := rel("output", o, 0, k); err != nil {
-				return err
-			}
 		}
 	}
 	m.st.Jobs[b.Job] = job

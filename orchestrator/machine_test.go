@@ -29,6 +29,7 @@ type world struct {
 	operator *party.KeyFile
 	platform *sim.Platform
 	entries  []ledger.Entry
+	releases []Release
 }
 
 func newWorld(t testing.TB, mutate func(*Genesis)) *world {
@@ -79,10 +80,16 @@ func (w *world) do(kf *party.KeyFile, typ string, body any) (*Output, error) {
 		w.t.Fatal(err)
 	}
 	out, err := w.m.Apply(w.now, signed)
+	w.collect(out)
+	return out, err
+}
+
+// collect keeps an output's log entries and releases.
+func (w *world) collect(out *Output) {
 	if out != nil {
 		w.entries = append(w.entries, out.Entries...)
+		w.releases = append(w.releases, out.Releases...)
 	}
-	return out, err
 }
 
 func (w *world) must(kf *party.KeyFile, typ string, body any) *Output {
@@ -129,6 +136,12 @@ func (w *world) node(name, tier, region string, opts ...sim.IssuerOption) (*part
 func (w *world) nodeSlots(name, tier, region string, slots int, opts ...sim.IssuerOption) (*party.KeyFile, error) {
 	w.t.Helper()
 	kf := mustKey(w.t, party.RoleWorker, name)
+	return kf, w.admitAs(kf, name, tier, region, slots, opts...)
+}
+
+// admitAs admits (or re-admits) the worker key kf with the given location.
+func (w *world) admitAs(kf *party.KeyFile, name, tier, region string, slots int, opts ...sim.IssuerOption) error {
+	w.t.Helper()
 	claims, err := party.Sign(w.operator, TypeNodeClaims, NodeClaims{Name: name, Tier: tier, Region: region, Site: name, Slots: slots}, time.Hour, w.now)
 	if err != nil {
 		w.t.Fatal(err)
@@ -139,7 +152,7 @@ func (w *world) nodeSlots(name, tier, region string, slots int, opts ...sim.Issu
 		w.t.Fatal(err)
 	}
 	_, err = w.do(kf, TypeNodeAdmit, Admit{Identity: Identity{kf.Identity()}, Nonce: nonce, Evidence: *ev, Claims: claims})
-	return kf, err
+	return err
 }
 
 func (w *world) logged(typ string) []ledger.Entry {

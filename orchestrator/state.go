@@ -192,14 +192,22 @@ type Node struct {
 	AdmittedAt time.Time       `json:"admitted_at"`
 	Expires    time.Time       `json:"expires"`
 	Draining   bool            `json:"draining,omitempty"`
+	// Lost is when the node was declared lost (Machine.NodeLost); a lost
+	// node is not admitted until it re-attests.
+	Lost time.Time `json:"lost,omitzero"`
 }
 
 // Job is a deployed service: its tasks, where they run and its own keys.
 type Job struct {
-	ID      string              `json:"id"`
-	Service string              `json:"service"`
-	Digest  string              `json:"digest"`
-	Tasks   map[string]party.ID `json:"tasks"` // task id → node id
+	ID      string `json:"id"`
+	Service string `json:"service"`
+	Digest  string `json:"digest"`
+	// Tasks maps each task id to the node it runs on; the node is empty
+	// while the task is unplaced (see Unplaced).
+	Tasks map[string]party.ID `json:"tasks"`
+	// Unplaced holds, by task id, why a task of a lost node could not be
+	// placed on another node; it is placed when a suitable node is admitted.
+	Unplaced map[string]string `json:"unplaced,omitempty"`
 	// Keys are the job's own keys by purpose ("exchange", "checkpoint",
 	// "output:<stream>"), in clear inside the TEE.
 	Keys     map[string][]byte `json:"keys"`
