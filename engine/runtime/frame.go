@@ -79,6 +79,7 @@ func sameArray(a, b []byte) bool {
 const (
 	frameBatch     = 0x01 // followed by a record batch (record.AppendBatch)
 	frameWatermark = 0x02 // followed by a big-endian int64 watermark
+	frameBarrier   = 0x03 // followed by a big-endian uint64 checkpoint id
 )
 
 func appendBatchFrame(dst []byte, s *record.Schema, b *record.Batch) ([]byte, error) {
@@ -89,26 +90,35 @@ func appendWatermarkFrame(dst []byte, wm int64) []byte {
 	return binary.BigEndian.AppendUint64(append(dst, frameWatermark), uint64(wm))
 }
 
+func appendBarrierFrame(dst []byte, id uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, frameBarrier), id)
+}
+
 // errBadFrame is wrapped by decodeFrame errors.
 var errBadFrame = errors.New("malformed frame")
 
-// decodeFrame decodes a plaintext frame: either a batch into b (isBatch true)
-// or a watermark.
-func decodeFrame(f []byte, s *record.Schema, d *record.Decoder, b *record.Batch) (isBatch bool, wm int64, err error) {
+// decodeFrame decodes a plaintext frame: a batch into b (kind frameBatch), a
+// watermark (frameWatermark, v the watermark) or a checkpoint barrier
+// (frameBarrier, v the checkpoint id).
+func decodeFrame(f []byte, s *record.Schema, d *record.Decoder, b *record.Batch) (kind byte, v int64, err error) {
 	if len(f) == 0 {
-		return false, 0, fmt.Errorf("%w: empty", errBadFrame)
+		return 0, 0, fmt.Errorf("%w: empty", errBadFrame)
 	}
 	switch f[0] {
 	case frameBatch:
 		if err := d.Decode(f[1:], s, b); err != nil {
-			return false, 0, fmt.Errorf("%w: %w", errBadFrame, err)
+			return 0, 0, fmt.Errorf("%w: %w", errBadFrame, err)
 		}
-		return true, 0, nil
-	case frameWatermark:
+		return frameBatch, 0, nil
+	case frameWatermark, frameBarrier:
 		if len(f) != 9 {
-			return false, 0, fmt.Errorf("%w: watermark frame of %d bytes, want 9", errBadFrame, len(f))
+			return 0, 0, fmt.Errorf("%w: frame of kind 0x%02x has %d bytes, want 9", errBadFrame, f[0], len(f))
 		}
-		return false, int64(binary.BigEndian.Uint64(f[1:])), nil
+		v := int64(binary.BigEndian.Uint64(f[1:]))
+		if f[0] == frameBarrier && v <= 0 {
+			return 0, 0, fmt.Errorf("%w: barrier for checkpoint %d", errBadFrame, uint64(v))
+		}
+		return f[0], v, nil
 	}
-	return false, 0, fmt.Errorf("%w: unknown kind 0x%02x", errBadFrame, f[0])
+	return 0, 0, fmt.Errorf("%w: unknown kind 0x%02x", errBadFrame, f[0])
 }

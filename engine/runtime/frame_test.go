@@ -28,12 +28,13 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(good)
 	f.Add(appendWatermarkFrame(nil, -7))
 	f.Add([]byte{frameWatermark, 1})
+	f.Add(appendBarrierFrame(nil, 42))
 	f.Add([]byte{0x7f})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var d record.Decoder
 		var b record.Batch
-		isBatch, wm, err := decodeFrame(frame, s, &d, &b)
+		kind, v, err := decodeFrame(frame, s, &d, &b)
 		if err != nil {
 			if !errors.Is(err, errBadFrame) {
 				t.Fatalf("decodeFrame error %v does not wrap errBadFrame", err)
@@ -42,13 +43,18 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 		// What decodes re-encodes to the same bytes.
 		var again []byte
-		if isBatch {
+		switch kind {
+		case frameBatch:
 			again, err = appendBatchFrame(nil, s, &b)
 			if err != nil {
 				t.Fatalf("re-encoding a decoded batch: %v", err)
 			}
-		} else {
-			again = appendWatermarkFrame(nil, wm)
+		case frameWatermark:
+			again = appendWatermarkFrame(nil, v)
+		case frameBarrier:
+			again = appendBarrierFrame(nil, uint64(v))
+		default:
+			t.Fatalf("decodeFrame returned kind 0x%02x", kind)
 		}
 		if !bytes.Equal(again, frame) {
 			t.Fatalf("frame %x decodes and re-encodes to %x", frame, again)

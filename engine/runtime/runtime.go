@@ -272,6 +272,9 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 					return nil, fmt.Errorf("job %q: source node %q reads stream %q, but Options.Sources has no source for it", spec.Name, n.ID, n.Params.Stream)
 				}
 			case jobspec.KindSink:
+				if o.Checkpoint != nil && o.CommitSinks[n.Params.Stream] != nil {
+					continue
+				}
 				if o.Sinks[n.Params.Stream] == nil {
 					return nil, fmt.Errorf("job %q: sink node %q writes stream %q, but Options.Sinks has no sink for it", spec.Name, n.ID, n.Params.Stream)
 				}
@@ -282,32 +285,85 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		subs []*subtask
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		subs  []*subtask
+		coord *coordinator
+		snap  *Snapshot
 	)
+	if cp := o.Checkpoint; cp != nil {
+		if cp.Persist == nil {
+			return nil, fmt.Errorf("job %q: Options.Checkpoint has no Persist function", spec.Name)
+		}
+		coord = newCoordinator(cp, o.Logger, func(err error) { cancel(err) })
+		if cp.Restore != nil {
+			if snap, err = DecodeSnapshot(cp.Restore); err != nil {
+				return nil, fmt.Errorf("job %q: restoring: %w", spec.Name, err)
+			}
+			coord.last = snap.ID
+		}
+	}
 	for _, t := range p.tasks {
 		for i := range t.parallelism {
 			st, err := newSubtask(ctx, p, t, i, &o)
+			if err == nil && coord != nil {
+				st.coord = coord
+				if snap != nil {
+					err = st.restore(snap)
+				}
+			}
 			if err != nil {
 				cancel(err)
-				wg.Wait()
+				if st != nil {
+					subs = append(subs, st)
+				}
+				for _, st := range subs {
+					st.closeOps()
+				}
 				return nil, fmt.Errorf("job %q: task %d (%s) subtask %d: %w", spec.Name, t.id, t.name(), i, err)
 			}
 			subs = append(subs, st)
-			wg.Go(func() {
-				if err := st.run(ctx); err != nil {
-					err = fmt.Errorf("task %d (%s) subtask %d: %w", t.id, t.name(), i, err)
-					mu.Lock()
-					cancel(err)
-					mu.Unlock()
-				}
-			})
 		}
+	}
+	if coord != nil {
+		coord.subs = subs
+		if snap != nil {
+			// The restored checkpoint was persisted: its pending output
+			// may be committed (again; the sinks drop what they have).
+			if err := coord.commit(ctx, snap.ID); err != nil {
+				for _, st := range subs {
+					st.closeOps()
+				}
+				return nil, fmt.Errorf("job %q: committing the output of restored checkpoint %d: %w", spec.Name, snap.ID, err)
+			}
+			if snap.Finished {
+				for _, st := range subs {
+					st.closeOps()
+				}
+				o.Logger.Info("restored a finished run; its output is committed", "job", spec.Name, "checkpoint", snap.ID)
+				return &Result{Nodes: map[string]*NodeCounters{}, Tasks: len(p.tasks), Subtasks: len(subs), Wall: time.Since(start)}, nil
+			}
+		}
+		go coord.watch(ctx)
+	}
+	for _, st := range subs {
+		wg.Go(func() {
+			if err := st.run(ctx); err != nil {
+				err = fmt.Errorf("task %d (%s) subtask %d: %w", st.t.id, st.t.name(), st.idx, err)
+				mu.Lock()
+				cancel(err)
+				mu.Unlock()
+			}
+		})
 	}
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
 		return nil, fmt.Errorf("job %q: %w", spec.Name, err)
+	}
+	if coord != nil {
+		if err := coord.final(ctx); err != nil {
+			return nil, fmt.Errorf("job %q: %w", spec.Name, err)
+		}
 	}
 	res := &Result{Nodes: map[string]*NodeCounters{}, Tasks: len(p.tasks), Subtasks: len(subs)}
 	for _, st := range subs {

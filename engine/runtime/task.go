@@ -34,6 +34,19 @@ type subtask struct {
 	rctx  context.Context
 
 	frames, bytes int64
+
+	// Checkpointing (nil coord when the run takes no checkpoints).
+	coord       *coordinator
+	lastBarrier uint64            // the last checkpoint this subtask took part in
+	srcSnap     SourceSnapshotter // registered by the source, for source subtasks
+	srcPos      []byte            // the restored source position
+	done        bool              // finished (or restored as finished)
+	// Alignment of a barrier over several input channels.
+	aligning  uint64
+	blocked   []bool
+	ended     []bool
+	held      []exchange.Event
+	heldBytes int
 }
 
 func newSubtask(ctx context.Context, p *plan, t *task, idx int, o *Options) (*subtask, error) {
@@ -43,9 +56,12 @@ func newSubtask(ctx context.Context, p *plan, t *task, idx int, o *Options) (*su
 		split := Split{Node: n.ID, Stream: n.Params.Stream, Subtask: idx, Parallelism: t.parallelism, Schema: info.Out}
 		var op operator.Operator
 		var err error
-		if n.Kind == jobspec.KindUDF {
+		switch {
+		case n.Kind == jobspec.KindUDF:
 			op, err = buildUDF(ctx, info, o)
-		} else {
+		case n.Kind == jobspec.KindSink && o.Checkpoint != nil && o.CommitSinks[n.Params.Stream] != nil:
+			op = &txSinkOp{commit: o.CommitSinks[n.Params.Stream], split: split, schema: info.In[0]}
+		default:
 			op, err = buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split)
 		}
 		if err != nil {
@@ -96,15 +112,36 @@ func (st *subtask) run(ctx context.Context) (err error) {
 		return err
 	}
 	head := st.t.nodes[0].Node
-	if head.Kind == jobspec.KindSource {
+	wasDone := st.done
+	switch {
+	case head.Kind == jobspec.KindSource && wasDone:
+		// Restored after the source had read all its input.
+	case head.Kind == jobspec.KindSource:
 		err = st.runSource(ctx)
-	} else {
+	default:
 		err = st.runInputs(ctx)
 	}
 	if err != nil {
 		return err
 	}
-	// End of input: the final watermark has passed; finish in chain order.
+	if !wasDone {
+		if err := st.finishOps(); err != nil {
+			return err
+		}
+	}
+	if err := st.tail.close(ctx); err != nil {
+		return err
+	}
+	if st.coord != nil {
+		st.done = true
+		st.coord.finish(ctx, st)
+	}
+	return nil
+}
+
+// finishOps runs every operator's Finish, in chain order, once the final
+// watermark has passed.
+func (st *subtask) finishOps() error {
 	for i, op := range st.ops {
 		if err := op.Finish(st.outs[i]); err != nil {
 			return fmt.Errorf("node %q: finish: %w", st.t.nodes[i].Node.ID, err)
@@ -116,7 +153,7 @@ func (st *subtask) run(ctx context.Context) (err error) {
 			return st.err
 		}
 	}
-	return st.tail.close(ctx)
+	return nil
 }
 
 func (st *subtask) process(input int, b *record.Batch) error {
@@ -142,6 +179,10 @@ func (st *subtask) runSource(ctx context.Context) error {
 		st.stats[0].side[operator.DefaultErrorSide]++
 		st.o.Logger.Debug("malformed source record", "node", n.ID, "subtask", st.idx, "err", err)
 	}
+	if st.coord != nil {
+		split.Restored = st.srcPos
+		split.SetSnapshotter = func(f SourceSnapshotter) { st.srcSnap = f }
+	}
 	ticker, _ := st.ops[0].(operator.Ticker)
 	lastTick := time.Now()
 	st.tail.coalesce = st.o.WatermarkInterval > 0
@@ -165,6 +206,11 @@ func (st *subtask) runSource(ctx context.Context) error {
 		}
 		if err := st.process(0, b); err != nil {
 			return err
+		}
+		if st.coord != nil {
+			if id := st.coord.requested.Load(); id > st.lastBarrier {
+				st.checkpoint(ctx, id)
+			}
 		}
 		return tick()
 	}
@@ -210,19 +256,43 @@ func (st *subtask) runInputs(ctx context.Context) error {
 		// codec appends into it, and it is reused for the next frame once
 		// this one is processed (Decode copies what the batch keeps).
 		opened []byte
+		// queue holds events taken back after an alignment, processed
+		// before the next ones from m.
+		queue []exchange.Event
 	)
+	st.blocked, st.ended = make([]bool, len(chans)), make([]bool, len(chans))
 	for {
-		ev, err := m.Next(ctx)
-		if err == io.EOF {
-			return nil
+		var ev exchange.Event
+		if len(queue) > 0 {
+			ev, queue = queue[0], queue[1:]
+		} else {
+			var err error
+			ev, err = m.Next(ctx)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			return err
+		if st.blocked[ev.Input] {
+			// This channel already delivered the barrier being aligned:
+			// hold its frames back until the other channels deliver it.
+			if !ev.EOS {
+				ev.Frame = append([]byte(nil), ev.Frame...)
+				st.heldBytes += len(ev.Frame)
+			}
+			st.held = append(st.held, ev)
+			if st.heldBytes > st.alignmentLimit() {
+				queue = st.abandon(ctx, queue, fmt.Errorf("task %s subtask %d held back %d bytes while aligning checkpoint %d, more than the alignment limit of %d", st.t.name(), st.idx, st.heldBytes, st.aligning, st.alignmentLimit()))
+			}
+			continue
 		}
 		ch := &chans[ev.Input]
 		wm := int64(0)
 		if ev.EOS {
 			wm = operator.FinalWatermark
+			st.ended[ev.Input] = true
 		} else {
 			ch.seq++
 			hdr := FrameHeader{Job: st.o.JobID, Edge: ch.e.id, From: ch.from, To: st.idx, Seq: ch.seq}
@@ -233,24 +303,111 @@ func (st *subtask) runInputs(ctx context.Context) error {
 			if !sameArray(plain, ev.Frame) {
 				opened = plain
 			}
-			isBatch, w, err := decodeFrame(plain, ch.e.schema, &dec, &batch)
+			kind, v, err := decodeFrame(plain, ch.e.schema, &dec, &batch)
 			if err != nil {
 				return fmt.Errorf("frame %s: %w", hdr, err)
 			}
-			if isBatch {
+			switch kind {
+			case frameBatch:
 				if err := st.process(ch.e.input, &batch); err != nil {
 					return err
 				}
 				continue
+			case frameBarrier:
+				if st.coord == nil {
+					return fmt.Errorf("frame %s: a checkpoint barrier in a run without checkpoints", hdr)
+				}
+				queue = st.onBarrier(ctx, ev.Input, uint64(v), queue)
+				if st.err != nil {
+					return st.err
+				}
+				continue
 			}
-			wm = w
+			wm = v
 		}
 		if w, ok := combiners[ch.e.input].Update(ch.from, wm); ok {
 			if err := st.watermark(ch.e.input, w); err != nil {
 				return err
 			}
 		}
+		if ev.EOS && st.aligning != 0 && st.aligned() {
+			queue = st.completeAlignment(ctx, queue)
+			if st.err != nil {
+				return st.err
+			}
+		}
 	}
+}
+
+func (st *subtask) alignmentLimit() int {
+	if l := st.o.Checkpoint.AlignmentLimit; l > 0 {
+		return l
+	}
+	return defaultAlignmentLimit
+}
+
+// onBarrier handles the barrier of checkpoint id arriving on input channel c.
+func (st *subtask) onBarrier(ctx context.Context, c int, id uint64, queue []exchange.Event) []exchange.Event {
+	if id <= st.lastBarrier {
+		return queue // a checkpoint this subtask gave up aligning
+	}
+	if st.aligning != 0 && id > st.aligning {
+		queue = st.abandon(ctx, queue, fmt.Errorf("task %s subtask %d: barrier of checkpoint %d arrived before checkpoint %d was aligned", st.t.name(), st.idx, id, st.aligning))
+	}
+	if st.aligning == 0 {
+		st.aligning = id
+	}
+	st.blocked[c] = true
+	if st.aligned() {
+		queue = st.completeAlignment(ctx, queue)
+	}
+	return queue
+}
+
+// aligned reports whether every input channel has delivered the barrier
+// being aligned or ended.
+func (st *subtask) aligned() bool {
+	for i := range st.blocked {
+		if !st.blocked[i] && !st.ended[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// completeAlignment takes the subtask's part of the aligned checkpoint,
+// forwards the barrier and returns the held frames to be processed first.
+func (st *subtask) completeAlignment(ctx context.Context, queue []exchange.Event) []exchange.Event {
+	st.checkpoint(ctx, st.aligning)
+	return st.release(queue)
+}
+
+// abandon gives up aligning the current checkpoint: it is declined, the
+// barrier goes on downstream so no one waits for it, and the held frames are
+// processed.
+func (st *subtask) abandon(ctx context.Context, queue []exchange.Event, why error) []exchange.Event {
+	id := st.aligning
+	st.lastBarrier = id
+	st.coord.contribute(ctx, st, id, nil, why)
+	st.tail.sendBarrier(id)
+	return st.release(queue)
+}
+
+func (st *subtask) release(queue []exchange.Event) []exchange.Event {
+	st.aligning = 0
+	clear(st.blocked)
+	q := append(st.held, queue...)
+	st.held, st.heldBytes = nil, 0
+	return q
+}
+
+// checkpoint takes the subtask's part of checkpoint id and sends the barrier
+// downstream, after every record that precedes it.
+func (st *subtask) checkpoint(ctx context.Context, id uint64) {
+	st.lastBarrier = id
+	part, err := st.snapshot(id)
+	st.coord.contribute(ctx, st, id, part, err)
+	st.tail.sendBarrier(id)
 }
 
 // batchBuf accumulates copies of emitted records into a batch.
@@ -407,6 +564,21 @@ func (t *tailEmitter) sendWatermark(wm int64) {
 				t.wm = make([]byte, 0, 9)
 			}
 			t.wm = appendWatermarkFrame(t.wm[:0], wm)
+			t.send(oe, to, t.wm, &t.wm)
+		}
+	}
+}
+
+// sendBarrier sends the barrier of checkpoint id to every consumer, after
+// the records batched for it.
+func (t *tailEmitter) sendBarrier(id uint64) {
+	for _, oe := range t.edges {
+		for to := range oe.bufs {
+			t.flushTarget(oe, to)
+			if t.wm == nil {
+				t.wm = make([]byte, 0, 9)
+			}
+			t.wm = appendBarrierFrame(t.wm[:0], id)
 			t.send(oe, to, t.wm, &t.wm)
 		}
 	}
