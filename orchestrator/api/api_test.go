@@ -29,6 +29,8 @@ type env struct {
 	srv      *api.Server
 	http     *httptest.Server
 	verifier attest.Verifier
+	// cfg, when set, adjusts the server's configuration at start.
+	cfg func(*api.Config)
 }
 
 func newEnv(t *testing.T) *env {
@@ -53,8 +55,12 @@ func newEnv(t *testing.T) *env {
 func (e *env) start() {
 	e.t.Helper()
 	meas, _ := sim.ExecutableMeasurement()
-	srv, err := api.New(context.Background(), api.Config{Genesis: e.genesis, Issuer: e.plat.Issuer(),
-		SealingKey: e.plat.SealingKey(meas, "orchestrator-state"), Verifiers: map[attest.TEE]attest.Verifier{attest.TEESim: e.verifier}, Store: e.store})
+	cfg := api.Config{Genesis: e.genesis, Issuer: e.plat.Issuer(),
+		SealingKey: e.plat.SealingKey(meas, "orchestrator-state"), Verifiers: map[attest.TEE]attest.Verifier{attest.TEESim: e.verifier}, Store: e.store}
+	if e.cfg != nil {
+		e.cfg(&cfg)
+	}
+	srv, err := api.New(context.Background(), cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -358,13 +358,15 @@ type JobView struct {
 	Digest  string              `json:"digest"`
 	Tasks   map[string]party.ID `json:"tasks"`
 	Epoch   uint32              `json:"epoch"`
+	// Unplaced says, by task id, why a task of a lost node runs nowhere yet.
+	Unplaced map[string]string `json:"unplaced,omitempty"`
 }
 
 // JobViews lists the deployed jobs.
 func JobViews(st *orchestrator.State) []JobView {
 	var out []JobView
 	for _, j := range st.Jobs {
-		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch})
+		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced})
 	}
 	slices.SortFunc(out, func(a, b JobView) int { return cmpString(a.ID, b.ID) })
 	return out

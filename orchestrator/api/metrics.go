@@ -16,6 +16,9 @@ type metrics struct {
 	// policyRefusals counts refusals by a stream policy's rule.
 	admissions     *prometheus.CounterVec
 	policyRefusals *prometheus.CounterVec
+	// nodesLost counts nodes declared lost (silent for longer than
+	// Config.NodeTimeout while holding tasks).
+	nodesLost prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,9 +38,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		policyRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sealflow_orchestrator_policy_refusals_total", Help: "Refusals by a stream owner's policy, by the refusing rule (policy:<stream>/<rule>).",
 		}, []string{"rule"}),
+		nodesLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sealflow_orchestrator_nodes_lost_total", Help: "Nodes declared lost after being silent for longer than the node timeout while holding tasks.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.statements, m.refusals, m.keyReleases, m.admissions, m.policyRefusals)
+		reg.MustRegister(m.statements, m.refusals, m.keyReleases, m.admissions, m.policyRefusals, m.nodesLost)
 	}
 	return m
 }

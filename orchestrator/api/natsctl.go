@@ -58,9 +58,12 @@ const maxInFlight = 64
 const releaseTTL = 5 * time.Minute
 
 // ServeNATS answers worker control requests on nc (SubjectNonce,
-// SubjectStatement, SubjectReleases) and publishes each node's key releases on
-// ReleaseSubject(node) until ctx ends; then it drains its subscriptions and
-// returns nil. It replaces any function set with OnRelease.
+// SubjectStatement, SubjectReleases, SubjectRestore), takes status reports
+// (SubjectStatus), declares lost the nodes holding tasks that stay silent
+// for longer than Config.NodeTimeout (CheckLiveness), and publishes each
+// node's key releases on ReleaseSubject(node) until ctx ends; then it drains
+// its subscriptions and returns nil. It replaces any function set with
+// OnRelease.
 func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 	if nc == nil {
 		return errors.New("orchestrator: ServeNATS needs a NATS connection")
@@ -99,6 +102,7 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 			}()
 		},
 		SubjectReleases: s.natsReleases,
+		SubjectRestore:  s.natsRestore,
 	}
 	// Status reports go to every orchestrator instance, not one of a queue.
 	statusSub, err := nc.Subscribe(SubjectStatus, s.natsStatus)
@@ -136,6 +140,13 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("orchestrator: NATS control subscriptions: %w", err)
 	}
+	// Nodes that hold tasks and fall silent are declared lost; their status
+	// reports arrive on the subscription above.
+	lctx, lcancel := context.WithCancel(ctx)
+	lwg := sync.WaitGroup{}
+	lwg.Go(func() { s.watchLiveness(lctx) })
+	defer lwg.Wait()
+	defer lcancel()
 	s.log.Info("serving worker control over NATS", "url", nc.ConnectedUrlRedacted())
 	<-ctx.Done()
 	return nil
@@ -279,7 +290,7 @@ func (c *ControlClient) Submit(ctx context.Context, signed []byte) (*Response, e
 	if err != nil {
 		return nil, fmt.Errorf("the receipt is not signed by the verified orchestrator: %w", err)
 	}
-	if err := receiptMatches(rst, &r); err != nil {
+	if err := receiptMatches(rst, &r, requestDigest(signed)); err != nil {
 		return nil, err
 	}
 	if !r.OK {
@@ -289,8 +300,9 @@ func (c *ControlClient) Submit(ctx context.Context, signed []byte) (*Response, e
 }
 
 // receiptMatches checks that the signed receipt says what the unsigned answer
-// says, so an untrusted relay cannot alter the outcome.
-func receiptMatches(st *party.Statement, r *Response) error {
+// says and answers the statement sent (its digest), so an untrusted relay
+// can neither alter the outcome nor replay another statement's receipt.
+func receiptMatches(st *party.Statement, r *Response, statement string) error {
 	if st.Type != "receipt" {
 		return fmt.Errorf("the receipt has type %q, want receipt", st.Type)
 	}
@@ -302,6 +314,9 @@ func receiptMatches(st *party.Statement, r *Response) error {
 	b, _ := json.Marshal(r.Result)
 	if signed.OK != r.OK || signed.Type != r.Type || signed.Rule != r.Rule || string(a) != string(b) {
 		return errors.New("the answer differs from the orchestrator's signed receipt")
+	}
+	if signed.Statement != statement {
+		return errors.New("the orchestrator's signed receipt answers another statement")
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,7 +53,16 @@ type Config struct {
 	Now func() time.Time
 	// Registerer receives the server's metrics; none when nil.
 	Registerer prometheus.Registerer
+	// NodeTimeout is how long a node holding tasks may stay silent (no
+	// status report, no statement) before it is declared lost and its tasks
+	// rescheduled (see ServeNATS and CheckLiveness). Zero means
+	// DefaultNodeTimeout; a negative value turns the check off.
+	NodeTimeout time.Duration
 }
+
+// DefaultNodeTimeout is Config.NodeTimeout's default: three missed status
+// reports at the workers' default interval of 2 s.
+const DefaultNodeTimeout = 6 * time.Second
 
 // Server is a running orchestrator: the state machine, its log and keys.
 type Server struct {
@@ -83,6 +93,7 @@ type Server struct {
 
 	metrics *metrics
 	status  statusBook
+	live    liveness
 }
 
 // New starts an orchestrator: it restores the sealed state from the store, or
@@ -101,7 +112,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Issuer == nil {
 		return nil, errors.New("orchestrator: no attestation issuer configured")
 	}
+	if cfg.NodeTimeout == 0 {
+		cfg.NodeTimeout = DefaultNodeTimeout
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, genesis: cfg.Genesis.Digest(), releases: map[party.ID][]orchestrator.Release{}, metrics: newMetrics(cfg.Registerer)}
+	s.live.start(cfg.Now())
 	blob, err := cfg.Store.Load(ctx)
 	if err != nil {
 		return nil, err
@@ -332,6 +347,9 @@ type Response struct {
 	Rule  string `json:"rule,omitempty"`
 	// LogIndexes are the log entries the statement produced.
 	LogIndexes []int64 `json:"log_indexes,omitempty"`
+	// Statement is the hex SHA-256 of the signed statement answered, so a
+	// receipt cannot be passed off as the answer to another statement.
+	Statement string `json:"statement,omitempty"`
 	// Receipt is the orchestrator's signed receipt (a party statement of type
 	// "receipt" whose body is this response without the receipt).
 	Receipt []byte `json:"receipt,omitempty"`
@@ -344,40 +362,35 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 	s.mu.Lock()
 	now := s.cfg.Now()
 	out, err := s.m.Apply(now, signed)
-	resp := &Response{OK: err == nil}
+	resp := &Response{OK: err == nil, Statement: requestDigest(signed)}
 	if out != nil {
 		resp.Type, resp.Result = out.Type, out.Result
 	}
 	if err != nil {
 		resp.Error, resp.Rule = err.Error(), ruleOf(err)
 	}
-	var releases []orchestrator.Release
-	if out != nil {
-		for _, e := range out.Entries {
-			stored, aerr := s.ledger.AppendEntry(e)
-			if aerr != nil {
-				s.mu.Unlock()
-				return nil, fmt.Errorf("orchestrator: appending to the log: %w", aerr)
-			}
-			resp.LogIndexes = append(resp.LogIndexes, stored.Index)
-		}
-		releases = out.Releases
-	}
-	var ver uint64
-	if out != nil && (err == nil || len(out.Entries) > 0) {
-		s.version++
-		ver = s.version
-	}
+	idx, ver, lerr := s.record(out, err)
 	s.mu.Unlock()
+	if lerr != nil {
+		return nil, lerr
+	}
+	resp.LogIndexes = idx
+	if err == nil {
+		// An applied statement proves its issuer alive (a refused one may
+		// come from anyone holding an old statement).
+		if st, perr := party.PeekUnverified(signed); perr == nil {
+			s.live.heard(st.Issuer, now)
+		}
+	}
 	if ver > 0 {
 		if perr := s.flush(ctx, ver); perr != nil {
 			return nil, fmt.Errorf("orchestrator: persisting state: %w", perr)
 		}
 	}
 	s.metrics.statement(resp)
-	if len(releases) > 0 {
-		s.metrics.keyReleases.Add(float64(len(releases)))
-		s.deliver(releases)
+	if out != nil && len(out.Releases) > 0 {
+		s.metrics.keyReleases.Add(float64(len(out.Releases)))
+		s.deliver(out.Releases, now)
 	}
 	if !resp.OK {
 		s.log.Info("statement refused", "type", resp.Type, "rule", resp.Rule, "error", resp.Error)
@@ -390,6 +403,29 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 	return resp, nil
 }
 
+// record appends an output's log entries and counts a state change when the
+// output changed the state (err is nil) or logged something; it returns the
+// entries' log indexes and the state version to persist (zero for none).
+// Callers hold s.mu.
+func (s *Server) record(out *orchestrator.Output, err error) ([]int64, uint64, error) {
+	if out == nil {
+		return nil, 0, nil
+	}
+	var idx []int64
+	for _, e := range out.Entries {
+		stored, aerr := s.ledger.AppendEntry(e)
+		if aerr != nil {
+			return nil, 0, fmt.Errorf("orchestrator: appending to the log: %w", aerr)
+		}
+		idx = append(idx, stored.Index)
+	}
+	if err != nil && len(out.Entries) == 0 {
+		return idx, 0, nil
+	}
+	s.version++
+	return idx, s.version, nil
+}
+
 func ruleOf(err error) string {
 	var r interface{ RefusedBy() string }
 	if errors.As(err, &r) {
@@ -398,18 +434,29 @@ func ruleOf(err error) string {
 	return "error"
 }
 
-func (s *Server) deliver(rs []orchestrator.Release) {
+// deliver keeps and publishes releases made at now. A node that receives a
+// task's keys is counted as heard from at now, so that it has NodeTimeout to
+// start the task and report before it could be declared lost. A release
+// replaces an earlier one of the same key for the same task (a re-admission
+// releases the keys again), so the kept list does not grow.
+func (s *Server) deliver(rs []orchestrator.Release, now time.Time) {
 	by := map[party.ID][]orchestrator.Release{}
 	s.relMu.Lock()
 	for _, r := range rs {
 		if r.Task == "" {
 			continue // recipients get their key in the response
 		}
-		s.releases[r.To] = append(s.releases[r.To], r)
+		kept := slices.DeleteFunc(s.releases[r.To], func(o orchestrator.Release) bool {
+			return o.Job == r.Job && o.Task == r.Task && o.Purpose == r.Purpose && o.Scope == r.Scope && o.Epoch == r.Epoch
+		})
+		s.releases[r.To] = append(kept, r)
 		by[r.To] = append(by[r.To], r)
 	}
 	notify := s.notify
 	s.relMu.Unlock()
+	for node := range by {
+		s.live.heard(node, now)
+	}
 	if notify != nil {
 		for node, r := range by {
 			notify(node, r)

@@ -110,6 +110,11 @@ func (s *Server) natsStatus(m *nats.Msg) {
 	now := s.cfg.Now()
 	stmt, err := party.Verify(m.Data, lookup, now)
 	placed := map[string]party.ID{}
+	if err == nil && stmt.Type == TypeTaskStatus && "sealflow.status."+string(stmt.Issuer) == m.Subject && s.m.Admitted(now, stmt.Issuer) {
+		// A report of an admitted node proves it alive, tasks or not; a
+		// lost or expired node must re-attest first.
+		s.live.heard(stmt.Issuer, now)
+	}
 	if err == nil {
 		for _, j := range st.Jobs {
 			for t, n := range j.Tasks {
