@@ -96,7 +96,9 @@ func WithEndTimeout(d time.Duration) Option {
 }
 
 // WithResume makes an IngestSource continue from positions it reported
-// earlier (IngestSource.Positions, stored in a checkpoint).
+// earlier (IngestSource.Positions, stored in a checkpoint); partitions whose
+// position is Ended are not read again. In a run restored from a checkpoint,
+// runtime.Split.Restored takes precedence for the subtask's partitions.
 func WithResume(pos map[uint32]Position) Option {
 	return func(c *config) error { c.resume = pos; return nil }
 }
