@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/runtime"
 	"github.com/sealflow/sealflow/seal"
@@ -339,5 +342,142 @@ func TestCommitSinkRefuses(t *testing.T) {
 	}
 	if err := newSink("refuse-forged")(ctx, split, 2, commitBatches(2, 0, 1)); err == nil {
 		t.Error("a writer continued after a last frame sealed with a key it does not hold")
+	}
+}
+
+// TestCheckpointedRunExactlyOnce runs a pass-through job from a sealed
+// ingest stream into a sealed output stream under the runtime's aligned
+// checkpoints, fails the first two attempts after two checkpoints each, and
+// restores every next attempt (new source, new sink) from the last persisted
+// snapshot: the output holds every input record exactly once.
+func TestCheckpointedRunExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a job three times")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	_, _, js := startNATS(t)
+	keys := seal.NewKeyring()
+	for _, id := range []string{"cp-meter", "cp-out"} {
+		if _, err := keys.Generate(id, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub, err := NewPublisher(ctx, js, "cp-meter", meterSchema, keys, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []record.Record
+	for i := 0; i < 3000; i += 10 {
+		var b record.Batch
+		for k := i; k < i+10; k++ {
+			b.Records = append(b.Records, meterReading(k))
+		}
+		want = append(want, b.Records...)
+		if err := pub.Publish(ctx, uint32(i/10%2), &b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := jobspec.New("cp-pass").Parallelism(2).
+		Schema("meter", jobspec.String("household"), jobspec.String("feeder"), jobspec.Int("wh"), jobspec.Int("ts"))
+	b.Source("cp-meter", "meter", jobspec.EventTime("ts", 0)).Sink("cp-out")
+	spec, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu       sync.Mutex
+		snapshot []byte
+		ids      atomic.Uint64
+	)
+	errInjected := errors.New("test: injected failure")
+	failures := 0
+	for attempt := 0; ; attempt++ {
+		if attempt > 5 {
+			t.Fatal("no successful run after 5 attempts")
+		}
+		var completed atomic.Int32
+		src, err := NewIngestSource(js, "cp-meter", 2, keys, WithEndTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink, err := NewOutputSink(ctx, js, "cp-out", meterSchema, keys, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		source := func(ctx context.Context, split runtime.Split, emit func(*record.Batch) error) error {
+			return src.Source()(ctx, split, func(b *record.Batch) error {
+				if failures < 2 && completed.Load() >= 2 {
+					return errInjected
+				}
+				time.Sleep(time.Millisecond)
+				return emit(b)
+			})
+		}
+		rctx, rcancel := context.WithCancel(ctx)
+		trigger := make(chan uint64)
+		go func() {
+			tk := time.NewTicker(5 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case <-tk.C:
+					select {
+					case trigger <- ids.Add(1):
+					case <-rctx.Done():
+						return
+					}
+				}
+			}
+		}()
+		mu.Lock()
+		restore := snapshot
+		mu.Unlock()
+		_, err = runtime.Run(rctx, spec, runtime.Options{
+			Sources:     map[string]runtime.Source{"cp-meter": source},
+			CommitSinks: map[string]runtime.CommitSink{"cp-out": sink.CommitSink()},
+			BatchSize:   16,
+			Checkpoint: &runtime.Checkpointing{
+				Trigger: trigger,
+				Persist: func(_ context.Context, _ uint64, s []byte) error {
+					mu.Lock()
+					defer mu.Unlock()
+					snapshot = slices.Clone(s)
+					return nil
+				},
+				Restore:    restore,
+				OnComplete: func(uint64, int, time.Duration) { completed.Add(1) },
+			},
+		})
+		rcancel()
+		if err == nil {
+			if err := sink.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if !errors.Is(err, errInjected) && !strings.Contains(err.Error(), errInjected.Error()) {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+		failures++
+	}
+	if failures != 2 {
+		t.Fatalf("%d failures injected, want 2", failures)
+	}
+	var rej rejections
+	got, err := ReadOutput(ctx, js, "cp-out", meterSchema, keys, WithRejectHandler(rej.handler()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rej.list(); len(r) > 0 {
+		t.Errorf("frames rejected: %v", r)
+	}
+	if g, w := canonical(got), canonical(want); !slices.Equal(g, w) {
+		t.Errorf("the output holds %d records, want the %d input records once", len(g), len(w))
 	}
 }
