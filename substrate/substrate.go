@@ -14,8 +14,10 @@
 // sinks, checkpoints) must survive a power loss once acknowledged, so Start
 // defaults to [SyncAlways]: every write is flushed before it is acknowledged.
 // [SyncRelaxed] trades that guarantee for throughput and must be chosen
-// explicitly. The setting is per server, since nats-server applies it to every
-// file-backed stream it stores.
+// explicitly (`sealflow up --durability relaxed`). The setting is per server,
+// since nats-server applies it to every file-backed stream it stores. The
+// measured cost is in docs/benchmarks.md, "Durability: sync vs relaxed"
+// (BenchmarkPublish).
 package substrate
 
 import (
@@ -31,15 +33,27 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// Sync selects when JetStream flushes file-storage writes to disk.
+// Sync is the durability setting of an embedded server: when JetStream flushes
+// file-storage writes to disk relative to acknowledging them.
+//
+// The trade-off: [SyncAlways] pays an fsync per write (or per batch of writes
+// the server stores together) before the publisher gets its acknowledgement,
+// so an acknowledged write survives a power failure or kernel crash;
+// [SyncRelaxed] acknowledges from the page cache and flushes periodically,
+// which is faster but loses whatever was acknowledged since the last flush if
+// the machine (not just the process) goes down. Jepsen's analysis of NATS
+// 2.12.1 lost acknowledged writes exactly this way under JetStream's default
+// (relaxed) flushing, which is why sealflow defaults to SyncAlways.
 type Sync int
 
 const (
-	// SyncAlways flushes every write before acknowledging it. It is the default
-	// because streams of record must not lose acknowledged data.
+	// SyncAlways flushes every write before acknowledging it ("sync" on the
+	// command line). It is the default because streams of record must not lose
+	// acknowledged data.
 	SyncAlways Sync = iota
-	// SyncRelaxed flushes every SyncInterval (two minutes unless set), so an
-	// acknowledged write can be lost in a crash of the machine.
+	// SyncRelaxed is nats-server's own default: flush every SyncInterval (two
+	// minutes unless set), so an acknowledged write can be lost in a power
+	// failure or kernel crash ("relaxed" on the command line).
 	SyncRelaxed
 )
 
@@ -54,15 +68,17 @@ func (s Sync) String() string {
 	return "sync(" + strconv.Itoa(int(s)) + ")"
 }
 
-// ParseSync parses "always" or "relaxed".
+// ParseSync parses a durability setting as given to --durability: "sync" (or
+// "always", nats-server's word for it, or empty) for [SyncAlways], "relaxed"
+// for [SyncRelaxed]. Any other value is an error naming the accepted ones.
 func ParseSync(s string) (Sync, error) {
 	switch s {
-	case "always", "":
+	case "sync", "always", "":
 		return SyncAlways, nil
 	case "relaxed":
 		return SyncRelaxed, nil
 	}
-	return SyncAlways, fmt.Errorf("substrate: unknown sync mode %q (want always or relaxed)", s)
+	return SyncAlways, fmt.Errorf("substrate: unknown durability %q (want sync or relaxed)", s)
 }
 
 // Options configure an embedded server.
@@ -74,7 +90,10 @@ type Options struct {
 	// StoreDir is where JetStream keeps its files. Required: sealflow never
 	// stores data of record in a temporary directory it chose itself.
 	StoreDir string
-	// Sync selects the flush policy; SyncAlways by default.
+	// Sync is the durability setting: SyncAlways (the zero value) flushes
+	// every write to disk before acknowledging it; SyncRelaxed acknowledges
+	// first and flushes periodically, trading acknowledged writes lost on a
+	// power failure or kernel crash for throughput. See [Sync].
 	Sync Sync
 	// SyncInterval is the flush interval under SyncRelaxed; nats-server's
 	// default (two minutes) if zero.

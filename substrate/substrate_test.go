@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,10 +151,63 @@ func TestParseSync(t *testing.T) {
 		in   string
 		want Sync
 		ok   bool
-	}{{"always", SyncAlways, true}, {"", SyncAlways, true}, {"relaxed", SyncRelaxed, true}, {"never", 0, false}} {
+	}{
+		{"sync", SyncAlways, true},
+		{"always", SyncAlways, true},
+		{"", SyncAlways, true},
+		{"relaxed", SyncRelaxed, true},
+		{"never", 0, false},
+		{"Sync", 0, false},
+		{"fast", 0, false},
+	} {
 		got, err := ParseSync(tc.in)
 		if (err == nil) != tc.ok || (tc.ok && got != tc.want) {
 			t.Errorf("ParseSync(%q) = %v, %v", tc.in, got, err)
 		}
+		if !tc.ok && err != nil && !strings.Contains(err.Error(), "want sync or relaxed") {
+			t.Errorf("ParseSync(%q) error %q does not name the accepted values", tc.in, err)
+		}
+	}
+}
+
+// TestSyncReachesServer checks that the durability setting is what the
+// running nats-server's JetStream uses: fsync before every acknowledgement for
+// SyncAlways, nats-server's periodic flush (two minutes, or the given
+// interval) for SyncRelaxed.
+func TestSyncReachesServer(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		o            Options
+		wantAlways   bool
+		wantInterval time.Duration
+	}{
+		{"default", Options{}, true, 2 * time.Minute},
+		{"sync", Options{Sync: SyncAlways}, true, 2 * time.Minute},
+		{"relaxed", Options{Sync: SyncRelaxed}, false, 2 * time.Minute},
+		{"relaxed 5s", Options{Sync: SyncRelaxed, SyncInterval: 5 * time.Second}, false, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			tc.o.StoreDir = t.TempDir()
+			s, err := Start(ctx, tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Shutdown()
+			jc := s.ns.JetStreamConfig()
+			if jc == nil {
+				t.Fatal("server has no JetStream config")
+			}
+			if jc.SyncAlways != tc.wantAlways {
+				t.Errorf("JetStream SyncAlways = %v, want %v", jc.SyncAlways, tc.wantAlways)
+			}
+			if !tc.wantAlways && jc.SyncInterval != tc.wantInterval {
+				t.Errorf("JetStream SyncInterval = %v, want %v", jc.SyncInterval, tc.wantInterval)
+			}
+			if got := s.Options().Sync; got != tc.o.Sync {
+				t.Errorf("Options().Sync = %v, want %v", got, tc.o.Sync)
+			}
+		})
 	}
 }
