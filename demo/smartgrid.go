@@ -56,6 +56,9 @@ type Options struct {
 	Progress io.Writer
 	// Logger receives the components' logs; discarded when nil.
 	Logger *slog.Logger
+	// Sync is the embedded NATS server's durability setting;
+	// substrate.SyncAlways (flush before every acknowledgement) when zero.
+	Sync substrate.Sync
 }
 
 // Check is one guarantee the demo checked.
@@ -119,8 +122,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Results: map[string]any{}}
 
 	// The infrastructure: NATS with JetStream, embedded.
-	step("starting NATS JetStream (embedded, synchronous flush)")
-	ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(o.Dir, "nats")})
+	step("starting NATS JetStream (embedded, durability %s)", o.Sync)
+	ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(o.Dir, "nats"), Sync: o.Sync})
 	if err != nil {
 		return nil, err
 	}

@@ -22,10 +22,12 @@ func runDemo(ctx context.Context, args []string) error {
 	readings := fs.Int("readings", 120, "meter readings per household (one per second of event time)")
 	dir := fs.String("dir", "", "keep the run's files (NATS store, sim platform, witnesses) in this directory")
 	verbose := fs.Bool("v", false, "log the components' operations to stderr")
+	durability := durabilityFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	o := demo.Options{Dir: *dir, Readings: *readings, Progress: os.Stderr}
+	o := demo.Options{Dir: *dir, Readings: *readings, Progress: os.Stderr,
+		Sync: durability.sync(slog.New(slog.NewTextHandler(os.Stderr, nil)))}
 	if *verbose {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}

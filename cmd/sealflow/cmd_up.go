@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,9 +42,11 @@ func runUp(ctx context.Context, args []string) error {
 	dir := fs.String("dir", ".sealflow/up", "the deployment's directory (NATS store, sim platform, operator key, logs, endpoints.json)")
 	workers := fs.Int("workers", 3, "how many worker processes to start (tiers and regions cycle: edge be-antwerp, regional be-flanders, cloud de-frankfurt, ...)")
 	topoFile := fs.String("topology", "", "a topology file (deploy/topologies/*.yaml): a hub NATS cluster, a leafnode per site behind an emulated WAN link, and each site's workers; replaces --workers")
+	durability := durabilityFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	sync := durability.sync(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if *workers < 0 || *workers > 64 {
 		return fmt.Errorf("%w: --workers must be between 0 and 64", errUsage)
 	}
@@ -67,7 +70,7 @@ func runUp(ctx context.Context, args []string) error {
 			return err
 		}
 		progress("starting topology %s: %d sites, each leafnode behind an emulated WAN link", topo.Name, len(topo.Sites))
-		running, err := topology.Start(ctx, topo, filepath.Join(*dir, "topology"))
+		running, err := topology.Start(ctx, topo, filepath.Join(*dir, "topology"), topology.WithSync(sync))
 		if err != nil {
 			return err
 		}
@@ -87,8 +90,8 @@ func runUp(ctx context.Context, args []string) error {
 			}
 		}
 	} else {
-		progress("starting NATS JetStream (embedded, synchronous flush) in %s", filepath.Join(*dir, "nats"))
-		ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats")})
+		progress("starting NATS JetStream (embedded, durability %s) in %s", durability, filepath.Join(*dir, "nats"))
+		ns, err := substrate.Start(ctx, substrate.Options{StoreDir: filepath.Join(*dir, "nats"), Sync: sync})
 		if err != nil {
 			return err
 		}
