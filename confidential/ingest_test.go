@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -331,5 +332,83 @@ func TestReadOutputRefusesIncompleteStreams(t *testing.T) {
 				t.Fatalf("ReadOutput: %d records, error %v; want a %s rejection", len(recs), err, tc.reason)
 			}
 		})
+	}
+}
+
+// TestPublisherContinuesPastForgedFrames appends frames the storage made up
+// (sealed with a key of its own, and plain garbage) after an owner's frames:
+// a restarted publisher continues the sealed sequence after the owner's last
+// authentic frame, and a reader gets every owner record once and refuses the
+// forged frames.
+func TestPublisherContinuesPastForgedFrames(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _, js := startNATS(t)
+	keys := seal.NewKeyring()
+	if _, err := keys.Generate("meter", 1); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(ctx, js, "meter", meterSchema, keys, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := pub.Publish(ctx, 0, batchOf(meterReading(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forger := seal.NewKeyring()
+	if _, err := forger.Generate("meter", 1); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := seal.NewSealer(forger, seal.KindIngest, "meter", 0, seal.WithStartSeq(6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := fs.Seal(nil, []byte("forged"), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range [][]byte{forged, []byte("garbage")} {
+		if _, err := js.Publish(ctx, IngestSubject("meter", 0), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again, err := NewPublisher(ctx, js, "meter", meterSchema, keys, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 5; i < 10; i++ {
+		if err := again.Publish(ctx, 0, batchOf(meterReading(i))); err != nil {
+			t.Fatalf("publishing after forged frames: %v", err)
+		}
+	}
+	if err := again.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rejected atomic.Int32
+	src, err := NewIngestSource(js, "meter", 1, keys, WithRejectHandler(func(string, string, error) { rejected.Add(1) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]int{}
+	if err := src.Source()(ctx, runtime.Split{Subtask: 0, Parallelism: 1, Schema: meterSchema}, func(b *record.Batch) error {
+		for _, r := range b.Records {
+			got[r.Time]++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 10 {
+		t.Fatalf("read %d distinct records, want 10", len(got))
+	}
+	for ts, n := range got {
+		if n != 1 {
+			t.Fatalf("record at %d read %d times", ts, n)
+		}
+	}
+	if rejected.Load() != 2 {
+		t.Fatalf("%d frames rejected, want the 2 forged ones", rejected.Load())
 	}
 }

@@ -264,7 +264,15 @@ func (w *writer) sync(ctx context.Context, part uint32, p *partWriter) error {
 	default:
 		h, err := w.checkTail(part, msg.Data)
 		if err != nil {
-			return fail(fmt.Errorf("message %d: %w", msg.Sequence, err))
+			// Whoever runs the storage can append frames of its own; readers
+			// refuse them, and the writer continues after the last authentic
+			// frame of the partition instead.
+			if msg, h, err = w.lastAuthentic(ctx, stream, part, msg, err); err != nil {
+				return fail(err)
+			}
+		}
+		if msg == nil {
+			break
 		}
 		if cp, batch, batches, err = parseCommitHeaders(msg.Header); err != nil {
 			return fail(fmt.Errorf("message %d: %w", msg.Sequence, err))
@@ -281,6 +289,38 @@ func (w *writer) sync(ctx context.Context, part uint32, p *partWriter) error {
 	}
 	p.sealer, p.ended, p.cp, p.batch, p.batches, p.known = sealer, ended, cp, batch, batches, true
 	return nil
+}
+
+// maxForgedTail bounds how many messages lastAuthentic steps back over.
+const maxForgedTail = 4096
+
+// lastAuthentic walks back from msg, which is not an authentic frame of the
+// partition (why), to the last message of the partition that is. It returns
+// a nil message when the partition holds no authentic frame at all.
+func (w *writer) lastAuthentic(ctx context.Context, stream jetstream.Stream, part uint32, msg *jetstream.RawStreamMsg, why error) (*jetstream.RawStreamMsg, seal.Header, error) {
+	subject := w.pl.subject(w.id, part)
+	w.cfg.logger.Warn("the last message of the partition is not an authentic frame; continuing after the last one that is",
+		"stream", w.id, "partition", part, "message", msg.Sequence, "err", why)
+	steps := 0
+	for seq := msg.Sequence - 1; seq > 0; seq-- {
+		if steps++; steps > maxForgedTail {
+			return nil, seal.Header{}, fmt.Errorf("no authentic frame among the %d messages before message %d (the last one: %w)", maxForgedTail, msg.Sequence, why)
+		}
+		m, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, seal.Header{}, fmt.Errorf("message %d: %w", seq, err)
+		}
+		if m.Subject != subject {
+			continue
+		}
+		if h, err := w.checkTail(part, m.Data); err == nil {
+			return m, h, nil
+		}
+	}
+	return nil, seal.Header{}, nil
 }
 
 // checkTail opens frame as partition part's frame at its own sequence
