@@ -87,6 +87,27 @@ func (j *JetStreamIO) Sink(ctx context.Context, s Stream, keys *seal.Keyring) (r
 	return sink, p.Close, nil
 }
 
+// CommitSink implements StreamIO.
+func (j *JetStreamIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.CommitSink, func(context.Context) error, error) {
+	var opts []confidential.Option
+	if j.Plaintext {
+		opts = append(opts, confidential.WithPlaintext())
+	}
+	parts := max(s.Partitions, 1)
+	if s.Kind == seal.KindOutput {
+		o, err := confidential.NewOutputSink(ctx, j.JS, s.Scope, s.Schema, keys, parts, opts...)
+		if err != nil {
+			return nil, nil, err
+		}
+		return o.CommitSink(), o.Close, nil
+	}
+	p, err := confidential.NewPublisher(ctx, j.JS, s.Scope, s.Schema, keys, parts, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.CommitSink(), p.Close, nil
+}
+
 // IntermediateScope is the stream id and seal scope of an intermediate stream
 // of a job, sealed with the job's exchange key: "x-<job>-<stream>", made of
 // the characters a sealed stream id allows (hashed when too long).

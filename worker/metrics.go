@@ -49,6 +49,11 @@ type Metrics struct {
 	w  *Worker
 
 	recordsIn, recordsOut, tasks *prometheus.Desc
+
+	checkpoints     *prometheus.CounterVec
+	checkpointTime  prometheus.Histogram
+	checkpointBytes prometheus.Gauge
+	taskRestarts    prometheus.Counter
 }
 
 // NewMetrics returns the metrics of the node named node, registered in a
@@ -68,15 +73,59 @@ func NewMetrics(node string) *Metrics {
 		tasks: prometheus.NewDesc("sealflow_worker_tasks",
 			"Tasks on this worker by state (running, finished, failed, stopped).", []string{"state"}, labels),
 	}
-	m.reg.MustRegister(m.rejected, m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.checkpoints = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sealflow_worker_checkpoints_total", ConstLabels: labels,
+		Help: "Checkpoints of this worker's tasks, by outcome (complete: persisted, acknowledged and committed; declined).",
+	}, []string{"outcome"})
+	m.checkpointTime = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "sealflow_worker_checkpoint_duration_seconds", ConstLabels: labels,
+		Help:    "Time from a checkpoint's trigger to the commit of its output.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+	})
+	m.checkpointBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sealflow_worker_checkpoint_size_bytes", ConstLabels: labels,
+		Help: "Size of the last completed snapshot (before sealing).",
+	})
+	m.taskRestarts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sealflow_worker_task_restarts_total", ConstLabels: labels,
+		Help: "Tasks restarted from their last checkpoint after a failure.",
+	})
+	m.reg.MustRegister(m.rejected, m.checkpoints, m.checkpointTime, m.checkpointBytes, m.taskRestarts, m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// Watch makes the metrics read the tasks of w.
+// Watch makes the metrics read the tasks of w, and w count its checkpoints
+// and restarts in them.
 func (m *Metrics) Watch(w *Worker) {
 	m.mu.Lock()
 	m.w = w
 	m.mu.Unlock()
+	w.mu.Lock()
+	w.metrics = m
+	w.mu.Unlock()
+}
+
+func (m *Metrics) checkpointComplete(size int, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.checkpoints.WithLabelValues("complete").Inc()
+	m.checkpointTime.Observe(took.Seconds())
+	m.checkpointBytes.Set(float64(size))
+}
+
+func (m *Metrics) checkpointDeclined() {
+	if m == nil {
+		return
+	}
+	m.checkpoints.WithLabelValues("declined").Inc()
+}
+
+func (m *Metrics) taskRestarted() {
+	if m == nil {
+		return
+	}
+	m.taskRestarts.Inc()
 }
 
 // Registry returns the registry the metrics are registered in, for adding

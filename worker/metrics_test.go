@@ -35,6 +35,10 @@ func (r *rejectingIO) Sink(ctx context.Context, s Stream, keys *seal.Keyring) (r
 	return nil, nil, nil
 }
 
+func (r *rejectingIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.CommitSink, func(context.Context) error, error) {
+	return nil, nil, nil
+}
+
 func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()

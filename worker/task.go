@@ -24,6 +24,9 @@ type StreamIO interface {
 	// Sink returns a sink sealing records into a stream, and a function that
 	// seals the end of the stream once the task has finished.
 	Sink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.Sink, func(context.Context) error, error)
+	// CommitSink is Sink for checkpointed tasks: the sink publishes a
+	// checkpoint's output once the checkpoint is persisted, idempotently.
+	CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.CommitSink, func(context.Context) error, error)
 }
 
 // Stream names one sealed stream of a task.
@@ -57,6 +60,9 @@ type Task struct {
 	partitions map[string]int
 	log        *slog.Logger
 	report     RejectFunc
+
+	// ckpt, when set, checkpoints the task and restores it after a failure.
+	ckpt *taskCheckpoints
 
 	recordsIn, recordsOut atomic.Int64
 	state                 atomic.Value // string
@@ -135,11 +141,21 @@ func (t *Task) run(ctx context.Context) error {
 }
 
 func (t *Task) execute(ctx context.Context) error {
+	// Everything this run starts (the checkpoint trigger) ends with it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	res, err := t.Spec.Resolve()
 	if err != nil {
 		return err
 	}
-	opts := runtime.Options{Sources: map[string]runtime.Source{}, Sinks: map[string]runtime.Sink{}, JobID: t.ID, Logger: t.log}
+	opts := runtime.Options{Sources: map[string]runtime.Source{}, Sinks: map[string]runtime.Sink{}, CommitSinks: map[string]runtime.CommitSink{}, JobID: t.ID, Logger: t.log}
+	if t.ckpt != nil {
+		cp, err := t.ckpt.setup(ctx, t)
+		if err != nil {
+			return err
+		}
+		opts.Checkpoint = cp
+	}
 	var closers []func(context.Context) error
 	var mu sync.Mutex
 	for i := range t.Spec.Nodes {
@@ -163,6 +179,20 @@ func (t *Task) execute(ctx context.Context) error {
 			}
 			// One partition per sink subtask.
 			s.Partitions = max(res.Spec.Node(n.ID).Parallelism, 1)
+			if opts.Checkpoint != nil {
+				commit, closeFn, err := t.io.CommitSink(ctx, s, t.keys)
+				if err != nil {
+					return err
+				}
+				opts.CommitSinks[n.Params.Stream] = func(ctx context.Context, sp runtime.Split, id uint64, batches []*record.Batch) error {
+					for _, b := range batches {
+						t.recordsOut.Add(int64(b.Len()))
+					}
+					return commit(ctx, sp, id, batches)
+				}
+				closers = append(closers, closeFn)
+				continue
+			}
 			sink, closeFn, err := t.io.Sink(ctx, s, t.keys)
 			if err != nil {
 				return err

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/checkpoint"
 	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/orchestrator"
@@ -45,6 +46,17 @@ type Config struct {
 	// StatusInterval is how often the worker reports its tasks' progress;
 	// 2 s when zero.
 	StatusInterval time.Duration
+	// Checkpoints, if set, is where tasks store their sealed snapshots: the
+	// worker then checkpoints every task every CheckpointInterval, commits
+	// output only once a checkpoint covering it is accepted by the
+	// orchestrator, and restarts a failed task from its restore point.
+	Checkpoints *checkpoint.Store
+	// CheckpointInterval is the time between checkpoints;
+	// DefaultCheckpointInterval when zero.
+	CheckpointInterval time.Duration
+	// RestartBackoff is the first wait before a failed checkpointed task is
+	// restarted (doubling up to 10 s); 500 ms when zero.
+	RestartBackoff time.Duration
 }
 
 // Worker is a running node agent.
@@ -60,6 +72,7 @@ type Worker struct {
 	keys      map[string]*seal.Keyring // job → keys of that job's tasks here
 	tasks     map[string]*Task         // task id → task
 	wg        sync.WaitGroup
+	metrics   *Metrics
 }
 
 // New creates a worker with fresh keys. Nothing leaves the process until Run.
@@ -301,6 +314,13 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	w.mu.Lock()
 	ring := w.keys[jobID]
 	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected}
+	if w.cfg.Checkpoints != nil {
+		interval := w.cfg.CheckpointInterval
+		if interval <= 0 {
+			interval = DefaultCheckpointInterval
+		}
+		t.ckpt = &taskCheckpoints{store: w.cfg.Checkpoints, ctl: w.ctl, kf: w.kf, interval: interval, version: svc.Manifest.Version, log: t.log, metrics: w.metrics}
+	}
 	w.tasks[taskID] = t
 	w.mu.Unlock()
 	tctx, cancel := context.WithCancel(ctx)
@@ -310,10 +330,31 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 		defer w.wg.Done()
 		defer cancel()
 		defer w.publishStatus()
-		// A failed task does not stop the node: its state ("failed: ...")
-		// reaches the orchestrator in the status reports.
-		if err := t.run(tctx); err != nil && tctx.Err() == nil {
-			w.log.Error("task failed", "task", taskID, "err", err)
+		backoff := w.cfg.RestartBackoff
+		if backoff <= 0 {
+			backoff = 500 * time.Millisecond
+		}
+		for {
+			// A failed task does not stop the node: its state ("failed:
+			// ...") reaches the orchestrator in the status reports. A
+			// checkpointed task is restarted from its restore point.
+			err := t.run(tctx)
+			if err == nil || tctx.Err() != nil {
+				return
+			}
+			if t.ckpt == nil {
+				w.log.Error("task failed", "task", taskID, "err", err)
+				return
+			}
+			w.log.Error("task failed; restarting it from its last checkpoint", "task", taskID, "in", backoff, "err", err)
+			w.publishStatus()
+			select {
+			case <-tctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			w.metrics.taskRestarted()
 		}
 	}()
 	return nil

@@ -1,0 +1,146 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sealflow/sealflow/checkpoint"
+	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/engine/state"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/orchestrator/api"
+	"github.com/sealflow/sealflow/party"
+)
+
+// DefaultCheckpointInterval is Config.CheckpointInterval when zero.
+const DefaultCheckpointInterval = time.Second
+
+// taskCheckpoints checkpoints one task: it seals each snapshot of the task's
+// run into the checkpoint store, has the orchestrator accept the signed
+// acknowledgement (only then does the run commit the checkpoint's output), and
+// restores a restarted task from the restore point the orchestrator signs.
+type taskCheckpoints struct {
+	store    *checkpoint.Store
+	ctl      *api.ControlClient
+	kf       *party.KeyFile
+	interval time.Duration
+	version  int64
+	log      *slog.Logger
+	metrics  *Metrics
+
+	mu       sync.Mutex
+	previous *checkpoint.SnapshotID // the last snapshot accepted, deleted when the next one is
+}
+
+// setup returns the run's checkpoint options: the restore point's snapshot,
+// read back and checked against the digest the orchestrator recorded, and a
+// wall-clock aligned trigger (so the tasks of a job checkpoint with the same
+// ids).
+func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpointing, error) {
+	rp, err := c.ctl.RestorePoint(ctx, c.kf, t.Job, t.ID)
+	if err != nil {
+		return nil, fmt.Errorf("asking the orchestrator for the restore point: %w", err)
+	}
+	cp := &runtime.Checkpointing{
+		Persist: func(ctx context.Context, id uint64, snap []byte) error { return c.persist(ctx, t, id, snap) },
+		OnDecline: func(id uint64, err error) {
+			c.log.Warn("checkpoint declined", "checkpoint", id, "err", err)
+			c.metrics.checkpointDeclined()
+		},
+		OnComplete: func(id uint64, size int, took time.Duration) {
+			c.log.Debug("checkpoint complete", "checkpoint", id, "bytes", size, "took", took)
+			c.metrics.checkpointComplete(size, took)
+		},
+	}
+	last := uint64(0)
+	if rp != nil {
+		id := checkpoint.SnapshotID{Job: t.Job, Version: rp.Version, Task: t.ID, KeyGroups: rp.KeyGroups, Checkpoint: rp.Checkpoint}
+		digest, err := checkpoint.ParseDigest(rp.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("restore point of task %s: %w", t.ID, err)
+		}
+		start := time.Now()
+		data, err := c.store.Get(ctx, id, digest, t.keys)
+		if err != nil {
+			// Refused (missing, substituted, stale, foreign or tampered):
+			// nothing of it is applied, and the task does not start.
+			return nil, fmt.Errorf("restoring task %s from checkpoint %d: %w", t.ID, rp.Checkpoint, err)
+		}
+		cp.Restore = data
+		last = rp.Checkpoint
+		c.mu.Lock()
+		c.previous = &id
+		c.mu.Unlock()
+		c.log.Info("restoring from checkpoint", "checkpoint", rp.Checkpoint, "bytes", len(data), "read", time.Since(start))
+	}
+	trigger := make(chan uint64)
+	cp.Trigger = trigger
+	go c.trigger(ctx, trigger, last)
+	return cp, nil
+}
+
+// trigger sends a checkpoint id, the trigger time truncated to the interval
+// in Unix milliseconds, at every interval boundary until ctx ends.
+func (c *taskCheckpoints) trigger(ctx context.Context, out chan<- uint64, last uint64) {
+	for {
+		now := time.Now()
+		next := now.Truncate(c.interval).Add(c.interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(next.Sub(now)):
+		}
+		id := uint64(next.UnixMilli())
+		if id <= last {
+			continue
+		}
+		last = id
+		select {
+		case out <- id:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// persist seals the snapshot into the store and has the orchestrator accept
+// the task's acknowledgement; a refused acknowledgement (a task moved to
+// another node, a stale id) fails the checkpoint, so its output is never
+// committed from here.
+func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap []byte) error {
+	kg := state.Range{From: 0, To: t.Spec.MaxParallelism}
+	if kg.To == 0 {
+		kg.To = state.DefaultMaxParallelism
+	}
+	sid := checkpoint.SnapshotID{Job: t.Job, Version: c.version, Task: t.ID, KeyGroups: kg, Checkpoint: id}
+	digest, err := c.store.Put(ctx, sid, snap, t.keys)
+	if err != nil {
+		return err
+	}
+	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String()}
+	signed, err := party.Sign(c.kf, orchestrator.TypeCheckpointAck, ack, time.Minute, time.Now())
+	if err != nil {
+		return err
+	}
+	if _, err := c.ctl.Submit(ctx, signed); err != nil {
+		var refused *api.RefusedError
+		if errors.As(err, &refused) {
+			_ = c.store.Delete(context.WithoutCancel(ctx), sid)
+		}
+		return fmt.Errorf("acknowledging checkpoint %d: %w", id, err)
+	}
+	c.mu.Lock()
+	prev := c.previous
+	c.previous = &sid
+	c.mu.Unlock()
+	if prev != nil && *prev != sid {
+		if err := c.store.Delete(ctx, *prev); err != nil {
+			c.log.Debug("could not delete a superseded snapshot", "snapshot", prev.String(), "err", err)
+		}
+	}
+	return nil
+}
