@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sealflow/sealflow/attest"
+	"github.com/sealflow/sealflow/checkpoint"
 	"github.com/sealflow/sealflow/attest/sim"
 	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/orchestrator"
@@ -41,6 +42,7 @@ func runWorker(ctx context.Context, args []string) error {
 	operatorKey := fs.String("operator-key", "", "development: sign this node's claims with the operator's key file")
 	jsDomain := fs.String("js-domain", "", "the JetStream domain holding the sealed streams (for a worker at a leafnode site: the hub's, \"hub\"); the local one when empty")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port)")
+	ckptEvery := fs.Duration("checkpoint-interval", worker.DefaultCheckpointInterval, "time between checkpoints of every task (exactly-once output, recovery from failures); 0 turns checkpoints off (output at least once, a failed task stays failed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,8 +108,15 @@ func runWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	metrics := worker.NewMetrics(*name)
-	w, err := worker.New(worker.Config{Name: *name, NATS: nc, Orchestrator: trust, Issuer: plat.Issuer(), Claims: nodeClaims,
-		IO: metrics.WrapIO(&worker.JetStreamIO{JS: js}), Logger: log})
+	cfg := worker.Config{Name: *name, NATS: nc, Orchestrator: trust, Issuer: plat.Issuer(), Claims: nodeClaims,
+		IO: metrics.WrapIO(&worker.JetStreamIO{JS: js}), Logger: log}
+	if *ckptEvery > 0 {
+		if cfg.Checkpoints, err = checkpoint.Open(ctx, js, checkpoint.DefaultBucket); err != nil {
+			return fmt.Errorf("opening the checkpoint store: %w", err)
+		}
+		cfg.CheckpointInterval = *ckptEvery
+	}
+	w, err := worker.New(cfg)
 	if err != nil {
 		return err
 	}
