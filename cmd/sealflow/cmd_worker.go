@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sealflow/sealflow/attest"
-	"github.com/sealflow/sealflow/checkpoint"
 	"github.com/sealflow/sealflow/attest/sim"
+	"github.com/sealflow/sealflow/checkpoint"
 	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/party"
