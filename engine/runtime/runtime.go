@@ -119,6 +119,9 @@ type Options struct {
 	// their output per checkpoint, for exactly-once output; used instead of
 	// Sinks when Checkpoint is set.
 	CommitSinks map[string]CommitSink
+	// Observer, if set, gets a Probe reading the run's live counters
+	// (records, watermarks, backpressure; see metrics.go).
+	Observer Observer
 }
 
 // NodeCounters count what one node did over all its subtasks.
@@ -345,6 +348,9 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 			}
 		}
 		go coord.watch(ctx)
+	}
+	if o.Observer != nil {
+		o.Observer.RunStarted(newProbe(p, subs, start))
 	}
 	for _, st := range subs {
 		wg.Go(func() {

@@ -34,6 +34,7 @@ type subtask struct {
 	rctx  context.Context
 
 	frames, bytes int64
+	live          *liveStats // set when an Observer watches the run (metrics.go)
 
 	// Checkpointing (nil coord when the run takes no checkpoints).
 	coord       *coordinator
@@ -142,6 +143,7 @@ func (st *subtask) run(ctx context.Context) (err error) {
 // finishOps runs every operator's Finish, in chain order, once the final
 // watermark has passed.
 func (st *subtask) finishOps() error {
+	defer st.publish()
 	for i, op := range st.ops {
 		if err := op.Finish(st.outs[i]); err != nil {
 			return fmt.Errorf("node %q: finish: %w", st.t.nodes[i].Node.ID, err)
@@ -161,10 +163,13 @@ func (st *subtask) process(input int, b *record.Batch) error {
 	if err := st.ops[0].ProcessBatch(input, b, st.outs[0]); err != nil {
 		return fmt.Errorf("node %q: %w", st.t.nodes[0].Node.ID, err)
 	}
+	st.publish()
 	return st.err
 }
 
 func (st *subtask) watermark(input int, wm int64) error {
+	st.watermarkReceived(input, wm)
+	defer st.publish()
 	if err := st.ops[0].ProcessWatermark(input, wm, st.outs[0]); err != nil {
 		return fmt.Errorf("node %q: watermark: %w", st.t.nodes[0].Node.ID, err)
 	}
@@ -460,6 +465,7 @@ func (c *chainEmitter) EmitSide(name string, r record.Record) { c.st.side(c.node
 
 func (c *chainEmitter) EmitWatermark(wm int64) {
 	c.flush()
+	c.st.watermarkPassed(c.node, wm)
 	if err := c.next.ProcessWatermark(0, wm, c.nextOut); err != nil {
 		c.st.fail(fmt.Errorf("node %q: watermark: %w", c.st.t.nodes[c.node+1].Node.ID, err))
 	}
@@ -532,6 +538,7 @@ func (t *tailEmitter) Emit(r record.Record) {
 func (t *tailEmitter) EmitSide(name string, r record.Record) { t.st.side(t.node, name, r) }
 
 func (t *tailEmitter) EmitWatermark(wm int64) {
+	t.st.watermarkPassed(t.node, wm)
 	if len(t.edges) == 0 {
 		return
 	}
@@ -631,7 +638,10 @@ func (t *tailEmitter) send(oe *outEdge, to int, plain []byte, plainBuf *[]byte) 
 	case !t.reuse && inPlain:
 		*plainBuf = nil
 	}
-	if err := oe.fan.Send(t.st.ctx(), to, sealed); err != nil {
+	t.st.sendBegins() // backpressure: time blocked on credits (metrics.go)
+	err = oe.fan.Send(t.st.ctx(), to, sealed)
+	t.st.sendEnded()
+	if err != nil {
 		t.st.fail(err)
 		return
 	}
