@@ -444,10 +444,11 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 	if err := requireRole(issuer, party.RoleProvider); err != nil {
 		return err
 	}
-	var man Manifest
-	if err := decodeBody(st, &man); err != nil {
+	var sub SubmitService
+	if err := decodeBody(st, &sub); err != nil {
 		return err
 	}
+	man := sub.Manifest
 	switch {
 	case man.ID == "":
 		return refuse("service.manifest", "the manifest has no id")
@@ -464,11 +465,15 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 	if err := checkSpecs(&man); err != nil {
 		return err
 	}
+	if err := m.checkCode(&sub); err != nil {
+		return err
+	}
 	if old, ok := m.st.Services[man.ID]; ok && old.Provider != st.Issuer {
 		return refuse("service.owner", "service id %s belongs to another provider", man.ID)
 	}
 	svc := &Service{Manifest: man, Provider: st.Issuer, Digest: digestJSON(man), Submitted: now.UTC()}
 	m.st.Services[man.ID] = svc
+	m.storeCodeKey(man.ID, sub.CodeKey)
 	out.Result = map[string]any{"service": man.ID, "digest": svc.Digest, "pending": m.pendingOwners(svc)}
 	subjects := []string{"service:" + man.ID, "party:" + string(st.Issuer)}
 	for _, in := range man.Inputs {

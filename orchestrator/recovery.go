@@ -328,7 +328,8 @@ func (m *Machine) releaseTask(now time.Time, out *Output, job *Job, svc *Service
 			return err
 		}
 	}
-	return nil
+	// The code key goes only to the nodes of tasks that run modules.
+	return m.releaseCode(svc, &t, rel)
 }
 
 // RestorePointFor returns the restore point of a task for the node asking:

@@ -13,6 +13,7 @@ import (
 	"github.com/sealflow/sealflow/attest"
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/policy"
+	"github.com/sealflow/sealflow/seal"
 )
 
 // Genesis is the orchestrator's founding configuration. Its digest is bound into
@@ -77,6 +78,9 @@ type State struct {
 	// Checkpoints holds each job's last complete checkpoint and the ones
 	// pending (see checkpoint.go), by job id.
 	Checkpoints map[string]*JobCheckpoints `json:"checkpoints,omitempty"`
+	// CodeKeys holds, by service id, the code key of the service's current
+	// version, still wrapped to the orchestrator (code.go).
+	CodeKeys map[string]*seal.Wrapped `json:"code_keys,omitempty"`
 	// Applied counts the statements applied, so a restored state can be
 	// compared with the log.
 	Applied uint64 `json:"applied"`
