@@ -116,6 +116,9 @@ type CheckpointAckResult struct {
 	// Already is true when the acknowledgement repeats the task's latest
 	// accepted one (a retry): nothing changed.
 	Already bool `json:"already,omitempty"`
+	// Pinned lists the task's checkpoints that savepoints hold: the worker
+	// keeps their snapshot objects.
+	Pinned []uint64 `json:"pinned,omitempty"`
 }
 
 // RestorePoint returns the latest snapshot of a job's task the orchestrator
@@ -285,7 +288,7 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 			break
 		}
 	}
-	out.Result = &CheckpointAckResult{Job: b.Job, Checkpoint: b.Checkpoint, Task: b.Task, Complete: complete}
+	out.Result = &CheckpointAckResult{Job: b.Job, Checkpoint: b.Checkpoint, Task: b.Task, Complete: complete, Pinned: m.pinned(b.Job, b.Task)}
 	if !complete {
 		return nil
 	}

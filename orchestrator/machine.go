@@ -201,6 +201,10 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 		err = m.frameRejected(now, st, issuer, out)
 	case TypeCheckpointAck:
 		err = m.checkpointAck(now, st, issuer, out)
+	case TypeJobSavepoint:
+		err = m.savepoint(now, st, issuer, out)
+	case TypeJobStop:
+		err = m.stopJob(now, st, issuer, out)
 	default:
 		err = refuse("statement.type", "unknown statement type %q", st.Type)
 	}
@@ -594,10 +598,7 @@ func (m *Machine) revoke(now time.Time, st *party.Statement, issuer *party.Ident
 	for id, j := range m.st.Jobs {
 		svc := m.st.Services[j.Service]
 		if j.Service == b.Service && svc != nil && slices.Contains(svc.Manifest.Inputs, b.Stream) {
-			for k := range j.Keys {
-				clear(j.Keys[k])
-			}
-			delete(m.st.Jobs, id)
+			m.removeJob(j)
 			stopped = append(stopped, id)
 			out.Entries = append(out.Entries, entry(now, "job.stopped", []string{"stream:" + b.Stream, "job:" + id, "service:" + b.Service},
 				map[string]any{"job": id, "service": b.Service, "reason": "revoked by the owner of " + b.Stream, "tasks": j.Tasks}))
@@ -736,6 +737,10 @@ type Deploy struct {
 	Service string `json:"service"`
 	// Job names the job; the service id when empty.
 	Job string `json:"job,omitempty"`
+	// FromSavepoint, if set, starts the job from a savepoint of a job of the
+	// same id and service (possibly of an older version): its tasks restore
+	// their state and positions from it and it keeps that job's keys.
+	FromSavepoint string `json:"from_savepoint,omitempty"`
 }
 
 func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Identity, out *Output) error {
@@ -784,7 +789,20 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 		return logRefusal(err)
 	}
 	job := &Job{ID: b.Job, Service: svc.Manifest.ID, Digest: svc.Digest, Tasks: map[string]party.ID{}, Keys: map[string][]byte{}, Deployed: now.UTC()}
+	// A job starts without checkpoints, or from a savepoint's.
+	var (
+		fresh []string
+		cps   *JobCheckpoints
+	)
+	if b.FromSavepoint != "" {
+		if cps, fresh, err = m.fromSavepoint(now, job, svc, b.FromSavepoint); err != nil {
+			return logRefusal(err)
+		}
+	}
 	for _, purpose := range append([]string{"exchange", "checkpoint"}, prefixed("output:", svc.Manifest.Outputs)...) {
+		if job.Keys[purpose] != nil {
+			continue
+		}
 		k := make([]byte, seal.KeySize)
 		rand.Read(k)
 		job.Keys[purpose] = k
@@ -801,9 +819,21 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 		}
 	}
 	m.st.Jobs[b.Job] = job
+	delete(m.st.Checkpoints, b.Job)
+	if cps != nil {
+		if m.st.Checkpoints == nil {
+			m.st.Checkpoints = map[string]*JobCheckpoints{}
+		}
+		m.st.Checkpoints[b.Job] = cps
+	}
 	out.Result = map[string]any{"job": b.Job, "tasks": job.Tasks}
-	out.Entries = append(out.Entries, entry(now, "job.deployed", subjects,
-		map[string]any{"job": b.Job, "service": svc.Manifest.ID, "digest": svc.Digest, "tasks": job.Tasks}))
+	body := map[string]any{"job": b.Job, "service": svc.Manifest.ID, "digest": svc.Digest, "tasks": job.Tasks}
+	if b.FromSavepoint != "" {
+		body["from_savepoint"] = b.FromSavepoint
+		body["fresh_tasks"] = fresh
+		out.Result = map[string]any{"job": b.Job, "tasks": job.Tasks, "from_savepoint": b.FromSavepoint, "fresh_tasks": fresh}
+	}
+	out.Entries = append(out.Entries, entry(now, "job.deployed", subjects, body))
 	return nil
 }
 

@@ -81,6 +81,8 @@ type State struct {
 	// CodeKeys holds, by service id, the code key of the service's current
 	// version, still wrapped to the orchestrator (code.go).
 	CodeKeys map[string]*seal.Wrapped `json:"code_keys,omitempty"`
+	// Savepoints holds the retained states of jobs, by name (savepoint.go).
+	Savepoints map[string]*Savepoint `json:"savepoints,omitempty"`
 	// Applied counts the statements applied, so a restored state can be
 	// compared with the log.
 	Applied uint64 `json:"applied"`

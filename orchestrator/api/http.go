@@ -38,6 +38,7 @@ func (s *Server) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/nodes", s.view(func(st *orchestrator.State) any { return NodeViews(st) }))
 	mux.HandleFunc("GET /v1/services", s.view(func(st *orchestrator.State) any { return ServiceViews(st) }))
 	mux.HandleFunc("GET /v1/jobs", s.view(func(st *orchestrator.State) any { return JobViews(st) }))
+	mux.HandleFunc("GET /v1/savepoints", s.view(func(st *orchestrator.State) any { return orchestrator.SavepointViews(st) }))
 	mux.HandleFunc("GET /v1/parties", s.view(func(st *orchestrator.State) any { return PartyViews(st) }))
 	mux.HandleFunc("GET /v1/releases", s.handleReleases)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
