@@ -68,6 +68,9 @@ type Task struct {
 	state                 atomic.Value // string
 	cancel                context.CancelFunc
 	stopped               atomic.Value // string: why the task was stopped
+
+	// probe reads the live counters of the task's current run (metrics.go).
+	probe atomic.Pointer[runtime.Probe]
 }
 
 // stop cancels the task and records why.
@@ -149,6 +152,7 @@ func (t *Task) execute(ctx context.Context) error {
 		return err
 	}
 	opts := runtime.Options{Sources: map[string]runtime.Source{}, Sinks: map[string]runtime.Sink{}, CommitSinks: map[string]runtime.CommitSink{}, JobID: t.ID, Logger: t.log}
+	opts.Observer = runtime.ObserverFunc(t.probe.Store)
 	if t.ckpt != nil {
 		cp, err := t.ckpt.setup(ctx, t)
 		if err != nil {
