@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -122,11 +123,8 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 		return err
 	}
 	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String()}
-	signed, err := party.Sign(c.kf, orchestrator.TypeCheckpointAck, ack, time.Minute, time.Now())
+	res, err := c.ctl.AckCheckpoint(ctx, c.kf, ack)
 	if err != nil {
-		return err
-	}
-	if _, err := c.ctl.Submit(ctx, signed); err != nil {
 		var refused *api.RefusedError
 		if errors.As(err, &refused) {
 			_ = c.store.Delete(context.WithoutCancel(ctx), sid)
@@ -137,7 +135,7 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	prev := c.previous
 	c.previous = &sid
 	c.mu.Unlock()
-	if prev != nil && *prev != sid {
+	if prev != nil && *prev != sid && !slices.Contains(res.Pinned, prev.Checkpoint) {
 		if err := c.store.Delete(ctx, *prev); err != nil {
 			c.log.Debug("could not delete a superseded snapshot", "snapshot", prev.String(), "err", err)
 		}

@@ -228,6 +228,7 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	pf := addPartyFlags(fs)
 	service := fs.String("service", "", "the submitted service's id")
 	job := fs.String("job", "", "the job's name (the service id when empty)")
+	fromSavepoint := fs.String("from-savepoint", "", "start the job from this savepoint (of a job with the same name and service): its tasks restore their state and positions")
 	if err := parseParty(fs, args, 0); err != nil {
 		return err
 	}
@@ -238,7 +239,7 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := submitStatement(ctx, c, kf, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: *service, Job: *job})
+	r, err := submitStatement(ctx, c, kf, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: *service, Job: *job, FromSavepoint: *fromSavepoint})
 	var re *client.RefusedError
 	if errors.As(err, &re) && re.Rule == "approval.pending" {
 		pending := pendingOwners(ctx, c, r)
