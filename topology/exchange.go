@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +37,10 @@ type CrossSite struct {
 	// Duplicates is the window in which both streams drop a repeated
 	// Nats-Msg-Id; two minutes if zero.
 	Duplicates time.Duration
+	// KeepLast makes [Exchange.Trim] keep the last message of each subject
+	// even when the hub holds it: a writer that continues a stream after a
+	// restart (a sealed stream's commit sink) looks that message up.
+	KeepLast bool
 }
 
 // Exchange is an ensured cross-site exchange.
@@ -44,10 +49,17 @@ type Exchange struct {
 	site     jetstream.JetStream
 	hub      jetstream.JetStream
 	siteS    jetstream.Stream
-	hubS     jetstream.Stream
-	trimmed  uint64
 	pollBase time.Duration
+
+	mu      sync.Mutex
+	hubS    jetstream.Stream // nil until linked
+	trimMu  sync.Mutex
+	trimmed uint64
 }
+
+// ErrNotLinked reports that the hub's side of an exchange opened with
+// [OpenCrossSite] has not been set up yet.
+var ErrNotLinked = errors.New("topology: the hub's side of the exchange is not set up yet")
 
 // ErrBufferFull reports that a site's buffer refused a write because it holds
 // MaxBytes (or MaxMsgs) not yet copied to the hub.
@@ -55,8 +67,24 @@ var ErrBufferFull = errors.New("topology: site buffer full")
 
 // EnsureCrossSite creates or updates the exchange's two streams. site is a
 // JetStream context in the site's domain (a connection at the site, or
-// jetstream.NewWithDomain); hub is one in the hub's domain.
+// jetstream.NewWithDomain); hub is one in the hub's domain. It waits until the
+// hub reaches the site's stream, so it blocks through a WAN outage; a writer
+// at the site that must not wait uses [OpenCrossSite] and [Exchange.Run].
 func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c CrossSite) (*Exchange, error) {
+	x, err := OpenCrossSite(ctx, site, hub, c)
+	if err != nil {
+		return nil, err
+	}
+	if err := x.Link(ctx); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// OpenCrossSite creates or updates the site's stream of the exchange only,
+// which needs no WAN link: writes at the site are buffered there from now
+// on. [Exchange.Link] (or [Exchange.Run]) sets up the hub's side.
+func OpenCrossSite(ctx context.Context, site, hub jetstream.JetStream, c CrossSite) (*Exchange, error) {
 	switch {
 	case c.Stream == "":
 		return nil, errors.New("topology: cross-site exchange has no stream name")
@@ -92,12 +120,20 @@ func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c Cross
 	if err != nil {
 		return nil, fmt.Errorf("topology: ensuring site stream %q in domain %q: %w", c.Stream, c.Domain, err)
 	}
+	return &Exchange{cfg: c, site: site, hub: hub, siteS: siteS, pollBase: 10 * time.Millisecond}, nil
+}
+
+// Link sets up the hub's side: it waits until the hub sees the site's
+// stream, creates or updates the hub's stream sourcing it, and waits until
+// the source is active. It blocks while the WAN link is down.
+func (x *Exchange) Link(ctx context.Context) error {
+	c := x.cfg
 	// A source whose first request fails waits 10 s before its retry, so
 	// first wait until the hub sees the site's stream across the leafnodes.
-	if err := reachable(ctx, hub, c.Domain, c.Stream); err != nil {
-		return nil, err
+	if err := reachable(ctx, x.hub, c.Domain, c.Stream); err != nil {
+		return err
 	}
-	hubS, err := hub.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	hubS, err := x.hub.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        c.HubStream,
 		Description: "sealflow cross-site copy of " + c.Stream + " in domain " + c.Domain,
 		Storage:     c.Storage,
@@ -108,13 +144,48 @@ func EnsureCrossSite(ctx context.Context, site, hub jetstream.JetStream, c Cross
 		}},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("topology: ensuring hub stream %q sourcing %q from domain %q: %w", c.HubStream, c.Stream, c.Domain, err)
+		return fmt.Errorf("topology: ensuring hub stream %q sourcing %q from domain %q: %w", c.HubStream, c.Stream, c.Domain, err)
 	}
-	x := &Exchange{cfg: c, site: site, hub: hub, siteS: siteS, hubS: hubS, pollBase: 10 * time.Millisecond}
-	if err := x.waitSourcing(ctx); err != nil {
-		return nil, err
+	x.mu.Lock()
+	x.hubS = hubS
+	x.mu.Unlock()
+	return x.waitSourcing(ctx)
+}
+
+// Run links the exchange, retrying every interval (1 s if zero) while the
+// hub is unreachable, and then watches it ([Exchange.Watch]) until ctx ends.
+// It is meant to run beside a writer at the site for the writer's lifetime;
+// it returns ctx's error.
+func (x *Exchange) Run(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		interval = time.Second
 	}
-	return x, nil
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := x.Link(lctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		tm := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return ctx.Err()
+		case <-tm.C:
+		}
+	}
+	return x.Watch(ctx, interval)
+}
+
+// hubStream returns the hub's stream, or ErrNotLinked.
+func (x *Exchange) hubStream() (jetstream.Stream, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.hubS == nil {
+		return nil, fmt.Errorf("topology: hub stream %q: %w", x.cfg.HubStream, ErrNotLinked)
+	}
+	return x.hubS, nil
 }
 
 // reachable waits until the stream named in domain answers a JetStream
@@ -147,8 +218,12 @@ func reachable(ctx context.Context, hub jetstream.JetStream, domain, stream stri
 // more, so returning before the source is active would let an early outage
 // delay catch-up needlessly.
 func (x *Exchange) waitSourcing(ctx context.Context) error {
+	hubS, err := x.hubStream()
+	if err != nil {
+		return err
+	}
 	for {
-		info, err := x.hubS.Info(ctx)
+		info, err := hubS.Info(ctx)
 		if err == nil && len(info.Sources) == 1 && info.Sources[0].Active >= 0 {
 			return nil
 		}
@@ -168,20 +243,28 @@ func (x *Exchange) waitSourcing(ctx context.Context) error {
 // SiteStream is the buffering stream at the site.
 func (x *Exchange) SiteStream() jetstream.Stream { return x.siteS }
 
-// HubStream is the hub's copy.
-func (x *Exchange) HubStream() jetstream.Stream { return x.hubS }
+// HubStream is the hub's copy; nil until the exchange is linked.
+func (x *Exchange) HubStream() jetstream.Stream {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.hubS
+}
 
 // Copied returns the sequence, in the site's stream, of the last message the
 // hub holds; 0 if the hub holds none.
 func (x *Exchange) Copied(ctx context.Context) (uint64, error) {
-	info, err := x.hubS.Info(ctx)
+	hubS, err := x.hubStream()
+	if err != nil {
+		return 0, err
+	}
+	info, err := hubS.Info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
 	}
 	if info.State.LastSeq == 0 || info.State.Msgs == 0 {
 		return 0, nil
 	}
-	m, err := x.hubS.GetMsg(ctx, info.State.LastSeq)
+	m, err := hubS.GetMsg(ctx, info.State.LastSeq)
 	if err != nil {
 		return 0, fmt.Errorf("topology: reading hub stream %q message %d: %w", x.cfg.HubStream, info.State.LastSeq, err)
 	}
@@ -196,7 +279,11 @@ func (x *Exchange) Copied(ctx context.Context) (uint64, error) {
 // message it holds (it finds the position in the messages' source headers),
 // so nothing is copied twice. Call it when the link to the site returns.
 func (x *Exchange) Restart(ctx context.Context) error {
-	info, err := x.hubS.Info(ctx)
+	hubS, err := x.hubStream()
+	if err != nil {
+		return err
+	}
+	info, err := hubS.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
 	}
@@ -222,7 +309,11 @@ const StaleAfter = 3 * time.Second
 // the hub can reach the site's stream, which is the state a WAN outage
 // leaves behind. It reports whether it restarted the source.
 func (x *Exchange) Heal(ctx context.Context) (bool, error) {
-	info, err := x.hubS.Info(ctx)
+	hubS, err := x.hubStream()
+	if err != nil {
+		return false, err
+	}
+	info, err := hubS.Info(ctx)
 	if err != nil {
 		return false, fmt.Errorf("topology: reading hub stream %q: %w", x.cfg.HubStream, err)
 	}
@@ -278,15 +369,18 @@ func SourceSeq(h string) (uint64, error) {
 	return seq, nil
 }
 
-// Trim removes from the site's buffer every message the hub already holds and
+// Trim removes from the site's buffer every message the hub already holds
+// (with CrossSite.KeepLast, except the last message of each subject) and
 // returns how many the buffer still holds.
 func (x *Exchange) Trim(ctx context.Context) (uint64, error) {
+	x.trimMu.Lock()
+	defer x.trimMu.Unlock()
 	seq, err := x.Copied(ctx)
 	if err != nil {
 		return 0, err
 	}
 	if seq > x.trimmed {
-		if err := x.siteS.Purge(ctx, jetstream.WithPurgeSequence(seq+1)); err != nil {
+		if err := x.purgeBelow(ctx, seq+1); err != nil {
 			return 0, fmt.Errorf("topology: trimming site stream %q below %d: %w", x.cfg.Stream, seq+1, err)
 		}
 		x.trimmed = seq
@@ -298,16 +392,40 @@ func (x *Exchange) Trim(ctx context.Context) (uint64, error) {
 	return info.State.Msgs, nil
 }
 
+// purgeBelow removes the site's messages below seq, keeping each subject's
+// last message under KeepLast.
+func (x *Exchange) purgeBelow(ctx context.Context, seq uint64) error {
+	if !x.cfg.KeepLast {
+		return x.siteS.Purge(ctx, jetstream.WithPurgeSequence(seq))
+	}
+	info, err := x.siteS.Info(ctx, jetstream.WithSubjectFilter(">"))
+	if err != nil {
+		return err
+	}
+	for subj := range info.State.Subjects {
+		last, err := x.siteS.GetLastMsgForSubject(ctx, subj)
+		if err != nil {
+			return err
+		}
+		if upTo := min(seq, last.Sequence); upTo > 1 {
+			if err := x.siteS.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(upTo)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Publish writes m to the site's buffer. When the buffer is full it trims
 // what the hub already holds and retries, waiting (with backoff up to 1 s)
 // until there is room or ctx ends: the writer is slowed, nothing is dropped.
 // Set a Nats-Msg-Id header on m to make retries after an ambiguous failure
-// safe. Not safe for concurrent use with Trim.
-func (x *Exchange) Publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+// safe (or pass jetstream.WithMsgID in opts). Safe for concurrent use.
+func (x *Exchange) Publish(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	wait := x.pollBase
 	full := false
 	for {
-		ack, err := x.site.PublishMsg(ctx, m)
+		ack, err := x.site.PublishMsg(ctx, m, opts...)
 		if err == nil {
 			return ack, nil
 		}
