@@ -32,9 +32,15 @@ const (
 // (sealflow_worker_records_in_total, sealflow_worker_records_out_total),
 // tasks by state (sealflow_worker_tasks) and frames rejected by reason
 // (sealflow_worker_frames_rejected_total, counted by the StreamIO that
-// WrapIO returns). Every series carries the node's name as the label "node";
-// a task's job is the label "sealflow_job" (Prometheus reserves "job" for the
-// scrape job).
+// WrapIO returns), checkpoints and restarts, and, read from the probe of each
+// task's run (runtime.Observer), per operator records
+// (sealflow_worker_operator_records_in_total, _out_total), watermark lag
+// (sealflow_worker_watermark_lag_seconds), backpressure
+// (sealflow_worker_backpressure_ratio) and exchanged bytes
+// (sealflow_worker_exchange_bytes_total). Every series carries the node's
+// name as the label "node"; a task's job is the label "sealflow_job"
+// (Prometheus reserves "job" for the scrape job) and an operator's node ID
+// in the JobSpec the label "operator".
 // Use it as
 //
 //	m := worker.NewMetrics(name)
@@ -49,6 +55,11 @@ type Metrics struct {
 	w  *Worker
 
 	recordsIn, recordsOut, tasks *prometheus.Desc
+
+	opIn, opOut, wmLag, backpressure, exchangeBytes *prometheus.Desc
+	// bpMu guards bp: each task's backpressure window.
+	bpMu sync.Mutex
+	bp   map[string]*bpWindow
 
 	checkpoints     *prometheus.CounterVec
 	checkpointTime  prometheus.Histogram
@@ -72,6 +83,17 @@ func NewMetrics(node string) *Metrics {
 			"Records a task wrote to its sealed output streams.", []string{"sealflow_job", "task"}, labels),
 		tasks: prometheus.NewDesc("sealflow_worker_tasks",
 			"Tasks on this worker by state (running, finished, failed, stopped).", []string{"state"}, labels),
+		opIn: prometheus.NewDesc("sealflow_worker_operator_records_in_total",
+			"Records an operator (a node of the task's JobSpec) received, over its subtasks.", []string{"sealflow_job", "task", "operator"}, labels),
+		opOut: prometheus.NewDesc("sealflow_worker_operator_records_out_total",
+			"Records an operator emitted, over its subtasks.", []string{"sealflow_job", "task", "operator"}, labels),
+		wmLag: prometheus.NewDesc("sealflow_worker_watermark_lag_seconds",
+			"Wall-clock time minus an operator's watermark (event time), for running tasks' operators that have a watermark and have not reached the end of their input.", []string{"sealflow_job", "task", "operator"}, labels),
+		backpressure: prometheus.NewDesc("sealflow_worker_backpressure_ratio",
+			"Share of wall time the most backpressured stage of a running task spent blocked sending to the next stage, over the last second or more.", []string{"sealflow_job", "task"}, labels),
+		exchangeBytes: prometheus.NewDesc("sealflow_worker_exchange_bytes_total",
+			"Bytes of sealed frames a task sent between its stages.", []string{"sealflow_job", "task"}, labels),
+		bp: map[string]*bpWindow{},
 	}
 	m.checkpoints = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sealflow_worker_checkpoints_total", ConstLabels: labels,
@@ -90,6 +112,9 @@ func NewMetrics(node string) *Metrics {
 		Name: "sealflow_worker_task_restarts_total", ConstLabels: labels,
 		Help: "Tasks restarted from their last checkpoint after a failure.",
 	})
+	// Outcomes exist from the start, so rates and dashboards see zeros.
+	m.checkpoints.WithLabelValues("complete")
+	m.checkpoints.WithLabelValues("declined")
 	m.reg.MustRegister(m.rejected, m.checkpoints, m.checkpointTime, m.checkpointBytes, m.taskRestarts, m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -137,6 +162,11 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.recordsIn
 	ch <- m.recordsOut
 	ch <- m.tasks
+	ch <- m.opIn
+	ch <- m.opOut
+	ch <- m.wmLag
+	ch <- m.backpressure
+	ch <- m.exchangeBytes
 }
 
 // Collect implements prometheus.Collector: it reads the watched worker's
@@ -145,6 +175,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	w := m.w
 	m.mu.Unlock()
+	now := time.Now()
 	states := map[string]int{StateRunning: 0, StateFinished: 0, StateFailed: 0, StateStopped: 0}
 	if w != nil {
 		for _, t := range w.Tasks() {
@@ -152,10 +183,86 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.recordsIn, prometheus.CounterValue, float64(in), t.Job, t.ID)
 			ch <- prometheus.MustNewConstMetric(m.recordsOut, prometheus.CounterValue, float64(out), t.Job, t.ID)
 			states[stateName(t.State())]++
+			m.collectLive(ch, t, now)
 		}
 	}
+	m.forgetGone(w)
 	for s, n := range states {
 		ch <- prometheus.MustNewConstMetric(m.tasks, prometheus.GaugeValue, float64(n), s)
+	}
+}
+
+// backpressureWindow is the least time over which a task's backpressure
+// ratio is measured: scrapes closer together report the last ratio.
+const backpressureWindow = time.Second
+
+// bpWindow is a task's last backpressure measurement.
+type bpWindow struct {
+	probe *runtime.Probe // the run measured; a restarted task has a new one
+	last  runtime.Live
+	ratio float64
+}
+
+// collectLive sends the series read from the probe of t's run, if it has
+// one.
+func (m *Metrics) collectLive(ch chan<- prometheus.Metric, t *Task, now time.Time) {
+	p := t.probe.Load()
+	if p == nil {
+		return
+	}
+	l := p.Read()
+	running := stateName(t.State()) == StateRunning
+	for _, n := range l.Nodes {
+		ch <- prometheus.MustNewConstMetric(m.opIn, prometheus.CounterValue, float64(n.RecordsIn), t.Job, t.ID, n.ID)
+		ch <- prometheus.MustNewConstMetric(m.opOut, prometheus.CounterValue, float64(n.RecordsOut), t.Job, t.ID, n.ID)
+		if lag, ok := n.Lag(now); ok && running {
+			ch <- prometheus.MustNewConstMetric(m.wmLag, prometheus.GaugeValue, lag.Seconds(), t.Job, t.ID, n.ID)
+		}
+	}
+	var bytes int64
+	for _, lt := range l.Tasks {
+		bytes += lt.Bytes
+	}
+	ch <- prometheus.MustNewConstMetric(m.exchangeBytes, prometheus.CounterValue, float64(bytes), t.Job, t.ID)
+	if running {
+		ch <- prometheus.MustNewConstMetric(m.backpressure, prometheus.GaugeValue, m.backpressureOf(t.ID, p, l), t.Job, t.ID)
+	}
+}
+
+// backpressureOf returns task's backpressure ratio: over the time since the
+// last measurement if that is at least backpressureWindow ago, else the
+// last ratio; the first measurement of a run covers the run so far.
+func (m *Metrics) backpressureOf(task string, p *runtime.Probe, l runtime.Live) float64 {
+	m.bpMu.Lock()
+	defer m.bpMu.Unlock()
+	w := m.bp[task]
+	switch {
+	case w == nil || w.probe != p:
+		w = &bpWindow{probe: p, last: l, ratio: l.Backpressure(runtime.Live{})}
+		m.bp[task] = w
+	case l.At.Sub(w.last.At) >= backpressureWindow:
+		w.ratio, w.last = l.Backpressure(w.last), l
+	}
+	return w.ratio
+}
+
+// forgetGone drops the backpressure windows of tasks w no longer has.
+func (m *Metrics) forgetGone(w *Worker) {
+	m.bpMu.Lock()
+	defer m.bpMu.Unlock()
+	if len(m.bp) == 0 {
+		return
+	}
+	have := map[string]bool{}
+	if w != nil {
+		for _, t := range w.Tasks() {
+			have[t.ID] = true
+		}
+	}
+	for id := range m.bp {
+		if !have[id] {
+			delete(m.bp, id)
+		}
 	}
 }
 

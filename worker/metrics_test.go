@@ -1,16 +1,23 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/seal"
 )
 
@@ -153,5 +160,124 @@ func TestMetricsServe(t *testing.T) {
 	}
 	if _, err := m.Serve(ctx, "127.0.0.1:-1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:-1") {
 		t.Errorf("Serve on a bad address: err = %v, want one naming the address", err)
+	}
+}
+
+// liveIO is a StreamIO whose sources emit, until their context ends, batches
+// of records stamped lag before the time of emission (a pause between
+// batches), and whose sinks take sinkWait per batch.
+type liveIO struct {
+	lag, pause, sinkWait time.Duration
+}
+
+func (l *liveIO) Source(ctx context.Context, s Stream, keys *seal.Keyring, reject RejectFunc) (runtime.Source, error) {
+	return func(ctx context.Context, sp runtime.Split, emit func(*record.Batch) error) error {
+		var b record.Batch
+		for i := int64(0); ctx.Err() == nil; i++ {
+			b.Reset()
+			ts := time.Now().Add(-l.lag).UnixMilli()
+			for j := range int64(64) {
+				b.Records = append(b.Records, record.Record{Values: []record.Value{record.Int(ts), record.Int(i*64 + j)}})
+			}
+			if err := emit(&b); err != nil {
+				return err
+			}
+			time.Sleep(l.pause)
+		}
+		return nil
+	}, nil
+}
+
+func (l *liveIO) Sink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.Sink, func(context.Context) error, error) {
+	return func(runtime.Split, *record.Batch) error {
+		time.Sleep(l.sinkWait)
+		return nil
+	}, func(context.Context) error { return nil }, nil
+}
+
+func (l *liveIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.CommitSink, func(context.Context) error, error) {
+	return nil, nil, errors.New("liveIO: no commit sinks")
+}
+
+// TestMetricsWatermarkLagAndBackpressure runs a task whose source (one
+// subtask) feeds a sink of two subtasks over an exchange, and reads the
+// watermark lag and backpressure the metrics export while it runs: a slow
+// sink backpressures the source, a fast one does not.
+func TestMetricsWatermarkLagAndBackpressure(t *testing.T) {
+	const lag = 3 * time.Second
+	tests := []struct {
+		name         string
+		io           *liveIO
+		minBP, maxBP float64
+	}{
+		{"slow sink", &liveIO{lag: lag, sinkWait: 20 * time.Millisecond}, 0.5, 1},
+		{"fast sink", &liveIO{lag: lag, pause: 5 * time.Millisecond}, 0, 0.1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := &jobspec.Spec{Name: "lagging", Schemas: map[string][]jobspec.Field{"ev": {{Name: "ts", Type: record.TypeInt}, {Name: "v", Type: record.TypeInt}}},
+				Nodes: []jobspec.Node{
+					{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "in", Schema: "ev", TimeField: "ts"}},
+					{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
+				}}
+			keys := seal.NewKeyring()
+			for _, scope := range []string{"in", "results"} {
+				if _, err := keys.AddSecret(scope, 1, bytes.Repeat([]byte{7}, 32)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			task := &Task{ID: "lagging/t", Job: "lagging", Spec: spec, Slot: orchestrator.TaskSlot{ID: "lagging/t", Reads: []string{"in"}, Writes: []string{"results"}},
+				keys: keys, io: tt.io, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			w := &Worker{tasks: map[string]*Task{task.ID: task}}
+			m := NewMetrics("edge-1")
+			m.Watch(w)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- task.run(ctx) }()
+			defer func() {
+				task.stop("stopped: test over")
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("task: %v", err)
+				}
+			}()
+			for task.probe.Load() == nil || value(t, m.Registry(), "sealflow_worker_operator_records_in_total", map[string]string{"operator": "out"}) == 0 {
+				if s := task.State(); strings.HasPrefix(s, "failed") {
+					t.Fatal(s)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			labels := map[string]string{"sealflow_job": "lagging", "task": "lagging/t", "node": "edge-1"}
+			with := func(k, v string) map[string]string {
+				l := maps.Clone(labels)
+				l[k] = v
+				return l
+			}
+			// Two scrapes a backpressure window apart: the first measures
+			// the run so far, the second the window between them.
+			for scrape := range 2 {
+				time.Sleep(backpressureWindow + 100*time.Millisecond)
+				for _, op := range []string{"src", "out"} {
+					got := value(t, m.Registry(), "sealflow_worker_watermark_lag_seconds", with("operator", op))
+					// Event time trails wall time by lag; the sink's
+					// watermark trails the source's by the frames queued.
+					if got < lag.Seconds()-0.1 || got > lag.Seconds()+2 {
+						t.Errorf("scrape %d: watermark lag of %s = %.3f s, want about %v", scrape, op, got, lag)
+					}
+				}
+				bp := value(t, m.Registry(), "sealflow_worker_backpressure_ratio", labels)
+				t.Logf("scrape %d: backpressure %.3f", scrape, bp)
+				if bp < tt.minBP || bp > tt.maxBP {
+					t.Errorf("scrape %d: backpressure = %.3f, want in [%.2f, %.2f]", scrape, bp, tt.minBP, tt.maxBP)
+				}
+			}
+			if in, out := value(t, m.Registry(), "sealflow_worker_operator_records_in_total", with("operator", "out")),
+				value(t, m.Registry(), "sealflow_worker_operator_records_out_total", with("operator", "src")); in == 0 || in > out {
+				t.Errorf("operator records: sink in %v, source out %v; want 0 < in ≤ out", in, out)
+			}
+			if b := value(t, m.Registry(), "sealflow_worker_exchange_bytes_total", labels); b == 0 {
+				t.Error("no exchange bytes counted")
+			}
+		})
 	}
 }
