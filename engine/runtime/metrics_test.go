@@ -161,7 +161,7 @@ func TestLiveBackpressureBetweenSnapshots(t *testing.T) {
 func benchObserved(b *testing.B, spec *jobspec.Spec) {
 	const events = 1 << 20
 	ctx := context.Background()
-	var wall time.Duration
+	var wall, cpu time.Duration
 	b.ResetTimer()
 	for range b.N {
 		var probe atomic.Pointer[Probe]
@@ -181,12 +181,14 @@ func benchObserved(b *testing.B, spec *jobspec.Spec) {
 			}
 		}()
 		start := time.Now()
+		c0 := cpuTime()
 		_, err := Run(ctx, spec, Options{
 			Sources:  map[string]Source{"bids": GeneratorSource(events, 512, bid)},
 			Sinks:    map[string]Sink{"out": func(_ Split, b *record.Batch) error { return nil }},
 			Observer: ObserverFunc(probe.Store),
 		})
 		wall += time.Since(start)
+		cpu += cpuTime() - c0
 		close(stop)
 		<-done
 		if err != nil {
@@ -194,6 +196,9 @@ func benchObserved(b *testing.B, spec *jobspec.Spec) {
 		}
 	}
 	b.ReportMetric(float64(events)*float64(b.N)/wall.Seconds(), "events/s")
+	if cpu > 0 {
+		b.ReportMetric(float64(events)*float64(b.N)/cpu.Seconds(), "events/cpu-s")
+	}
 }
 
 func BenchmarkStatelessLocalObserved(b *testing.B) { benchObserved(b, statelessSpec()) }
