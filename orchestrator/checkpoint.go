@@ -46,6 +46,10 @@ type CheckpointAck struct {
 	Digest string `json:"digest"`
 	// Positions are the task's source positions, by stream and partition.
 	Positions map[string]map[uint32]SourcePosition `json:"positions,omitempty"`
+	// Deployed, when set, is the deploy time of the job the task runs for:
+	// an ack from a run of an earlier deployment of the same job id (stopped,
+	// then deployed again) is refused, so it never commits.
+	Deployed time.Time `json:"deployed,omitzero"`
 }
 
 // CheckpointSnapshot is one task's acknowledged snapshot.
@@ -177,6 +181,9 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 	job, ok := m.st.Jobs[b.Job]
 	if !ok {
 		return refuse("checkpoint.job", "job %q is not deployed", b.Job)
+	}
+	if !b.Deployed.IsZero() && !b.Deployed.Equal(job.Deployed) {
+		return refuse("checkpoint.job", "the acknowledgement is for job %s deployed at %s; the job running now was deployed at %s", b.Job, b.Deployed.UTC().Format(time.RFC3339Nano), job.Deployed.Format(time.RFC3339Nano))
 	}
 	placed, ok := job.Tasks[b.Task]
 	if !ok {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -361,13 +362,16 @@ type JobView struct {
 	Epoch   uint32              `json:"epoch"`
 	// Unplaced says, by task id, why a task of a lost node runs nowhere yet.
 	Unplaced map[string]string `json:"unplaced,omitempty"`
+	// Deployed is when the job was deployed: a job stopped and deployed
+	// again under the same id is another deployment.
+	Deployed time.Time `json:"deployed"`
 }
 
 // JobViews lists the deployed jobs.
 func JobViews(st *orchestrator.State) []JobView {
 	var out []JobView
 	for _, j := range st.Jobs {
-		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced})
+		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced, Deployed: j.Deployed})
 	}
 	slices.SortFunc(out, func(a, b JobView) int { return cmpString(a.ID, b.ID) })
 	return out
