@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
@@ -63,6 +64,11 @@ type Task struct {
 
 	// ckpt, when set, checkpoints the task and restores it after a failure.
 	ckpt *taskCheckpoints
+	// deployed is when the job was deployed (a later deployment of the same
+	// job id is another run).
+	deployed time.Time
+	// code, when set, runs the task's udf nodes (modules.go).
+	code *taskCode
 
 	recordsIn, recordsOut atomic.Int64
 	state                 atomic.Value // string
@@ -153,6 +159,7 @@ func (t *Task) execute(ctx context.Context) error {
 	}
 	opts := runtime.Options{Sources: map[string]runtime.Source{}, Sinks: map[string]runtime.Sink{}, CommitSinks: map[string]runtime.CommitSink{}, JobID: t.ID, Logger: t.log}
 	opts.Observer = runtime.ObserverFunc(t.probe.Store)
+	t.code.apply(&opts)
 	if t.ckpt != nil {
 		cp, err := t.ckpt.setup(ctx, t)
 		if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/seal"
+	"github.com/sealflow/sealflow/udf"
 )
 
 // Config configures a worker.
@@ -73,6 +74,10 @@ type Worker struct {
 	tasks     map[string]*Task         // task id → task
 	wg        sync.WaitGroup
 	metrics   *Metrics
+
+	// udfMu guards udfs, the worker's UDF runtime (modules.go).
+	udfMu sync.Mutex
+	udfs  *udf.Runtime
 }
 
 // New creates a worker with fresh keys. Nothing leaves the process until Run.
@@ -117,6 +122,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer w.closeUDFs()
 	sub, err := w.ctl.SubscribeReleases(w.ID(), func(rs []orchestrator.Release) { w.onReleases(ctx, rs) },
 		func(err error) { w.log.Warn("refused a key-release batch", "err", err) })
 	if err != nil {
@@ -194,24 +200,39 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 		w.log.Warn("could not list jobs", "err", err)
 		return
 	}
-	live := map[string]bool{}
+	live := map[string]api.JobView{}
 	for _, j := range jobs {
-		live[j.ID] = true
+		live[j.ID] = j
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for job, ring := range w.keys {
-		if live[job] {
+	for id, t := range w.tasks {
+		j, ok := live[t.Job]
+		var why string
+		switch {
+		case !ok:
+			why = "stopped: the job was removed (stopped by its provider or revoked by an owner)"
+		case !t.deployed.IsZero() && !j.Deployed.Equal(t.deployed):
+			why = "stopped: the job was deployed again"
+		case j.Tasks[id] != w.ID():
+			why = "stopped: the task moved to node " + j.Tasks[id].Short()
+		default:
 			continue
 		}
-		for _, t := range w.tasks {
-			if t.Job == job {
-				t.stop("stopped: the job was removed (revoked by an owner)")
-			}
+		// The orchestrator refuses this run's acknowledgements already,
+		// so nothing it produced since its last accepted checkpoint is
+		// committed; stopping it frees the slot.
+		t.stop(why)
+		delete(w.tasks, id)
+		w.log.Info("task stopped by the orchestrator's job list", "task", id, "why", why)
+	}
+	for job, ring := range w.keys {
+		if _, ok := live[job]; ok {
+			continue
 		}
 		ring.Zero()
 		delete(w.keys, job)
-		w.log.Info("job removed by the orchestrator: tasks stopped, keys dropped", "job", job)
+		w.log.Info("job removed by the orchestrator: keys dropped", "job", job)
 	}
 }
 
@@ -240,6 +261,7 @@ func (w *Worker) onReleases(ctx context.Context, rs []orchestrator.Release) {
 	}
 	for _, group := range byTask {
 		job, taskID := group[0].Job, group[0].Task
+		w.dropStaleDeployment(ctx, job)
 		if err := w.install(group); err != nil {
 			w.log.Error("refused released keys", "job", job, "task", taskID, "err", err)
 			continue
@@ -253,6 +275,45 @@ func (w *Worker) onReleases(ctx context.Context, rs []orchestrator.Release) {
 		if err := w.start(ctx, job, taskID); err != nil {
 			w.log.Error("task did not start", "job", job, "task", taskID, "err", err)
 		}
+	}
+}
+
+// dropStaleDeployment stops the tasks this worker runs for an earlier
+// deployment of job (stopped, then deployed again under the same id) and
+// drops that deployment's keys, before the new deployment's keys and tasks
+// arrive.
+func (w *Worker) dropStaleDeployment(ctx context.Context, job string) {
+	w.mu.Lock()
+	var mine []*Task
+	for _, t := range w.tasks {
+		if t.Job == job && !t.deployed.IsZero() {
+			mine = append(mine, t)
+		}
+	}
+	w.mu.Unlock()
+	if len(mine) == 0 {
+		return
+	}
+	_, jv, err := w.http.JobService(ctx, job)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	stale := false
+	for _, t := range mine {
+		if !jv.Deployed.Equal(t.deployed) {
+			t.stop("stopped: the job was deployed again")
+			delete(w.tasks, t.ID)
+			stale = true
+		}
+	}
+	if stale {
+		if ring := w.keys[job]; ring != nil {
+			ring.Zero()
+			delete(w.keys, job)
+		}
+		w.log.Info("job deployed again: the earlier deployment's tasks stopped and keys dropped", "job", job)
 	}
 }
 
@@ -272,7 +333,7 @@ func (w *Worker) install(rs []orchestrator.Release) error {
 			w.keys[r.Job] = ring
 		}
 		scope := r.Scope
-		if r.Purpose == "exchange" || r.Purpose == "checkpoint" {
+		if r.Purpose == "exchange" || r.Purpose == "checkpoint" || r.Purpose == orchestrator.PurposeCode {
 			scope = r.Job + "/" + r.Purpose
 		}
 		if _, err := ring.AddSecret(scope, r.Epoch, key); err != nil {
@@ -285,7 +346,7 @@ func (w *Worker) install(rs []orchestrator.Release) error {
 
 // start fetches the job's manifest and runs one task.
 func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
-	svc, _, err := w.http.JobService(ctx, jobID)
+	svc, jv, err := w.http.JobService(ctx, jobID)
 	if err != nil {
 		return err
 	}
@@ -311,9 +372,13 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	if err != nil {
 		return fmt.Errorf("task %s: %w", taskID, err)
 	}
+	code, err := w.codeFor(ctx, svc, jobID, spec)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", taskID, err)
+	}
 	w.mu.Lock()
 	ring := w.keys[jobID]
-	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected}
+	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected, deployed: jv.Deployed}
 	if w.cfg.Checkpoints != nil {
 		interval := w.cfg.CheckpointInterval
 		if interval <= 0 {
@@ -321,6 +386,7 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 		}
 		t.ckpt = &taskCheckpoints{store: w.cfg.Checkpoints, ctl: w.ctl, kf: w.kf, interval: interval, version: svc.Manifest.Version, log: t.log, metrics: w.metrics}
 	}
+	t.code = code
 	w.tasks[taskID] = t
 	w.mu.Unlock()
 	tctx, cancel := context.WithCancel(ctx)
