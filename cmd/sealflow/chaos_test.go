@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -173,25 +172,16 @@ func (c *chaosCluster) stop() {
 	}
 }
 
-// TestChaosExactlyOnce runs the demo's balancing pipeline (two edge stages
-// with keyed windows, a regional stage joining them) across processes while
-// records are published, and meanwhile kills five workers running its tasks
-// with SIGKILL, restarts the NATS server once and the orchestrator once. The
-// final output must equal the failure-free result exactly: one row per window
-// with the exact sum (the readings are multiples of 1/8 kWh, so sums are exact
-// in floating point whatever the order).
-func TestChaosExactlyOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary, starts and kills many processes")
-	}
-	bin := sealflowBinary(t)
+// newChaosCluster starts NATS, the orchestrator and the given workers (tier,
+// region pairs) and stops everything when the test ends, logging the
+// processes' logs if it failed.
+func newChaosCluster(ctx context.Context, t *testing.T, nodes ...[2]string) *chaosCluster {
+	t.Helper()
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	c := &chaosCluster{t: t, ctx: ctx, bin: bin, dir: dir, natsDir: filepath.Join(dir, "nats"), port: freePort(t),
+	c := &chaosCluster{t: t, ctx: ctx, bin: sealflowBinary(t), dir: dir, natsDir: filepath.Join(dir, "nats"), port: freePort(t),
 		listen: fmt.Sprintf("127.0.0.1:%d", freePort(t)), workers: map[string]*chaosWorker{}}
 	c.startNATS()
 	t.Cleanup(func() {
@@ -205,35 +195,47 @@ func TestChaosExactlyOnce(t *testing.T) {
 		}
 	})
 	c.startOrchestrator()
-	for _, n := range []struct{ tier, region string }{
-		{"edge", "be-antwerp"}, {"edge", "be-ghent"}, {"edge", "be-antwerp"}, {"regional", "be-flanders"}, {"regional", "be-flanders"},
-	} {
-		c.startWorker(n.tier, n.region)
+	for _, n := range nodes {
+		c.startWorker(n[0], n[1])
 	}
+	return c
+}
 
-	run := sealflowRunner(ctx, t, bin)
-	file := func(name, content string) string { return writeTestFile(t, filepath.Join(dir, name), content) }
-	party := func(role, name string) (key, trust string) { return registerPartyCLI(run, c.ep, dir, role, name) }
-	grid, gridTrust := party("provider", "grid-operator")
+// balanceRun is the demo's balancing service deployed on a chaos cluster,
+// with two owners' meter streams and the exact result expected.
+type balanceRun struct {
+	c               *chaosCluster
+	run             func(args ...string) string
+	grid, gridTrust string
+	owners          []*balanceOwner
+	want            map[int64]float64 // window start → kWh
+}
 
-	const perStream = 1200 // readings per meter stream
+type balanceOwner struct {
+	id, key, trust string
+	lines          []string
+}
+
+// setupBalance registers the parties and streams, submits the balance
+// service, has both owners approve it and deploys it; perStream readings per
+// stream, 100 ms apart in event time.
+func setupBalance(ctx context.Context, t *testing.T, c *chaosCluster, perStream int) *balanceRun {
+	t.Helper()
+	b := &balanceRun{c: c, run: sealflowRunner(ctx, t, c.bin), want: map[int64]float64{}}
+	file := func(name, content string) string { return writeTestFile(t, filepath.Join(c.dir, name), content) }
+	party := func(role, name string) (key, trust string) { return registerPartyCLI(b.run, c.ep, c.dir, role, name) }
+	b.grid, b.gridTrust = party("provider", "grid-operator")
 	start := int64(1764057600000)
-	want := map[int64]float64{} // window start → kWh
-	type owner struct {
-		id, key, trust string
-		lines          []string
-	}
-	var owners []*owner
 	for i, id := range []string{"a", "b"} {
 		k, tr := party("owner", "owner-"+id)
-		o := &owner{id: id, key: k, trust: tr}
-		owners = append(owners, o)
+		o := &balanceOwner{id: id, key: k, trust: tr}
+		b.owners = append(b.owners, o)
 		pol := file("policy-"+id+".yaml", fmt.Sprintf("stream: meter-%s\nrules:\n  - name: belgium\n    stage: placement\n    expr: \"node.region.startsWith('be-')\"\n  - name: grid-only\n    stage: recipient\n    expr: \"recipient.name == 'grid-operator'\"\n", id))
-		run("owner", "register-stream", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--schema", "household:string,kwh:float,ts:int", "--policy", pol)
+		b.run("owner", "register-stream", "--key", k, "--trust", tr, "--stream", "meter-"+id, "--schema", "household:string,kwh:float,ts:int", "--policy", pol)
 		for j := range perStream {
 			ts := start + int64(j)*100
 			kwh := float64((i+1)*(j%7+1)) / 8
-			want[ts-ts%5000] += kwh
+			b.want[ts-ts%5000] += kwh
 			o.lines = append(o.lines, fmt.Sprintf(`{"household": "house-%s-%d", "kwh": %g, "ts": %d}`, id, j%3, kwh, ts))
 		}
 	}
@@ -242,33 +244,37 @@ func TestChaosExactlyOnce(t *testing.T) {
 			Digest string `json:"digest"`
 		} `json:"result"`
 	}
-	if err := json.Unmarshal([]byte(run("service", "submit", "--key", grid, "--trust", gridTrust, "--json", exampleFile(t, "smartgrid/balance.yaml"))), &sub); err != nil || sub.Result.Digest == "" {
+	if err := json.Unmarshal([]byte(b.run("service", "submit", "--key", b.grid, "--trust", b.gridTrust, "--json", exampleFile(t, "smartgrid/balance.yaml"))), &sub); err != nil || sub.Result.Digest == "" {
 		t.Fatalf("service submit: %v %+v", err, sub)
 	}
-	for _, o := range owners {
-		run("owner", "approve", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id, "--service", sub.Result.Digest)
+	for _, o := range b.owners {
+		b.run("owner", "approve", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id, "--service", sub.Result.Digest)
 	}
-	run("service", "deploy", "--key", grid, "--trust", gridTrust, "--service", "balance")
+	b.run("service", "deploy", "--key", b.grid, "--trust", b.gridTrust, "--service", "balance")
+	return b
+}
 
-	// The gateways: one long-lived `owner publish` per stream, fed a few
-	// lines at a time; paused while NATS restarts.
-	var pause sync.RWMutex
+// gateways starts one long-lived `owner publish` per stream, fed a line
+// every pace (a batch of 8 at a time) while pause is not held; the returned
+// function waits until both published everything and closed their streams.
+func (b *balanceRun) gateways(ctx context.Context, t *testing.T, pace time.Duration, pause *sync.RWMutex) func() {
+	t.Helper()
 	var pubs []*exec.Cmd
-	var pubWG sync.WaitGroup
-	for _, o := range owners {
-		cmd := exec.CommandContext(ctx, bin, "owner", "publish", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id,
-			"--input", "-", "--time-field", "ts", "--nats", c.nats.ClientURL(), "--batch", "8")
+	var wg sync.WaitGroup
+	for _, o := range b.owners {
+		cmd := exec.CommandContext(ctx, b.c.bin, "owner", "publish", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id,
+			"--input", "-", "--time-field", "ts", "--nats", b.c.nats.ClientURL(), "--batch", "8")
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		logf := c.logFile("publish-" + o.id)
+		logf := b.c.logFile("publish-" + o.id)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		pubs = append(pubs, cmd)
-		pubWG.Go(func() {
+		wg.Go(func() {
 			w := bufio.NewWriter(stdin)
 			for j, l := range o.lines {
 				pause.RLock()
@@ -277,12 +283,85 @@ func TestChaosExactlyOnce(t *testing.T) {
 					_ = w.Flush()
 				}
 				pause.RUnlock()
-				time.Sleep(25 * time.Millisecond) // 1200 lines in about 30 s
+				time.Sleep(pace)
 			}
 			_ = w.Flush()
 			_ = stdin.Close()
 		})
 	}
+	return func() {
+		wg.Wait()
+		for _, p := range pubs {
+			if err := p.Wait(); err != nil {
+				t.Fatalf("owner publish failed: %v", err)
+			}
+		}
+	}
+}
+
+// checkResults waits for the complete output (every partition's last frame)
+// and checks it is exactly the expected one: one row per window, exact sums.
+func (b *balanceRun) checkResults(ctx context.Context, t *testing.T) {
+	t.Helper()
+	var out string
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		cmd := exec.CommandContext(ctx, b.c.bin, "service", "results", "--key", b.grid, "--trust", b.gridTrust, "--job", "balance", "--nats", b.c.nats.ClientURL())
+		o, err := cmd.Output()
+		if err == nil {
+			out = string(o)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no complete results: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	got := map[int64]float64{}
+	rows := 0
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var row struct {
+			WindowStart int64   `json:"window_start"`
+			KWh         float64 `json:"kwh"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
+			t.Fatalf("result line %q: %v", sc.Text(), err)
+		}
+		if _, dup := got[row.WindowStart]; dup {
+			t.Errorf("window %d appears twice in the output", row.WindowStart)
+		}
+		got[row.WindowStart] += row.KWh
+		rows++
+	}
+	if rows != len(b.want) {
+		t.Errorf("%d result rows, want %d (one per window)", rows, len(b.want))
+	}
+	for w, v := range b.want {
+		if got[w] != v {
+			t.Errorf("window %d: %v kWh, want exactly %v", w, got[w], v)
+		}
+	}
+}
+
+// TestChaosExactlyOnce runs the demo's balancing pipeline (two edge stages
+// with keyed windows, a regional stage joining them) across processes while
+// records are published, and meanwhile kills five workers running its tasks
+// with SIGKILL, restarts the NATS server once and the orchestrator once. The
+// final output must equal the failure-free result exactly: one row per window
+// with the exact sum (the readings are multiples of 1/8 kWh, so sums are exact
+// in floating point whatever the order).
+func TestChaosExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary, starts and kills many processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	c := newChaosCluster(ctx, t, [2]string{"edge", "be-antwerp"}, [2]string{"edge", "be-ghent"}, [2]string{"edge", "be-antwerp"},
+		[2]string{"regional", "be-flanders"}, [2]string{"regional", "be-flanders"})
+	b := setupBalance(ctx, t, c, 1200)
+	var pause sync.RWMutex
+	wait := b.gateways(ctx, t, 25*time.Millisecond, &pause) // 1200 lines in about 30 s
 
 	// The chaos: every few seconds one event, killing workers that run
 	// tasks of the job.
@@ -294,7 +373,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 				Node  string `json:"node"`
 			} `json:"status"`
 		}
-		out, err := exec.CommandContext(ctx, bin, "service", "status", "--trust", gridTrust, "--json", "balance").Output()
+		out, err := exec.CommandContext(ctx, c.bin, "service", "status", "--trust", b.gridTrust, "--json", "balance").Output()
 		if err != nil || json.Unmarshal(out, &st) != nil {
 			return nil
 		}
@@ -311,7 +390,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 			ID   string `json:"id"`
 			Name string `json:"name"`
 		}
-		out, err := exec.CommandContext(ctx, bin, "infra", "nodes", "--trust", gridTrust, "--json").Output()
+		out, err := exec.CommandContext(ctx, c.bin, "infra", "nodes", "--trust", b.gridTrust, "--json").Output()
 		if err != nil || json.Unmarshal(out, &nodes) != nil {
 			return nil
 		}
@@ -361,52 +440,6 @@ func TestChaosExactlyOnce(t *testing.T) {
 			t.Logf("%s: restarted the orchestrator (SIGKILL, same state)", time.Now().Format("15:04:05.000"))
 		}
 	}
-	pubWG.Wait()
-	for _, p := range pubs {
-		if err := p.Wait(); err != nil {
-			t.Fatalf("owner publish failed: %v", err)
-		}
-	}
-
-	// The results: complete (every partition's last frame) and exact.
-	var out string
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		cmd := exec.CommandContext(ctx, bin, "service", "results", "--key", grid, "--trust", gridTrust, "--job", "balance", "--nats", c.nats.ClientURL())
-		b, err := cmd.Output()
-		if err == nil {
-			out = string(b)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no complete results: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
-	got := map[int64]float64{}
-	rows := 0
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		var row struct {
-			WindowStart int64   `json:"window_start"`
-			KWh         float64 `json:"kwh"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
-			t.Fatalf("result line %q: %v", sc.Text(), err)
-		}
-		if _, dup := got[row.WindowStart]; dup {
-			t.Errorf("window %d appears twice in the output", row.WindowStart)
-		}
-		got[row.WindowStart] += row.KWh
-		rows++
-	}
-	if rows != len(want) {
-		t.Errorf("%d result rows, want %d (one per window)", rows, len(want))
-	}
-	for w, v := range want {
-		if got[w] != v {
-			t.Errorf("window %d: %v kWh, want exactly %v", w, got[w], v)
-		}
-	}
-	_ = io.Discard
+	wait()
+	b.checkResults(ctx, t)
 }
