@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sealflow/sealflow/attest"
@@ -41,6 +42,7 @@ func runWorker(ctx context.Context, args []string) error {
 	claimsFile := fs.String("claims", "", "the operator's signed node.claims statement for this node")
 	operatorKey := fs.String("operator-key", "", "development: sign this node's claims with the operator's key file")
 	jsDomain := fs.String("js-domain", "", "the JetStream domain holding the sealed streams (for a worker at a leafnode site: the hub's, \"hub\"); the local one when empty")
+	siteBuffer := fs.Int64("site-buffer", worker.DefaultSiteBuffer, "at a leafnode site (--js-domain differs from the site's own domain): bytes each intermediate stream written here may buffer at the site through a WAN outage")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port)")
 	ckptEvery := fs.Duration("checkpoint-interval", worker.DefaultCheckpointInterval, "time between checkpoints of every task (exactly-once output, recovery from failures); 0 turns checkpoints off (output at least once, a failed task stays failed)")
 	if err := fs.Parse(args); err != nil {
@@ -107,9 +109,17 @@ func runWorker(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	jsio := &worker.JetStreamIO{JS: js, SiteBuffer: *siteBuffer, Logger: log}
+	if *jsDomain != "" {
+		// At a leafnode site: owners' streams the site holds are read and
+		// intermediate streams written in the site's own domain.
+		if err := siteDomain(ctx, nc, *jsDomain, jsio); err != nil {
+			return err
+		}
+	}
 	metrics := worker.NewMetrics(*name)
 	cfg := worker.Config{Name: *name, NATS: nc, Orchestrator: trust, Issuer: plat.Issuer(), Claims: nodeClaims,
-		IO: metrics.WrapIO(&worker.JetStreamIO{JS: js}), Logger: log}
+		IO: metrics.WrapIO(jsio), Logger: log}
 	if *ckptEvery > 0 {
 		if cfg.Checkpoints, err = checkpoint.Open(ctx, js, checkpoint.DefaultBucket); err != nil {
 			return fmt.Errorf("opening the checkpoint store: %w", err)
@@ -129,6 +139,25 @@ func runWorker(ctx context.Context, args []string) error {
 		log.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 	return w.Run(ctx)
+}
+
+// siteDomain sets io.Local to the JetStream of the server the worker is
+// connected to when its domain differs from hubDomain (a leafnode site's).
+func siteDomain(ctx context.Context, nc *nats.Conn, hubDomain string, io *worker.JetStreamIO) error {
+	local, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ai, err := local.AccountInfo(actx)
+	if err != nil {
+		return fmt.Errorf("asking the site's JetStream for its domain: %w", err)
+	}
+	if ai.Domain != "" && ai.Domain != hubDomain {
+		io.Local, io.LocalDomain = local, ai.Domain
+	}
+	return nil
 }
 
 // absPath returns p made absolute (or p when that fails).
