@@ -50,6 +50,13 @@ func exported(t *testing.T) map[string][]string {
 			if out[mf.GetName()] == nil {
 				out[mf.GetName()] = []string{}
 			}
+			// A histogram is queried by its series: _bucket (with le),
+			// _sum and _count.
+			if ms := mf.GetMetric(); len(ms) > 0 && ms[0].GetHistogram() != nil {
+				out[mf.GetName()+"_bucket"] = append(slices.Clone(out[mf.GetName()]), "le")
+				out[mf.GetName()+"_sum"] = out[mf.GetName()]
+				out[mf.GetName()+"_count"] = out[mf.GetName()]
+			}
 		}
 	}
 	// Task series exist only once a task runs: take their labels from the
@@ -160,7 +167,9 @@ func TestGrafanaDashboardUsesExportedMetrics(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"sealflow_orchestrator_admissions_total", "sealflow_orchestrator_key_releases_total", "sealflow_orchestrator_policy_refusals_total",
-		"sealflow_worker_records_in_total", "sealflow_worker_records_out_total", "sealflow_worker_frames_rejected_total", "sealflow_worker_tasks"} {
+		"sealflow_worker_records_in_total", "sealflow_worker_records_out_total", "sealflow_worker_frames_rejected_total", "sealflow_worker_tasks",
+		"sealflow_worker_watermark_lag_seconds", "sealflow_worker_backpressure_ratio", "sealflow_worker_checkpoint_duration_seconds", "sealflow_worker_checkpoint_size_bytes",
+		"sealflow_worker_checkpoints_total", "sealflow_worker_task_restarts_total"} {
 		if !strings.Contains(string(raw), name) {
 			t.Errorf("the dashboard does not chart %s", name)
 		}
