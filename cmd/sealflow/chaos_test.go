@@ -345,8 +345,8 @@ func (b *balanceRun) checkResults(ctx context.Context, t *testing.T) {
 }
 
 // TestChaosExactlyOnce runs the demo's balancing pipeline (two edge stages
-// with keyed windows, a regional stage joining them) across processes while
-// records are published, and meanwhile kills five workers running its tasks
+// with keyed windows, a regional stage joining them) and Nexmark q5 across
+// processes while records are published, and meanwhile kills five workers running its tasks
 // with SIGKILL, restarts the NATS server once and the orchestrator once. The
 // final output must equal the failure-free result exactly: one row per window
 // with the exact sum (the readings are multiples of 1/8 kWh, so sums are exact
@@ -360,8 +360,10 @@ func TestChaosExactlyOnce(t *testing.T) {
 	c := newChaosCluster(ctx, t, [2]string{"edge", "be-antwerp"}, [2]string{"edge", "be-ghent"}, [2]string{"edge", "be-antwerp"},
 		[2]string{"regional", "be-flanders"}, [2]string{"regional", "be-flanders"})
 	b := setupBalance(ctx, t, c, 1200)
+	q5 := setupQ5(ctx, t, c, b.run, b.grid, b.gridTrust, 20000)
 	var pause sync.RWMutex
-	wait := b.gateways(ctx, t, 25*time.Millisecond, &pause) // 1200 lines in about 30 s
+	wait := b.gateways(ctx, t, 25*time.Millisecond, &pause)     // 1200 lines in about 30 s
+	waitBids := q5.gateway(ctx, t, 25*time.Millisecond, &pause) // 20000 bids in about 30 s
 
 	// The chaos: every few seconds one event, killing workers that run
 	// tasks of the job.
@@ -373,14 +375,16 @@ func TestChaosExactlyOnce(t *testing.T) {
 				Node  string `json:"node"`
 			} `json:"status"`
 		}
-		out, err := exec.CommandContext(ctx, c.bin, "service", "status", "--trust", b.gridTrust, "--json", "balance").Output()
-		if err != nil || json.Unmarshal(out, &st) != nil {
-			return nil
-		}
 		m := map[string]string{}
-		for _, s := range st.Status {
-			if s.State == "running" {
-				m[s.Node] = s.Task
+		for _, job := range []string{"balance", "q5"} {
+			out, err := exec.CommandContext(ctx, c.bin, "service", "status", "--trust", b.gridTrust, "--json", job).Output()
+			if err != nil || json.Unmarshal(out, &st) != nil {
+				continue
+			}
+			for _, s := range st.Status {
+				if s.State == "running" {
+					m[s.Node] = s.Task
+				}
 			}
 		}
 		return m
@@ -441,5 +445,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 		}
 	}
 	wait()
+	waitBids()
 	b.checkResults(ctx, t)
+	q5.checkResults(ctx, t, b.grid, b.gridTrust)
 }
