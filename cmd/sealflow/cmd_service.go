@@ -229,6 +229,7 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	service := fs.String("service", "", "the submitted service's id")
 	job := fs.String("job", "", "the job's name (the service id when empty)")
 	fromSavepoint := fs.String("from-savepoint", "", "start the job from this savepoint (of a job with the same name and service): its tasks restore their state and positions")
+	wait := addWaitFlags(fs)
 	if err := parseParty(fs, args, 0); err != nil {
 		return err
 	}
@@ -263,10 +264,14 @@ func runServiceDeploy(ctx context.Context, args []string) error {
 	if err := decodeResult(r, &res); err != nil {
 		return err
 	}
-	return pf.emit(r, func(w io.Writer) {
+	names := nodeNames(ctx, c)
+	if err := pf.emit(r, func(w io.Writer) {
 		fmt.Fprintf(w, "deployed job %s\n", res.Job)
-		printTasks(w, res.Tasks, nodeNames(ctx, c))
-	})
+		printTasks(w, res.Tasks, names)
+	}); err != nil {
+		return err
+	}
+	return wait.run(ctx, pf, c, res.Job, res.Tasks, names)
 }
 
 // pendingOwners lists the streams a deploy refusal names as pending, with

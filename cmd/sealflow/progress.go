@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -287,4 +288,27 @@ func dedup(ss []string) []string {
 		}
 	}
 	return out
+}
+
+// waitFlags are the flags of commands that wait for a job's tasks to run.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+// addWaitFlags adds --wait and --wait-timeout to fs.
+func addWaitFlags(fs *flag.FlagSet) *waitFlags {
+	w := &waitFlags{}
+	fs.BoolVar(&w.wait, "wait", true, "wait until every task of the job reports running, showing progress on stderr")
+	fs.DurationVar(&w.timeout, "wait-timeout", 2*time.Minute, "how long --wait waits before failing")
+	return w
+}
+
+// run waits, if --wait, until every task of job (task → node) runs; quiet
+// with --json.
+func (w *waitFlags) run(ctx context.Context, pf *partyFlags, c *client.Client, job string, tasks map[string]party.ID, names map[party.ID]string) error {
+	if !w.wait || len(tasks) == 0 {
+		return nil
+	}
+	return waitRunning(ctx, newProgress(pf.json), job, tasks, names, jobStatus(c, job), 500*time.Millisecond, w.timeout)
 }
