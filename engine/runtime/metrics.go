@@ -155,9 +155,10 @@ type LiveNode struct {
 	// emitted so far.
 	RecordsIn, RecordsOut int64
 	// Watermark is the node's event time (epoch ms): the least over its
-	// subtasks of the latest watermark each emitted, or received for nodes
-	// that emit none (sinks). operator.FinalWatermark once every subtask
-	// passed its input's end. Valid only if HasWatermark.
+	// subtasks that have one of the latest watermark each emitted, or
+	// received for nodes that emit none (sinks); idle inputs are ignored.
+	// operator.FinalWatermark once every subtask passed its input's end.
+	// Valid only if HasWatermark.
 	Watermark    int64
 	HasWatermark bool
 }
@@ -232,9 +233,9 @@ func (p *Probe) Read() Live {
 		}
 	}
 	for i := range l.Nodes {
-		// A node has a watermark once every subtask has one: until then
-		// the least is unknown.
-		l.Nodes[i].HasWatermark = seen[i] == l.Tasks[l.Nodes[i].Task].Subtasks
+		// Subtasks without a watermark (idle, or not started) hold no
+		// one back, as downstream.
+		l.Nodes[i].HasWatermark = seen[i] > 0
 		if !l.Nodes[i].HasWatermark {
 			l.Nodes[i].Watermark = 0
 		}
