@@ -54,4 +54,48 @@ sites:
 	if sites["edge-a"] != "edge/be-antwerp" || sites["cloud"] != "cloud/eu-central" {
 		t.Fatalf("admitted nodes by site: %v", sites)
 	}
+
+	// endpoints.json describes the sites; `infra wan` starts and ends an
+	// outage of a site's uplink through up's WAN control.
+	if s := ep.Sites["edge-a"]; s.Domain != "edge-a" || s.Parent != "cloud" || s.NATSURL == "" || s.NATSURL == ep.NATSURL {
+		t.Fatalf("endpoints.json site edge-a: %+v (hub %s)", s, ep.NATSURL)
+	}
+	if s := ep.Sites["cloud"]; s.Domain != "hub" || s.NATSURL != ep.NATSURL {
+		t.Fatalf("endpoints.json site cloud: %+v (hub %s)", s, ep.NATSURL)
+	}
+	if ep.WANControl == "" || len(ep.Workers) != 2 {
+		t.Fatalf("endpoints.json: wan_control %q, workers %+v", ep.WANControl, ep.Workers)
+	}
+	wan := func(args ...string) []WANLinkView {
+		t.Helper()
+		out, err := exec.Command(bin, append([]string{"infra", "wan", "--dir", filepath.Join(dir, "up"), "--json"}, args...)...).Output()
+		var links []WANLinkView
+		if err == nil {
+			err = json.Unmarshal(out, &links)
+		}
+		if err != nil {
+			t.Fatalf("infra wan %v: %v\n%s", args, err, out)
+		}
+		return links
+	}
+	if l := wan(); len(l) != 1 || l[0].Site != "edge-a" || l[0].Down || l[0].LatencyMs != 5 || l[0].Stats.Up == 0 {
+		t.Fatalf("infra wan: %+v", l)
+	}
+	if l := wan("--site", "edge-a", "--down"); len(l) != 1 || !l[0].Down || l[0].Stats.Reset == 0 {
+		t.Fatalf("infra wan --down: %+v (the leafnode connection must be reset)", l)
+	}
+	if out, err := exec.Command(bin, "infra", "wan", "--dir", filepath.Join(dir, "up"), "--site", "cloud", "--down").CombinedOutput(); err == nil {
+		t.Fatalf("infra wan --site cloud (the hub has no uplink) succeeded: %s", out)
+	}
+	if l := wan("--site", "edge-a", "--up"); len(l) != 1 || l[0].Down {
+		t.Fatalf("infra wan --up: %+v", l)
+	}
+	// Once the link is up the site's leafnode reconnects through it.
+	err = waitUntil(ctx, time.Minute, func() bool {
+		l := wan()
+		return len(l) == 1 && l[0].Stats.Accepted >= 2
+	})
+	if err != nil {
+		t.Fatalf("edge-a's leafnode did not reconnect through its link: %+v", wan())
+	}
 }
