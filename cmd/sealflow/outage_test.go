@@ -379,6 +379,26 @@ func TestGeoOutageExactlyOnce(t *testing.T) {
 	if resets == 0 {
 		t.Errorf("the outage reset no connection through edge-a's link")
 	}
+	// What shipping the raw readings to the cloud would carry at least: the
+	// sealed owner stream stored at the site.
+	raw := uint64(0)
+	if nc, err := substrate.Connect(ctx, g.ep.Sites["edge-a"].NATSURL, "geo-test"); err == nil {
+		if js, err := jetstream.New(nc); err == nil {
+			if s, err := js.Stream(ctx, confidential.IngestStreamPrefix+"meter-a"); err == nil {
+				if info, err := s.Info(ctx); err == nil {
+					raw = info.State.Bytes
+				}
+			}
+		}
+		nc.Close()
+	}
+	total := int64(0)
+	for _, l := range after {
+		if l.Site == "edge-a" {
+			total = l.Stats.Up
+		}
+	}
+	t.Logf("WAN: edge-a uplink carried %d bytes in all (pre-aggregated x-a, checkpoints, control); the raw sealed meter-a stream at the site is %d bytes", total, raw)
 	t.Logf("backlog drained: complete exact output %v after the link returned (%v after the gateways finished); x-a: %d frames at edge-a, %d at the hub; edge-a uplink carried %d bytes since just before the outage",
 		done.Sub(up).Round(time.Millisecond), done.Sub(published).Round(time.Millisecond), site, hub, upBytes)
 }
