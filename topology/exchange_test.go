@@ -330,3 +330,56 @@ func TestEnsureCrossSiteRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestCrossSiteOpenedDuringOutageKeepsLast opens an exchange while the link is
+// down: the site's stream takes writes at once, Run links the hub's side when
+// the link returns, and a KeepLast Trim removes what the hub holds except each
+// subject's last message, which a continuing writer looks up.
+func TestCrossSiteOpenedDuringOutageKeepsLast(t *testing.T) {
+	r := startChain(t)
+	edge := js(t, r.URL("edge"))
+	hub := js(t, r.URL("cloud"))
+	ctx := t.Context()
+	r.Link("edge").SetDown(true)
+	x, err := OpenCrossSite(ctx, edge, hub, CrossSite{Stream: "KL", Subjects: []string{"kl.*"}, Domain: r.Site("edge").Domain, MaxBytes: 1 << 20, KeepLast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Trim(ctx); !errors.Is(err, ErrNotLinked) {
+		t.Fatalf("Trim before the hub's side exists = %v, want ErrNotLinked", err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- x.Run(rctx, 100*time.Millisecond) }()
+	defer func() { stop(); <-ran }()
+	const n = 10
+	for i := range n {
+		if _, err := x.Publish(ctx, msg("kl."+strconv.Itoa(i%2), i)); err != nil {
+			t.Fatalf("publish %d at the site during the outage: %v", i, err)
+		}
+	}
+	r.Link("edge").SetDown(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if seq, err := x.Copied(ctx); err == nil && seq == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the hub did not copy the site's 10 messages within 30 s of the link returning")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	left, err := x.Trim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left != 2 {
+		t.Fatalf("after a KeepLast Trim the site holds %d messages, want 2 (the last of kl.0 and kl.1)", left)
+	}
+	for subj, want := range map[string]uint64{"kl.0": n - 1, "kl.1": n} {
+		m, err := x.SiteStream().GetLastMsgForSubject(ctx, subj)
+		if err != nil || m.Sequence != want {
+			t.Fatalf("last message of %s at the site: %v %v, want sequence %d", subj, m, err, want)
+		}
+	}
+}
