@@ -47,6 +47,17 @@ func (c *cutJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.P
 	return nil, errCut
 }
 
+// noDedupJS publishes every message under a message id of its own, so
+// JetStream's message-id deduplication never drops one.
+type noDedupJS struct {
+	jetstream.JetStream
+	n atomic.Int64
+}
+
+func (d *noDedupJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return d.JetStream.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID(fmt.Sprintf("unique-%d", d.n.Add(1))))...)
+}
+
 // commitBatches returns the output of sink subtask sub at checkpoint cp:
 // sizes[sub] batches of two readings each, distinct for every (cp, sub, i).
 func commitBatches(cp uint64, sub, n int) []*record.Batch {
@@ -328,20 +339,43 @@ func TestCommitSinkRefuses(t *testing.T) {
 	}
 	// A last message the writer cannot authenticate (sealed with another
 	// key of the same scope, as storage making up frames would) is not
-	// continued.
+	// continued: the writer continues after the last authentic frame (here
+	// none), and readers refuse the made-up one.
 	other := seal.NewKeyring()
 	if _, err := other.Generate("refuse-forged", 1); err != nil {
 		t.Fatal(err)
 	}
-	forger, err := NewOutputSink(ctx, js, "refuse-forged", meterSchema, other, 1)
+	if err := outputPlace.ensure(ctx, js, "refuse-forged"); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := seal.NewSealer(other, seal.KindOutput, "refuse-forged", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := forger.CommitSink()(ctx, split, 1, commitBatches(1, 0, 1)); err != nil {
+	forged, err := fs.Seal(nil, []byte("made up"), 0, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := newSink("refuse-forged")(ctx, split, 2, commitBatches(2, 0, 1)); err == nil {
-		t.Error("a writer continued after a last frame sealed with a key it does not hold")
+	if _, err := js.Publish(ctx, OutputSubject("refuse-forged", 0), forged); err != nil {
+		t.Fatal(err)
+	}
+	honest, err := NewOutputSink(ctx, js, "refuse-forged", meterSchema, keys, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := honest.CommitSink()(ctx, split, 2, commitBatches(2, 0, 1)); err != nil {
+		t.Fatalf("committing after a made-up frame: %v", err)
+	}
+	if err := honest.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rejected int
+	got, err := ReadOutput(ctx, js, "refuse-forged", meterSchema, keys, WithRejectHandler(func(string, string, error) { rejected++ }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := recordsOf(commitBatches(2, 0, 1)); len(got) != len(want) || rejected != 1 {
+		t.Errorf("read %d records and rejected %d frames after a made-up frame, want %d and 1", len(got), rejected, len(want))
 	}
 }
 
@@ -479,5 +513,62 @@ func TestCheckpointedRunExactlyOnce(t *testing.T) {
 	}
 	if g, w := canonical(got), canonical(want); !slices.Equal(g, w) {
 		t.Errorf("the output holds %d records, want the %d input records once", len(g), len(w))
+	}
+}
+
+// TestStaleWriterDoesNotInterleave has a writer that fell behind (a zombie,
+// or a task whose restart raced another) commit checkpoints another writer
+// of the same partition already published, with message-id deduplication
+// out of the way (its window is two minutes by default): every publish expects the partition's last message, so
+// the stale writer looks the partition up again and skips what is there. The
+// stream holds each batch once, and readers refuse nothing.
+func TestStaleWriterDoesNotInterleave(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, _, js := startNATS(t)
+	keys := seal.NewKeyring()
+	if _, err := keys.Generate("racy", 1); err != nil {
+		t.Fatal(err)
+	}
+	split := runtime.Split{Node: "out", Stream: "racy", Subtask: 0, Parallelism: 1, Schema: meterSchema}
+	// Message-id deduplication is off: only the expected-last-sequence
+	// check keeps the writers apart.
+	nodedup := &noDedupJS{JetStream: js}
+	newCommit := func() runtime.CommitSink {
+		o, err := NewOutputSink(ctx, nodedup, "racy", meterSchema, keys, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.CommitSink()
+	}
+	commit := func(c runtime.CommitSink, cps ...uint64) {
+		for _, cp := range cps {
+			if err := c(ctx, split, cp, commitBatches(cp, 0, 3)); err != nil {
+				t.Fatalf("commit %d: %v", cp, err)
+			}
+		}
+	}
+	stale := newCommit()
+	commit(stale, 1)
+	commit(newCommit(), 2, 3)
+	commit(stale, 2, 3, 4)
+	var want []record.Record
+	for cp := uint64(1); cp <= 4; cp++ {
+		want = append(want, recordsOf(commitBatches(cp, 0, 3))...)
+	}
+	last, err := NewOutputSink(ctx, js, "racy", meterSchema, keys, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := last.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rejected := 0
+	got, err := ReadOutput(ctx, js, "racy", meterSchema, keys, WithRejectHandler(func(string, string, error) { rejected++ }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, w := canonical(got), canonical(want); !slices.Equal(g, w) || rejected != 0 {
+		t.Fatalf("a stale writer left %d records (want %d once each) and %d refused frames (want 0)", len(got), len(want), rejected)
 	}
 }

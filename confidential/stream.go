@@ -164,6 +164,10 @@ type partWriter struct {
 	// batches of checkpoint cp (0: none).
 	cp             uint64
 	batch, batches int
+	// tail is the stream sequence of the partition's last message (any
+	// message, authentic or not; 0 when none): every publish expects it, so
+	// a write by anyone else in between fails instead of interleaving.
+	tail uint64
 }
 
 func newWriter(ctx context.Context, js jetstream.JetStream, pl place, id string, schema *record.Schema, keys *seal.Keyring, partitions int, opts []Option) (*writer, error) {
@@ -257,11 +261,13 @@ func (w *writer) sync(ctx context.Context, part uint32, p *partWriter) error {
 	next, ended := uint64(0), false
 	cp, batch, batches := uint64(0), 0, 0
 	msg, err := stream.GetLastMsgForSubject(ctx, w.pl.subject(w.id, part))
+	tail := uint64(0)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
 		return fail(err)
 	default:
+		tail = msg.Sequence
 		h, err := w.checkTail(part, msg.Data)
 		if err != nil {
 			// Whoever runs the storage can append frames of its own; readers
@@ -287,7 +293,7 @@ func (w *writer) sync(ctx context.Context, part uint32, p *partWriter) error {
 	if err != nil {
 		return fail(err)
 	}
-	p.sealer, p.ended, p.cp, p.batch, p.batches, p.known = sealer, ended, cp, batch, batches, true
+	p.sealer, p.ended, p.cp, p.batch, p.batches, p.tail, p.known = sealer, ended, cp, batch, batches, tail, true
 	return nil
 }
 
@@ -403,31 +409,63 @@ func (w *writer) publish(ctx context.Context, part uint32, p *partWriter, b *rec
 		msg.Header.Set(HeaderBatch, strconv.Itoa(p.batch)+"/"+strconv.Itoa(p.batches))
 	}
 	msgID := w.id + "." + strconv.FormatUint(uint64(part), 10) + "." + strconv.FormatUint(seq, 10)
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+	ack, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectLastSequencePerSubject(p.tail))
+	if err != nil {
+		if wrongLast(err) {
+			err = fmt.Errorf("%w: %w", errInterleaved, err)
+		}
 		return fmt.Errorf("confidential: publishing frame %d of %s stream %q partition %d: %w", seq, w.pl.kind, w.id, part, err)
 	}
+	if ack.Duplicate {
+		// The frame was stored before (a retry after a lost
+		// acknowledgement): look the partition up again before the next.
+		p.known = false
+	}
+	p.tail = ack.Sequence
 	if last {
 		p.ended = true
 	}
 	return nil
 }
 
+// errInterleaved marks a publish refused because something else wrote to
+// the partition since the writer last looked.
+var errInterleaved = errors.New("another message was written to the partition in between")
+
+func wrongLast(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// maxResyncs bounds how often one write looks the partition up again after
+// an interleaved write before it gives up.
+const maxResyncs = 3
+
 // write seals b as the next frame of partition part and publishes it,
 // waiting for JetStream's acknowledgement; with last, it ends the partition
 // (nothing to do if it already ended).
 func (w *writer) write(ctx context.Context, part uint32, b *record.Batch, last bool) error {
-	p, err := w.part(ctx, part)
-	if err != nil {
-		return err
-	}
-	defer p.mu.Unlock()
-	if p.ended {
-		if last {
-			return nil
+	for attempt := 0; ; attempt++ {
+		p, err := w.part(ctx, part)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("confidential: %s stream %q partition %d is closed", w.pl.kind, w.id, part)
+		if p.ended {
+			p.mu.Unlock()
+			if last {
+				return nil
+			}
+			return fmt.Errorf("confidential: %s stream %q partition %d is closed", w.pl.kind, w.id, part)
+		}
+		err = w.publish(ctx, part, p, b, last)
+		p.mu.Unlock()
+		// Something else wrote to the partition (frames the storage made
+		// up, say): look it up again and continue after the last
+		// authentic frame.
+		if !errors.Is(err, errInterleaved) || attempt == maxResyncs {
+			return err
+		}
 	}
-	return w.publish(ctx, part, p, b, last)
 }
 
 // commit publishes the batches of checkpoint cp to partition part, one frame
@@ -438,6 +476,17 @@ func (w *writer) commit(ctx context.Context, part uint32, cp uint64, batches []*
 	if cp == 0 {
 		return fmt.Errorf("confidential: %s stream %q partition %d: commit of checkpoint 0; checkpoint ids start at 1", w.pl.kind, w.id, part)
 	}
+	for attempt := 0; ; attempt++ {
+		// After an interleaved write the partition is looked up again and
+		// the commit skips what is there now.
+		err := w.commitOnce(ctx, part, cp, batches)
+		if !errors.Is(err, errInterleaved) || attempt == maxResyncs {
+			return err
+		}
+	}
+}
+
+func (w *writer) commitOnce(ctx context.Context, part uint32, cp uint64, batches []*record.Batch) error {
 	p, err := w.part(ctx, part)
 	if err != nil {
 		return err
