@@ -187,3 +187,48 @@ func FetchModule(ctx context.Context, store jetstream.ObjectStore, service strin
 	}
 	return OpenModule(key, service, version, digest, ct)
 }
+
+// PrepareCode readies a service version's modules for submission: it
+// generates the version's code key, uploads each module's ciphertext to the
+// module store, sets the manifest's code digests to the modules' digests and
+// returns the service.submit body with the code key wrapped to the verified
+// orchestrator. Every module the manifest's JobSpecs name must be given, and
+// no other. With no modules it returns the manifest alone.
+func PrepareCode(ctx context.Context, js jetstream.JetStream, t *Trust, man orchestrator.Manifest, modules map[string][]byte) (*orchestrator.SubmitService, error) {
+	named, err := orchestrator.ManifestModules(&man)
+	if err != nil {
+		return nil, err
+	}
+	given := map[string]string{}
+	for name, wasm := range modules {
+		given[ModuleDigest(wasm)] = name
+	}
+	for _, d := range named {
+		if _, ok := given[d]; !ok {
+			return nil, fmt.Errorf("service %s runs module %s, which is not among the modules given", man.ID, d)
+		}
+	}
+	for d, name := range given {
+		if !slices.Contains(named, d) {
+			return nil, fmt.Errorf("module %s (%s) is not run by any JobSpec of service %s", name, d, man.ID)
+		}
+	}
+	if len(named) == 0 {
+		man.CodeDigests = nil
+		return &orchestrator.SubmitService{Manifest: man}, nil
+	}
+	if man.Version < 0 || man.Version > 1<<32-1 {
+		return nil, fmt.Errorf("service %s has version %d: a service with code has a version between 0 and 2^32-1", man.ID, man.Version)
+	}
+	key := NewCodeKey()
+	defer clear(key)
+	if _, err := UploadModules(ctx, js, man.ID, man.Version, key, modules); err != nil {
+		return nil, err
+	}
+	wrapped, err := WrapCodeKey(t, man.ID, man.Version, key)
+	if err != nil {
+		return nil, err
+	}
+	man.CodeDigests = named
+	return &orchestrator.SubmitService{Manifest: man, CodeKey: wrapped}, nil
+}
