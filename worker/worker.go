@@ -58,6 +58,9 @@ type Config struct {
 	// RestartBackoff is the first wait before a failed checkpointed task is
 	// restarted (doubling up to 10 s); 500 ms when zero.
 	RestartBackoff time.Duration
+	// UDF limits the WebAssembly functions of udf nodes (memory pages and
+	// CPU time per batch); zero fields take package udf's defaults.
+	UDF udf.Config
 }
 
 // Worker is a running node agent.
