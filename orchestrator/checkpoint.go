@@ -222,20 +222,21 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		}
 		return logRefusal(refuse("checkpoint.stale", "checkpoint %d of task %s of job %s is not newer than the task's latest accepted checkpoint %d", b.Checkpoint, b.Task, b.Job, latest.Checkpoint))
 	}
-	if cps != nil && cps.Complete != nil && b.Checkpoint <= cps.Complete.ID {
-		return logRefusal(refuse("checkpoint.stale", "checkpoint %d of job %s is not newer than its last complete checkpoint %d", b.Checkpoint, b.Job, cps.Complete.ID))
-	}
+	// Each task restores from its own latest snapshot, so an ack newer than
+	// the task's latest is accepted even when the job-wide bookkeeping has
+	// moved on (other tasks completed later ids, or the pending records are
+	// full of newer ones: a task that was cut off by a WAN outage, say); it
+	// then only updates the task's restore point.
+	track := !(cps != nil && cps.Complete != nil && b.Checkpoint <= cps.Complete.ID)
 	var rec *CheckpointRecord
-	if cps != nil {
+	if cps != nil && track {
 		rec = cps.Pending[b.Checkpoint]
 	}
 	snap := CheckpointSnapshot{Node: st.Issuer, KeyGroups: b.KeyGroups, Digest: b.Digest}
 	evict := uint64(0)
-	if rec == nil && cps != nil && len(cps.Pending) >= MaxPendingCheckpoints {
+	if track && rec == nil && cps != nil && len(cps.Pending) >= MaxPendingCheckpoints {
 		evict = slices.Min(slices.Collect(maps.Keys(cps.Pending)))
-		if b.Checkpoint < evict {
-			return logRefusal(refuse("checkpoint.stale", "checkpoint %d of job %s is older than all %d checkpoints still pending", b.Checkpoint, b.Job, len(cps.Pending)))
-		}
+		track = b.Checkpoint > evict
 	}
 	if rec != nil {
 		if rec.Version != b.Version {
@@ -263,6 +264,15 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		cps = &JobCheckpoints{}
 		m.st.Checkpoints[b.Job] = cps
 	}
+	if cps.Latest == nil {
+		cps.Latest = map[string]*RestorePoint{}
+	}
+	cps.Latest[b.Task] = &RestorePoint{Job: b.Job, Task: b.Task, Checkpoint: b.Checkpoint, Version: b.Version, KeyGroups: b.KeyGroups,
+		Digest: b.Digest, Node: st.Issuer, Positions: clonePositions(b.Positions), Accepted: now.UTC()}
+	if !track {
+		out.Result = &CheckpointAckResult{Job: b.Job, Checkpoint: b.Checkpoint, Task: b.Task, Pinned: m.pinned(b.Job, b.Task)}
+		return nil
+	}
 	if cps.Pending == nil {
 		cps.Pending = map[uint64]*CheckpointRecord{}
 	}
@@ -274,11 +284,6 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 		cps.Pending[b.Checkpoint] = rec
 	}
 	rec.Snapshots[b.Task] = snap
-	if cps.Latest == nil {
-		cps.Latest = map[string]*RestorePoint{}
-	}
-	cps.Latest[b.Task] = &RestorePoint{Job: b.Job, Task: b.Task, Checkpoint: b.Checkpoint, Version: b.Version, KeyGroups: b.KeyGroups,
-		Digest: b.Digest, Node: st.Issuer, Positions: clonePositions(b.Positions), Accepted: now.UTC()}
 	for stream, parts := range b.Positions {
 		if rec.Positions == nil {
 			rec.Positions = map[string]map[uint32]SourcePosition{}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -231,5 +232,31 @@ func TestCheckpointPendingBound(t *testing.T) {
 	c.must(c.on(c.agg), TypeCheckpointAck, ack(c.agg, 12, "agg"))
 	if last, ok := c.m.LastCheckpoint("svc"); !ok || last.ID != 12 {
 		t.Fatalf("last checkpoint %+v, want 12", last)
+	}
+}
+
+// TestCheckpointLaggingTask: a task cut off for a while (a WAN outage) acks
+// a checkpoint older than the job's last complete one and than every pending
+// one, but newer than its own latest: it is accepted as the task's restore
+// point (each task restores from its own), without reopening the job's
+// bookkeeping.
+func TestCheckpointLaggingTask(t *testing.T) {
+	c := newCkptWorld(t)
+	src, agg := c.src, c.agg
+	c.must(c.on(src), TypeCheckpointAck, ack(src, 1, "s1"))
+	c.must(c.on(agg), TypeCheckpointAck, ack(agg, 1, "a1"))
+	// The aggregation task goes on alone past the pending limit.
+	for id := uint64(10); id < 10+MaxPendingCheckpoints+2; id++ {
+		c.must(c.on(agg), TypeCheckpointAck, ack(agg, id, fmt.Sprint("a", id)))
+	}
+	res := c.must(c.on(src), TypeCheckpointAck, ack(src, 5, "s5")).Result.(*CheckpointAckResult)
+	if res.Complete {
+		t.Fatal("a lagging task's ack completed a checkpoint")
+	}
+	if rp, ok := c.m.RestorePoint("svc", src); !ok || rp.Checkpoint != 5 {
+		t.Fatalf("restore point of the lagging task: %+v", rp)
+	}
+	if _, err := c.do(c.on(src), TypeCheckpointAck, ack(src, 4, "s4")); ruleOf(err) != "checkpoint.stale" {
+		t.Fatalf("an ack older than the task's own latest: %v, want checkpoint.stale", err)
 	}
 }
