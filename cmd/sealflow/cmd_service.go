@@ -46,6 +46,10 @@ type manifestFile struct {
 	Stages map[string]json.RawMessage `json:"stages,omitempty"`
 	// JobDigest, when set, must equal the digest computed from the JobSpec.
 	JobDigest string `json:"job_digest,omitempty"`
+	// Modules names the WebAssembly modules the JobSpecs' udf nodes run
+	// (name → .wasm path, relative to the manifest); submit encrypts them
+	// (modules.go).
+	Modules map[string]string `json:"modules,omitempty"`
 }
 
 // maxManifestFile bounds a manifest file.
@@ -179,6 +183,7 @@ func partyResolver(ctx context.Context, c *client.Client) func(string) (party.ID
 func runServiceSubmit(ctx context.Context, args []string) error {
 	fs := newFlags("service submit")
 	pf := addPartyFlags(fs)
+	nats := natsFlag(fs) // where modules' ciphertext is stored
 	if err := parseParty(fs, args, 1); err != nil {
 		return err
 	}
@@ -193,7 +198,11 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := submitStatement(ctx, c, kf, orchestrator.TypeServiceSubmit, man)
+	body, err := submitBody(ctx, c.Trust, fs.Arg(0), man, *nats)
+	if err != nil {
+		return err
+	}
+	r, err := submitStatement(ctx, c, kf, orchestrator.TypeServiceSubmit, body)
 	if err != nil {
 		return err
 	}
@@ -207,6 +216,9 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	}
 	return pf.emit(r, func(w io.Writer) {
 		fmt.Fprintf(w, "submitted service %s\ndigest:     %s\njob digest: %s\n", res.Service, res.Digest, man.JobDigest)
+		for _, d := range man.CodeDigests {
+			fmt.Fprintf(w, "code:       %s (stored encrypted; its key goes only to attested workers of this service)\n", d)
+		}
 		if len(res.Pending) > 0 {
 			fmt.Fprintf(w, "awaiting approval by the owners of: %v\n", res.Pending)
 			fmt.Fprintf(w, "each owner runs: sealflow owner approve --stream S --service %s\n", res.Digest)
