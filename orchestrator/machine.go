@@ -205,6 +205,12 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 		err = m.savepoint(now, st, issuer, out)
 	case TypeJobStop:
 		err = m.stopJob(now, st, issuer, out)
+	case TypeTaskMigrate:
+		err = m.migrate(now, st, out)
+	case TypeNodeDrain:
+		err = m.drain(now, st, out)
+	case TypeNodeRemove:
+		err = m.removeNode(now, st, out)
 	default:
 		err = refuse("statement.type", "unknown statement type %q", st.Type)
 	}

@@ -313,8 +313,12 @@ func (m *Machine) releaseTask(now time.Time, out *Output, job *Job, svc *Service
 			return err
 		}
 	}
-	if err := rel("exchange", job.ID, 0, job.Keys["exchange"]); err != nil {
-		return err
+	// Every exchange epoch: a task restored from a checkpoint reads frames
+	// its upstream stages sealed before the last move.
+	for _, ek := range job.exchangeKeys() {
+		if err := rel("exchange", job.ID, ek.Epoch, ek.Key); err != nil {
+			return err
+		}
 	}
 	if err := rel("checkpoint", job.ID, 0, job.Keys["checkpoint"]); err != nil {
 		return err

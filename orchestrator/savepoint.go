@@ -48,9 +48,10 @@ type Savepoint struct {
 	// Points holds each task's restore point, by task id.
 	Points map[string]RestorePoint `json:"points"`
 	// Keys are the job's keys (in clear, inside the TEE, like Job.Keys).
-	Keys  map[string][]byte `json:"keys"`
-	Epoch uint32            `json:"epoch"`
-	Taken time.Time         `json:"taken"`
+	Keys          map[string][]byte `json:"keys"`
+	Epoch         uint32            `json:"epoch"`
+	ExchangeEpoch uint32            `json:"exchange_epoch,omitempty"`
+	Taken         time.Time         `json:"taken"`
 }
 
 // SavepointView is what the log and the API say about a savepoint: its tasks'
@@ -114,7 +115,7 @@ func (m *Machine) takeSavepoint(now time.Time, job *Job, svc *Service, name stri
 	}
 	cps := m.st.Checkpoints[job.ID]
 	sp := &Savepoint{Name: name, Job: job.ID, Service: job.Service, Digest: job.Digest, Version: svc.Manifest.Version,
-		Points: map[string]RestorePoint{}, Keys: map[string][]byte{}, Epoch: job.Epoch, Taken: now.UTC()}
+		Points: map[string]RestorePoint{}, Keys: map[string][]byte{}, Epoch: job.Epoch, ExchangeEpoch: job.ExchangeEpoch, Taken: now.UTC()}
 	var missing []string
 	for task := range job.Tasks {
 		p := cps.latest(task)
@@ -225,7 +226,7 @@ func (m *Machine) fromSavepoint(now time.Time, job *Job, svc *Service, name stri
 		return nil, nil, refuse("savepoint.job", "savepoint %s is of job %s: a job deployed from it must have the same id (its snapshots and streams are bound to it), not %s", name, sp.Job, job.ID)
 	}
 	maps.Copy(job.Keys, cloneKeys(sp.Keys))
-	job.Epoch = sp.Epoch
+	job.Epoch, job.ExchangeEpoch = sp.Epoch, sp.ExchangeEpoch
 	cps := &JobCheckpoints{Latest: map[string]*RestorePoint{}}
 	var fresh []string
 	for _, t := range svc.Manifest.Tasks {

@@ -216,9 +216,13 @@ type Job struct {
 	Unplaced map[string]string `json:"unplaced,omitempty"`
 	// Keys are the job's own keys by purpose ("exchange", "checkpoint",
 	// "output:<stream>"), in clear inside the TEE.
-	Keys     map[string][]byte `json:"keys"`
-	Epoch    uint32            `json:"epoch"`
-	Deployed time.Time         `json:"deployed"`
+	Keys  map[string][]byte `json:"keys"`
+	Epoch uint32            `json:"epoch"`
+	// ExchangeEpoch is the epoch of the job's exchange key that its stages
+	// seal intermediate streams with; it advances when a task moves
+	// (Keys["exchange"] is epoch 0, Keys["exchange/<e>"] epoch e).
+	ExchangeEpoch uint32    `json:"exchange_epoch,omitempty"`
+	Deployed      time.Time `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.
 	Recipients map[party.ID]bool `json:"recipients,omitempty"`
 }

@@ -1,0 +1,334 @@
+package orchestrator
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"crypto/rand"
+
+	"github.com/sealflow/sealflow/party"
+	"github.com/sealflow/sealflow/seal"
+)
+
+// Statement types the infrastructure operator signs to move work. The
+// operator offers and withdraws resources; every owner's policy still
+// decides where a task may run, and a move a policy forbids is refused, with
+// the rule named and logged, whoever asks.
+const (
+	// TypeNodeDrain moves every task off a node and places none there any
+	// more; the node stays admitted.
+	TypeNodeDrain = "node.drain"
+	// TypeNodeRemove drains a node and ends its admission.
+	TypeNodeRemove = "node.remove"
+	// TypeTaskMigrate moves one task to a named node.
+	TypeTaskMigrate = "task.migrate"
+)
+
+// Log entry types of moves.
+const (
+	EntryTaskMigrated  = "task.migrated"
+	EntryMoveRefused   = "task.migrate.refused"
+	EntryNodeDrained   = "node.drained"
+	EntryNodeRemoved   = "node.removed"
+	EntryExchangeEpoch = "job.exchange-epoch"
+)
+
+// NodeRequest is the body of node.drain and node.remove statements.
+type NodeRequest struct {
+	Node party.ID `json:"node"`
+}
+
+// MigrateRequest is the body of a task.migrate statement.
+type MigrateRequest struct {
+	Job  string   `json:"job"`
+	Task string   `json:"task"`
+	To   party.ID `json:"to"`
+}
+
+// MoveResult is the Output.Result of the operator's moves: where each task
+// went (To empty and Rule set when no node may run it).
+type MoveResult struct {
+	Node  party.ID   `json:"node,omitempty"`
+	Moves []TaskMove `json:"moves"`
+	// ExchangeEpochs holds, per job whose tasks moved, the exchange key
+	// epoch the job's intermediate streams are sealed with from now on.
+	ExchangeEpochs map[string]uint32 `json:"exchange_epochs,omitempty"`
+}
+
+func (m *Machine) requireOperator(st *party.Statement) error {
+	if op := m.st.Genesis.Operator; op == nil || st.Issuer != op.ID() {
+		return refuse("operator.only", "only the infrastructure operator named in the genesis may move work between nodes")
+	}
+	return nil
+}
+
+// exchangeScope names the exchange key of a job at epoch e in Job.Keys:
+// "exchange" for epoch 0, "exchange/<e>" after.
+func exchangeScope(e uint32) string {
+	if e == 0 {
+		return "exchange"
+	}
+	return "exchange/" + strconv.FormatUint(uint64(e), 10)
+}
+
+// exchangeKeys returns the job's exchange keys, epoch by epoch.
+func (j *Job) exchangeKeys() []struct {
+	Epoch uint32
+	Key   []byte
+} {
+	var out []struct {
+		Epoch uint32
+		Key   []byte
+	}
+	for e := uint32(0); e <= j.ExchangeEpoch; e++ {
+		if k := j.Keys[exchangeScope(e)]; k != nil {
+			out = append(out, struct {
+				Epoch uint32
+				Key   []byte
+			}{e, k})
+		}
+	}
+	return out
+}
+
+// advanceExchange gives the job a new exchange key epoch and releases it to
+// the nodes that run the job's tasks now: a node a task moved away from (and
+// that runs none of the job's other tasks) never receives it, so it cannot
+// open what the job's stages write from now on.
+func (m *Machine) advanceExchange(now time.Time, job *Job, reason string, out *Output) error {
+	job.ExchangeEpoch++
+	k := make([]byte, seal.KeySize)
+	rand.Read(k)
+	job.Keys[exchangeScope(job.ExchangeEpoch)] = k
+	svc := m.st.Services[job.Service]
+	released := map[party.ID]bool{}
+	tasks := make([]string, 0, len(job.Tasks))
+	for t := range job.Tasks {
+		tasks = append(tasks, t)
+	}
+	slices.Sort(tasks)
+	var nodes []party.ID
+	for _, t := range tasks {
+		node := job.Tasks[t]
+		if node == "" || released[node] {
+			continue
+		}
+		released[node] = true
+		nodes = append(nodes, node)
+		n := m.st.Nodes[node]
+		r, err := m.wrapFor(n.Identity, job.ID, t, "exchange", job.ID, job.ExchangeEpoch, k)
+		if err != nil {
+			return err
+		}
+		out.Releases = append(out.Releases, r)
+		out.Entries = append(out.Entries, entry(now, "key.released", []string{"service:" + job.Service, "job:" + job.ID, "node:" + string(node)},
+			map[string]any{"key": r.KeyID(), "purpose": "exchange", "key_digest": keyDigest(k), "node": node, "task": t,
+				"measurement": fmt.Sprintf("%x", n.Claims.Measurement), "service_digest": svc.Digest, "reason": reason}))
+	}
+	out.Entries = append(out.Entries, entry(now, EntryExchangeEpoch, []string{"job:" + job.ID, "service:" + job.Service},
+		map[string]any{"job": job.ID, "epoch": job.ExchangeEpoch, "nodes": nodes, "reason": reason}))
+	return nil
+}
+
+// moveTask moves one task of job to node to (any admitted node satisfying the
+// task and every owner's policy when to is empty). A move a policy forbids
+// is refused and logged with the rule. The destination receives the task's
+// keys; the source's acknowledgements are refused from now on (its output
+// after its last accepted checkpoint is never committed), its worker stops
+// the task, and the destination restores it from that checkpoint.
+func (m *Machine) moveTask(now time.Time, job *Job, slot TaskSlot, to party.ID, reason string, out *Output) (TaskMove, error) {
+	from := job.Tasks[slot.ID]
+	mv := TaskMove{Job: job.ID, Task: slot.ID, From: from}
+	svc := m.st.Services[job.Service]
+	subjects := []string{"job:" + job.ID, "service:" + job.Service, "node:" + string(from)}
+	if to != "" {
+		n := m.st.Nodes[to]
+		var err error
+		switch {
+		case n == nil || !n.admitted(now):
+			err = refuse("migrate.node", "node %s is not admitted", to.Short())
+		case n.Draining:
+			err = refuse("migrate.draining", "node %s is draining", to.Short())
+		case to == from:
+			err = refuse("migrate.same", "task %s already runs on node %s", slot.ID, to.Short())
+		default:
+			cands := m.candidates(now)
+			i := slices.IndexFunc(cands, func(c Candidate) bool { return c.ID == string(to) })
+			if i < 0 {
+				err = refuse("migrate.node", "node %s is not a candidate", to.Short())
+				break
+			}
+			c := cands[i]
+			if ok, why := slotFits(slot, c); !ok {
+				err = refuse("migrate.constraint", "task %s cannot run on node %s: %s", slot.ID, to.Short(), why)
+			} else if c.Free <= 0 {
+				err = refuse("migrate.slots", "node %s has no free slot", to.Short())
+			} else if perr := m.placementCheck(svc)(slot, c); perr != nil {
+				err = perr
+			}
+		}
+		if err != nil {
+			out.Entries = append(out.Entries, entry(now, EntryMoveRefused, append(subjects, "node:"+string(to)),
+				map[string]any{"job": job.ID, "task": slot.ID, "from": from, "to": to, "rule": ruleOf(err), "reason": err.Error()}))
+			return mv, err
+		}
+		rel := &Output{}
+		if err := m.releaseTask(now, rel, job, svc, slot, to, reason); err != nil {
+			return mv, err
+		}
+		job.Tasks[slot.ID] = to
+		mv.To = to
+		out.Entries = append(out.Entries, rel.Entries...)
+		out.Releases = append(out.Releases, rel.Releases...)
+	} else {
+		// Any node but the source: take it out of the candidates for now.
+		src := m.st.Nodes[from]
+		wasDraining := src != nil && src.Draining
+		if src != nil {
+			src.Draining = true
+		}
+		var rel *Output
+		mv, rel = m.place(now, job, slot, reason)
+		mv.From = from
+		if src != nil {
+			src.Draining = wasDraining
+		}
+		if mv.To == "" {
+			out.Entries = append(out.Entries, entry(now, EntryTaskUnplaced, subjects,
+				map[string]any{"job": job.ID, "task": slot.ID, "from": from, "rule": mv.Rule, "reason": job.Unplaced[slot.ID]}))
+			return mv, nil
+		}
+		out.Entries = append(out.Entries, rel.Entries...)
+		out.Releases = append(out.Releases, rel.Releases...)
+	}
+	out.Entries = append(out.Entries, entry(now, EntryTaskMigrated, append(subjects, "node:"+string(mv.To)),
+		map[string]any{"job": job.ID, "task": slot.ID, "from": from, "to": mv.To, "reason": reason, "restore_checkpoint": m.restoreID(job.ID, slot.ID)}))
+	return mv, nil
+}
+
+// slotFits reports whether candidate c meets the task's own constraints
+// (tiers, site).
+func slotFits(t TaskSlot, c Candidate) (bool, string) {
+	if len(t.Tiers) > 0 && !slices.Contains(t.Tiers, c.Tier) {
+		return false, fmt.Sprintf("tier %s is not one of %v", c.Tier, t.Tiers)
+	}
+	if t.Site != "" && t.Site != c.Site {
+		return false, fmt.Sprintf("site %s is not %s", c.Site, t.Site)
+	}
+	return true, ""
+}
+
+func (m *Machine) migrate(now time.Time, st *party.Statement, out *Output) error {
+	if err := m.requireOperator(st); err != nil {
+		return err
+	}
+	var b MigrateRequest
+	if err := decodeBody(st, &b); err != nil {
+		return err
+	}
+	job, ok := m.st.Jobs[b.Job]
+	if !ok {
+		return refuse("job.unknown", "job %q is not deployed", b.Job)
+	}
+	slot, ok := m.slotOf(job, b.Task)
+	if !ok {
+		return refuse("migrate.task", "job %s has no task %q", b.Job, b.Task)
+	}
+	if b.To == "" {
+		return refuse("statement.body", "task.migrate names no destination node")
+	}
+	mv, err := m.moveTask(now, job, slot, b.To, "migrated by the operator", out)
+	if err != nil {
+		// The refusal is logged (moveTask wrote the entry); the machine's
+		// caller logs nothing more for a refused statement.
+		return err
+	}
+	res := &MoveResult{Moves: []TaskMove{mv}, ExchangeEpochs: map[string]uint32{}}
+	if err := m.advanceExchange(now, job, "task "+b.Task+" migrated", out); err != nil {
+		return err
+	}
+	res.ExchangeEpochs[job.ID] = job.ExchangeEpoch
+	out.Result = res
+	return nil
+}
+
+// slotOf returns the (site-pinned) slot of a task of job.
+func (m *Machine) slotOf(job *Job, task string) (TaskSlot, bool) {
+	for _, jt := range m.jobTasks(func(j *Job, t string) bool { return j == job && t == task }) {
+		return jt.slot, true
+	}
+	return TaskSlot{}, false
+}
+
+// drainNode moves every task off node (to nodes the tasks' owners accept,
+// or unplaced until one is admitted) and advances the exchange epoch of
+// every job whose tasks moved.
+func (m *Machine) drainNode(now time.Time, node party.ID, reason string, out *Output) (*MoveResult, error) {
+	n := m.st.Nodes[node]
+	if n == nil {
+		return nil, refuse("node.unknown", "node %s was never admitted", node.Short())
+	}
+	n.Draining = true
+	res := &MoveResult{Node: node, ExchangeEpochs: map[string]uint32{}}
+	moved := map[string]*Job{}
+	for _, jt := range m.tasksOn(node) {
+		mv, err := m.moveTask(now, jt.job, jt.slot, "", reason, out)
+		if err != nil {
+			return nil, err
+		}
+		res.Moves = append(res.Moves, mv)
+		moved[jt.job.ID] = jt.job
+	}
+	ids := make([]string, 0, len(moved))
+	for id := range moved {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := m.advanceExchange(now, moved[id], "tasks drained from node "+node.Short(), out); err != nil {
+			return nil, err
+		}
+		res.ExchangeEpochs[id] = moved[id].ExchangeEpoch
+	}
+	return res, nil
+}
+
+func (m *Machine) drain(now time.Time, st *party.Statement, out *Output) error {
+	if err := m.requireOperator(st); err != nil {
+		return err
+	}
+	var b NodeRequest
+	if err := decodeBody(st, &b); err != nil {
+		return err
+	}
+	res, err := m.drainNode(now, b.Node, "node "+b.Node.Short()+" drained by the operator", out)
+	if err != nil {
+		return err
+	}
+	out.Entries = append(out.Entries, entry(now, EntryNodeDrained, []string{"node:" + string(b.Node)},
+		map[string]any{"node": b.Node, "moves": res.Moves}))
+	out.Result = res
+	return nil
+}
+
+func (m *Machine) removeNode(now time.Time, st *party.Statement, out *Output) error {
+	if err := m.requireOperator(st); err != nil {
+		return err
+	}
+	var b NodeRequest
+	if err := decodeBody(st, &b); err != nil {
+		return err
+	}
+	res, err := m.drainNode(now, b.Node, "node "+b.Node.Short()+" removed by the operator", out)
+	if err != nil {
+		return err
+	}
+	// The node's admission ends: to run tasks again it must attest afresh.
+	m.st.Nodes[b.Node].Lost = now.UTC()
+	out.Entries = append(out.Entries, entry(now, EntryNodeRemoved, []string{"node:" + string(b.Node)},
+		map[string]any{"node": b.Node, "moves": res.Moves}))
+	out.Result = res
+	return nil
+}

@@ -1,0 +1,145 @@
+package orchestrator
+
+import (
+	"testing"
+
+	"github.com/sealflow/sealflow/party"
+	"github.com/sealflow/sealflow/seal"
+)
+
+// releasedTo returns the exchange epochs out released to node.
+func releasedTo(out *Output, node party.ID) []uint32 {
+	var e []uint32
+	for _, r := range out.Releases {
+		if r.To == node && r.Purpose == "exchange" {
+			e = append(e, r.Epoch)
+		}
+	}
+	return e
+}
+
+// TestMigrateTask moves a task by the operator's statement: a node the
+// owner's policy forbids is refused with the policy's rule and logged; an
+// allowed node gets the task's keys, the job's exchange key advances, and the
+// node the task left never receives the new epoch, so it cannot open what the
+// job's stages seal from now on.
+func TestMigrateTask(t *testing.T) {
+	c := newCkptWorld(t)
+	src := c.src
+	from := c.on(src)
+	to := c.off(src)
+	// A node in another region: alice's placement rule refuses it.
+	nl, err := c.node("edge-nl", "edge", "nl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.do(c.grid, TypeTaskMigrate, MigrateRequest{Job: "svc", Task: src, To: to.ID()}); ruleOf(err) != "operator.only" {
+		t.Fatalf("a provider's migration: %v, want operator.only", err)
+	}
+	_, err = c.do(c.operator, TypeTaskMigrate, MigrateRequest{Job: "svc", Task: src, To: nl.ID()})
+	if ruleOf(err) != "policy:meter-a/edge-be" {
+		t.Fatalf("migration to a node the policy forbids: %v, want policy:meter-a/edge-be", err)
+	}
+	if refused := c.logged(EntryMoveRefused); len(refused) != 1 {
+		t.Fatalf("%d refused moves logged, want 1", len(refused))
+	}
+	if c.m.State().Jobs["svc"].Tasks[src] != from.ID() {
+		t.Fatal("a refused migration moved the task")
+	}
+	// A zombie check: the source's ack is accepted before the move...
+	c.must(from, TypeCheckpointAck, ack(src, 1, "s1"))
+	out := c.must(c.operator, TypeTaskMigrate, MigrateRequest{Job: "svc", Task: src, To: to.ID()})
+	res := out.Result.(*MoveResult)
+	if len(res.Moves) != 1 || res.Moves[0].To != to.ID() || res.ExchangeEpochs["svc"] != 1 {
+		t.Fatalf("migration result %+v", res)
+	}
+	if c.m.State().Jobs["svc"].Tasks[src] != to.ID() {
+		t.Fatal("the task did not move")
+	}
+	// ... and refused after: the source can no longer commit.
+	if _, err := c.do(from, TypeCheckpointAck, ack(src, 2, "s2")); ruleOf(err) != "checkpoint.node" {
+		t.Fatalf("the old node's ack after the move: %v, want checkpoint.node", err)
+	}
+	// The destination restores from the source's last accepted checkpoint.
+	if rp, ok := c.m.RestorePoint("svc", src); !ok || rp.Checkpoint != 1 {
+		t.Fatalf("restore point %+v", rp)
+	}
+	if len(c.logged(EntryTaskMigrated)) != 1 || len(c.logged(EntryExchangeEpoch)) != 1 {
+		t.Fatal("the migration or the new exchange epoch is not logged")
+	}
+	// Epochs: the destination got both (it may read frames sealed before
+	// the move), the source neither the new one nor anything else.
+	if got := releasedTo(out, to.ID()); len(got) < 2 || got[0] != 0 || got[len(got)-1] != 1 {
+		t.Fatalf("exchange epochs released to the destination: %v, want 0 and 1", got)
+	}
+	if got := releasedTo(out, from.ID()); len(got) != 0 {
+		t.Fatalf("exchange epochs released to the node the task left: %v", got)
+	}
+	// What the job's stages seal under the new epoch does not open with the
+	// keys the old node holds.
+	job := c.m.State().Jobs["svc"]
+	newer, old := seal.NewKeyring(), seal.NewKeyring()
+	if _, err := newer.AddSecret("x", 1, job.Keys[exchangeScope(1)]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.AddSecret("x", 0, job.Keys[exchangeScope(0)]); err != nil {
+		t.Fatal(err)
+	}
+	s, err := seal.NewSealer(newer, seal.KindIngest, "x", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame, err := s.Seal(nil, []byte("after the move"), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := seal.NewOpener(old, seal.KindIngest, []string{"x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := op.Open(nil, frame); seal.ReasonOf(err) != seal.ReasonUnknownEpoch {
+		t.Fatalf("the old node opening a frame of the new epoch: %v, want unknown-epoch", err)
+	}
+}
+
+// TestDrainAndRemove drains a node (its tasks move to nodes the policies
+// allow; no new task lands on it) and removes one (its admission ends).
+func TestDrainAndRemove(t *testing.T) {
+	c := newCkptWorld(t)
+	src := c.src
+	from := c.on(src)
+	out := c.must(c.operator, TypeNodeDrain, NodeRequest{Node: from.ID()})
+	res := out.Result.(*MoveResult)
+	if len(res.Moves) == 0 {
+		t.Fatal("draining moved nothing")
+	}
+	for _, mv := range res.Moves {
+		if mv.To == "" || mv.To == from.ID() {
+			t.Fatalf("move %+v", mv)
+		}
+	}
+	if !c.m.State().Nodes[from.ID()].Draining || !c.m.Admitted(c.now, from.ID()) {
+		t.Fatal("a drained node must stay admitted and draining")
+	}
+	for task, n := range c.m.State().Jobs["svc"].Tasks {
+		if n == from.ID() {
+			t.Fatalf("task %s is still on the drained node", task)
+		}
+	}
+	// Draining the only other edge node leaves the source task unplaced
+	// (no edge node in region be is left), with the rule named.
+	other := c.m.State().Jobs["svc"].Tasks[src]
+	out = c.must(c.operator, TypeNodeRemove, NodeRequest{Node: other})
+	if c.m.Admitted(c.now, other) {
+		t.Fatal("a removed node is still admitted")
+	}
+	var unplaced bool
+	for _, mv := range out.Result.(*MoveResult).Moves {
+		if mv.Task == src && mv.To == "" && mv.Rule != "" {
+			unplaced = true
+		}
+	}
+	if !unplaced {
+		t.Fatalf("the source task was not left unplaced with a rule: %+v", out.Result)
+	}
+}
