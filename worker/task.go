@@ -77,6 +77,26 @@ type Task struct {
 
 	// probe reads the live counters of the task's current run (metrics.go).
 	probe atomic.Pointer[runtime.Probe]
+
+	// ended is set, and done closed, when the task's goroutine has returned
+	// (finished, failed for good, or stopped).
+	ended atomic.Bool
+	done  chan struct{}
+}
+
+// end marks the task's goroutine as returned.
+func (t *Task) end() {
+	t.ended.Store(true)
+	if t.done != nil {
+		close(t.done)
+	}
+}
+
+// wait waits until the task's goroutine has returned.
+func (t *Task) wait() {
+	if t.done != nil {
+		<-t.done
+	}
 }
 
 // stop cancels the task and records why.
@@ -110,17 +130,23 @@ func (t *Task) streamOf(name string, schema *record.Schema, sink bool) (Stream, 
 	default:
 		// An intermediate stream between stages: sealed with the job's
 		// exchange key, installed under the stream's own scope.
-		key, ok := t.keys.Current(t.Job + "/exchange")
-		if !ok {
+		epochs := t.keys.Epochs(t.Job + "/exchange")
+		if len(epochs) == 0 {
 			return s, fmt.Errorf("no exchange key for job %s", t.Job)
 		}
 		s.Kind, s.Scope = seal.KindExchange, IntermediateScope(t.Job, name)
-		if _, ok := t.keys.Current(s.Scope); !ok {
+		// Every epoch: frames sealed before the job's last move are read
+		// with the old one, new frames are sealed with the newest.
+		for _, e := range epochs {
+			key, ok := t.keys.Key(t.Job+"/exchange", e)
+			if !ok {
+				continue
+			}
 			secret, err := key.Bytes()
 			if err != nil {
 				return s, err
 			}
-			_, err = t.keys.AddSecret(s.Scope, key.Epoch(), secret)
+			_, err = t.keys.AddSecret(s.Scope, e, secret)
 			clear(secret)
 			if err != nil {
 				return s, err
@@ -131,6 +157,20 @@ func (t *Task) streamOf(name string, schema *record.Schema, sink bool) (Stream, 
 		return s, fmt.Errorf("task %s has no key for stream %s", t.ID, name)
 	}
 	return s, nil
+}
+
+// intermediateStreams returns the names of the job's intermediate streams
+// the task reads or writes (neither an owner's stream nor an output).
+func (t *Task) intermediateStreams() []string {
+	var out []string
+	for _, n := range t.Spec.Nodes {
+		switch {
+		case n.Kind == jobspec.KindSource && !slices.Contains(t.Slot.Reads, n.Params.Stream),
+			n.Kind == jobspec.KindSink && !slices.Contains(t.Slot.Writes, n.Params.Stream):
+			out = append(out, n.Params.Stream)
+		}
+	}
+	return out
 }
 
 func (t *Task) run(ctx context.Context) error {

@@ -210,6 +210,9 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for id, t := range w.tasks {
+		if t.ended.Load() {
+			continue
+		}
 		j, ok := live[t.Job]
 		var why string
 		switch {
@@ -226,7 +229,6 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 		// so nothing it produced since its last accepted checkpoint is
 		// committed; stopping it frees the slot.
 		t.stop(why)
-		delete(w.tasks, id)
 		w.log.Info("task stopped by the orchestrator's job list", "task", id, "why", why)
 	}
 	for job, ring := range w.keys {
@@ -270,10 +272,14 @@ func (w *Worker) onReleases(ctx context.Context, rs []orchestrator.Release) {
 			continue
 		}
 		w.mu.Lock()
-		_, running := w.tasks[taskID]
+		t, known := w.tasks[taskID]
 		w.mu.Unlock()
-		if running {
-			continue
+		if known && !t.ended.Load() && t.stopped.Load() == nil {
+			continue // running (or restarting) already
+		}
+		if known && !t.ended.Load() {
+			// Stopped, not yet ended: the new run starts once it has.
+			t.wait()
 		}
 		if err := w.start(ctx, job, taskID); err != nil {
 			w.log.Error("task did not start", "job", job, "task", taskID, "err", err)
@@ -307,7 +313,6 @@ func (w *Worker) dropStaleDeployment(ctx context.Context, job string) {
 	for _, t := range mine {
 		if !jv.Deployed.Equal(t.deployed) {
 			t.stop("stopped: the job was deployed again")
-			delete(w.tasks, t.ID)
 			stale = true
 		}
 	}
@@ -341,6 +346,21 @@ func (w *Worker) install(rs []orchestrator.Release) error {
 		}
 		if _, err := ring.AddSecret(scope, r.Epoch, key); err != nil {
 			return err
+		}
+		if r.Purpose == "exchange" {
+			// A new exchange epoch (a task of the job moved): the job's
+			// intermediate streams written here switch to it at their next
+			// frame, and readers here open both.
+			for _, t := range w.tasks {
+				if t.Job != r.Job {
+					continue
+				}
+				for _, name := range t.intermediateStreams() {
+					if _, err := ring.AddSecret(IntermediateScope(r.Job, name), r.Epoch, key); err != nil {
+						return err
+					}
+				}
+			}
 		}
 		clear(key)
 	}
@@ -381,7 +401,7 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	}
 	w.mu.Lock()
 	ring := w.keys[jobID]
-	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected, deployed: jv.Deployed}
+	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected, deployed: jv.Deployed, done: make(chan struct{})}
 	if w.cfg.Checkpoints != nil {
 		interval := w.cfg.CheckpointInterval
 		if interval <= 0 {
@@ -397,6 +417,7 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
+		defer t.end()
 		defer cancel()
 		defer w.publishStatus()
 		backoff := w.cfg.RestartBackoff
