@@ -67,6 +67,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		return nil, errors.New("substrate: stream config has no name")
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		// Created by someone else between the update and the create that
+		// CreateOrUpdateStream tries: update it now.
+		s, err = js.CreateOrUpdateStream(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("substrate: ensuring stream %q (subjects %v): %w", cfg.Name, cfg.Subjects, err)
 	}

@@ -122,24 +122,27 @@ func (j *JetStreamIO) ensureReadable(ctx context.Context, scope string) error {
 
 // ingestDomain returns the JetStream holding the owner's stream id: the
 // site's when the worker runs at a leafnode site whose domain holds it,
-// otherwise JS. At a leafnode site it waits (until ctx ends) for the stream
-// to appear in either domain, since the gateway may start after the task.
+// otherwise JS. It waits (until ctx ends) for the stream to appear, since
+// the owner's gateway may start after the task.
 func (j *JetStreamIO) ingestDomain(ctx context.Context, id string) (jetstream.JetStream, error) {
-	if j.Local == nil {
-		return j.JS, nil
-	}
 	name := confidential.IngestStreamPrefix + id
 	logged := false
 	for {
-		_, err := j.Local.Stream(ctx, name)
+		if j.Local != nil {
+			_, err := j.Local.Stream(ctx, name)
+			if err == nil {
+				return j.Local, nil
+			}
+			if !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil, fmt.Errorf("looking up ingest stream %q in site domain %q: %w", id, j.LocalDomain, err)
+			}
+		}
+		_, err := j.JS.Stream(ctx, name)
 		if err == nil {
-			return j.Local, nil
+			return j.JS, nil
 		}
 		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("looking up ingest stream %q in site domain %q: %w", id, j.LocalDomain, err)
-		}
-		if _, err := j.JS.Stream(ctx, name); err == nil {
-			return j.JS, nil
+			return nil, fmt.Errorf("looking up ingest stream %q: %w", id, err)
 		}
 		if !logged {
 			j.logger().Info("waiting for the owner's stream to appear at the site or the hub", "stream", id, "site_domain", j.LocalDomain)
