@@ -114,7 +114,7 @@ func setupQ5(ctx context.Context, t *testing.T, c *chaosCluster, run func(...str
 		t.Fatalf("q5 submit: %v %+v", err, sub)
 	}
 	run("owner", "approve", "--key", q.key, "--trust", q.trust, "--stream", "bids", "--service", sub.Result.Digest)
-	run("service", "deploy", "--key", grid, "--trust", gridTrust, "--service", "q5")
+	run("service", "deploy", "--key", grid, "--trust", gridTrust, "--service", "q5", "--wait=false")
 	return q
 }
 

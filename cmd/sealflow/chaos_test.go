@@ -250,7 +250,7 @@ func setupBalance(ctx context.Context, t *testing.T, c *chaosCluster, perStream 
 	for _, o := range b.owners {
 		b.run("owner", "approve", "--key", o.key, "--trust", o.trust, "--stream", "meter-"+o.id, "--service", sub.Result.Digest)
 	}
-	b.run("service", "deploy", "--key", b.grid, "--trust", b.gridTrust, "--service", "balance")
+	b.run("service", "deploy", "--key", b.grid, "--trust", b.gridTrust, "--service", "balance", "--wait=false")
 	return b
 }
 

@@ -254,7 +254,8 @@ func TestPartyCommandsAgainstOrchestrator(t *testing.T) {
 		t.Fatalf("policy explain:\n%s", out)
 	}
 	mustCLI(t, runOwnerApprove, with("--key", bob, "--stream", "meter-b", "--service", "balance")...)
-	out = mustCLI(t, runServiceDeploy, with("--key", grid, "--service", "balance")...)
+	// No worker process runs here: do not wait for the tasks to run.
+	out = mustCLI(t, runServiceDeploy, with("--key", grid, "--service", "balance", "--wait=false")...)
 	if !strings.Contains(out, "balance/agg") {
 		t.Fatalf("deploy:\n%s", out)
 	}

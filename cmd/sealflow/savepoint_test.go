@@ -54,7 +54,7 @@ func TestSavepointStopAndDeployAgain(t *testing.T) {
 	}
 	// The job is gone; the gateways keep publishing meanwhile.
 	time.Sleep(3 * time.Second)
-	b.run("service", "deploy", "--key", b.grid, "--trust", b.gridTrust, "--service", "balance", "--from-savepoint", "mid-run")
+	b.run("service", "deploy", "--key", b.grid, "--trust", b.gridTrust, "--service", "balance", "--from-savepoint", "mid-run", "--wait=false")
 	wait()
 	b.checkResults(ctx, t)
 }
