@@ -930,12 +930,8 @@ func (op *WindowAggregate) Restore(from, to int, data []byte) error {
 const envelopeVersion = 1
 
 func snapshotEnvelope[V any](wm int64, s *state.Store[V], from, to int) ([]byte, error) {
-	inner, err := s.Snapshot(state.Range{From: from, To: to})
-	if err != nil {
-		return nil, err
-	}
 	buf := state.AppendVarint([]byte{envelopeVersion}, wm)
-	return append(buf, inner...), nil
+	return s.AppendSnapshot(buf, state.Range{From: from, To: to})
 }
 
 // DecodeEnvelope splits an operator snapshot into the watermark it was taken

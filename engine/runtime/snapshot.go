@@ -63,7 +63,22 @@ const snapshotMagic = "SFCK\x01"
 
 // MarshalBinary encodes the snapshot.
 func (s *Snapshot) MarshalBinary() ([]byte, error) {
-	b := append([]byte(nil), snapshotMagic...)
+	// One allocation of the right size: the operators' state may be large.
+	size := len(snapshotMagic) + 32
+	for i := range s.Parts {
+		p := &s.Parts[i]
+		size += len(p.Node) + len(p.Source) + 48
+		for _, op := range p.Ops {
+			size += len(op.Node) + len(op.Data) + 32
+		}
+		for _, sp := range p.Sinks {
+			size += len(sp.Node) + 16
+			for _, e := range sp.Epochs {
+				size += len(e.Data) + 32
+			}
+		}
+	}
+	b := append(make([]byte, 0, size), snapshotMagic...)
 	b = state.AppendUvarint(b, s.ID)
 	if s.Finished {
 		b = append(b, 1)
@@ -119,7 +134,8 @@ var errBadSnapshot = errors.New("malformed run snapshot")
 // maxCount bounds the counts DecodeSnapshot accepts before it allocates.
 const maxCount = 1 << 20
 
-// DecodeSnapshot strictly decodes a snapshot written by MarshalBinary.
+// DecodeSnapshot strictly decodes a snapshot written by MarshalBinary. The
+// result refers to data, which must not change while it is used.
 func DecodeSnapshot(data []byte) (*Snapshot, error) {
 	if len(data) < len(snapshotMagic) || string(data[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, fmt.Errorf("%w: not a run snapshot (bad magic or version)", errBadSnapshot)
@@ -141,13 +157,15 @@ func DecodeSnapshot(data []byte) (*Snapshot, error) {
 		}
 		return int(n)
 	}
+	// The parts alias data, which the caller hands over (no copy of what
+	// may be a large state).
 	bytesOf := func() []byte {
 		n := d.Uvarint()
 		if n > uint64(d.Remaining()) {
 			d.Fail(fmt.Errorf("length %d exceeds the data", n))
 			return nil
 		}
-		return append([]byte{}, d.Bytes(int(n))...)
+		return d.Bytes(int(n))
 	}
 	nparts := count()
 	for range nparts {

@@ -24,6 +24,8 @@ type Store[V any] struct {
 	free   []*V
 	codec  Codec[V]
 	n      int
+	// lastSnapshot is the size of the previous snapshot, to size the next.
+	lastSnapshot int
 }
 
 // NewStore returns an empty store for the key groups in owned, out of
@@ -140,6 +142,13 @@ func (s *Store[V]) ForEach(fn func(key uint64, v *V) bool) {
 // encoding is versioned: "SFKS", version, max parallelism, range, then for each
 // non-empty group its number, its key count and each key with its value.
 func (s *Store[V]) Snapshot(r Range) ([]byte, error) {
+	return s.AppendSnapshot(nil, r)
+}
+
+// AppendSnapshot appends the encoding Snapshot returns to dst. The buffer
+// grows to the size of the store's previous snapshot at once, so a large
+// snapshot is not copied again and again as it grows.
+func (s *Store[V]) AppendSnapshot(dst []byte, r Range) ([]byte, error) {
 	if r.From < s.owned.From || r.To > s.owned.To || r.From > r.To {
 		return nil, fmt.Errorf("state: snapshot range %v is not within the owned range %v", r, s.owned)
 	}
@@ -149,7 +158,11 @@ func (s *Store[V]) Snapshot(r Range) ([]byte, error) {
 			nonEmpty++
 		}
 	}
-	buf := append([]byte(nil), snapshotMagic...)
+	start := len(dst)
+	if want := s.lastSnapshot + s.lastSnapshot/8; cap(dst)-len(dst) < want {
+		dst = slices.Grow(dst, want)
+	}
+	buf := append(dst, snapshotMagic...)
 	buf = append(buf, snapshotVersion)
 	buf = AppendUvarint(buf, uint64(s.maxP))
 	buf = AppendUvarint(buf, uint64(r.From))
@@ -176,6 +189,7 @@ func (s *Store[V]) Snapshot(r Range) ([]byte, error) {
 			buf = append(buf, val...)
 		}
 	}
+	s.lastSnapshot = len(buf) - start
 	return buf, nil
 }
 
