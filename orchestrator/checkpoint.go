@@ -329,7 +329,7 @@ func (c *JobCheckpoints) latest(task string) *RestorePoint {
 // streams are the job's own intermediate streams.
 func (m *Machine) checkPositions(job *Job, b *CheckpointAck) error {
 	var reads []string
-	if svc := m.st.Services[job.Service]; svc != nil {
+	if svc := m.jobService(job); svc != nil {
 		for _, t := range svc.Manifest.Tasks {
 			if t.ID == b.Task {
 				reads = t.Reads

@@ -169,7 +169,10 @@ func (m *Machine) releaseCode(svc *Service, t *TaskSlot, rel func(purpose, scope
 	if len(svc.Manifest.TaskModules(t)) == 0 {
 		return nil
 	}
-	w := m.st.CodeKeys[svc.Manifest.ID]
+	w := m.st.CodeKeys[svc.Digest]
+	if w == nil {
+		w = m.st.CodeKeys[svc.Manifest.ID] // a state saved before versions
+	}
 	if w == nil {
 		return refuse(RuleCodeKey, "task %s runs modules but service %s has no code key", t.ID, svc.Manifest.ID)
 	}

@@ -102,7 +102,7 @@ func (m *Machine) advanceExchange(now time.Time, job *Job, reason string, out *O
 	k := make([]byte, seal.KeySize)
 	rand.Read(k)
 	job.Keys[exchangeScope(job.ExchangeEpoch)] = k
-	svc := m.st.Services[job.Service]
+	svc := m.jobService(job)
 	released := map[party.ID]bool{}
 	tasks := make([]string, 0, len(job.Tasks))
 	for t := range job.Tasks {
@@ -141,7 +141,7 @@ func (m *Machine) advanceExchange(now time.Time, job *Job, reason string, out *O
 func (m *Machine) moveTask(now time.Time, job *Job, slot TaskSlot, to party.ID, reason string, out *Output) (TaskMove, error) {
 	from := job.Tasks[slot.ID]
 	mv := TaskMove{Job: job.ID, Task: slot.ID, From: from}
-	svc := m.st.Services[job.Service]
+	svc := m.jobService(job)
 	subjects := []string{"job:" + job.ID, "service:" + job.Service, "node:" + string(from)}
 	if to != "" {
 		n := m.st.Nodes[to]

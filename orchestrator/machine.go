@@ -205,6 +205,10 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 		err = m.savepoint(now, st, issuer, out)
 	case TypeJobStop:
 		err = m.stopJob(now, st, issuer, out)
+	case TypeJobUpgrade:
+		err = m.upgrade(now, st, issuer, out)
+	case TypeJobRollback:
+		err = m.rollback(now, st, issuer, out)
 	case TypeTaskMigrate:
 		err = m.migrate(now, st, out)
 	case TypeNodeDrain:
@@ -482,8 +486,16 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 		return refuse("service.owner", "service id %s belongs to another provider", man.ID)
 	}
 	svc := &Service{Manifest: man, Provider: st.Issuer, Digest: digestJSON(man), Submitted: now.UTC()}
+	if old, ok := m.st.Services[man.ID]; ok && old.Digest != svc.Digest && man.Version <= old.Manifest.Version {
+		return refuse("service.version", "service %s version %d is submitted already with another manifest; a new manifest needs a higher version", man.ID, old.Manifest.Version)
+	}
 	m.st.Services[man.ID] = svc
+	if m.st.Versions == nil {
+		m.st.Versions = map[string]*Service{}
+	}
+	m.st.Versions[svc.Digest] = svc
 	m.storeCodeKey(man.ID, sub.CodeKey)
+	m.storeCodeKey(svc.Digest, sub.CodeKey)
 	out.Result = map[string]any{"service": man.ID, "digest": svc.Digest, "pending": m.pendingOwners(svc)}
 	subjects := []string{"service:" + man.ID, "party:" + string(st.Issuer)}
 	for _, in := range man.Inputs {
@@ -602,7 +614,7 @@ func (m *Machine) revoke(now time.Time, st *party.Statement, issuer *party.Ident
 	// run, stop their tasks and drop the keys.
 	var stopped []string
 	for id, j := range m.st.Jobs {
-		svc := m.st.Services[j.Service]
+		svc := m.jobService(j)
 		if j.Service == b.Service && svc != nil && slices.Contains(svc.Manifest.Inputs, b.Stream) {
 			m.removeJob(j)
 			stopped = append(stopped, id)
@@ -617,7 +629,19 @@ func (m *Machine) revoke(now time.Time, st *party.Statement, issuer *party.Ident
 	return nil
 }
 
+// jobService returns the version of the service a job runs (the latest
+// submitted version may be newer: an upgrade waiting for approvals).
+func (m *Machine) jobService(job *Job) *Service {
+	if s := m.st.Versions[job.Digest]; s != nil {
+		return s
+	}
+	return m.st.Services[job.Service]
+}
+
 func (m *Machine) serviceByDigest(d string) *Service {
+	if s := m.st.Versions[d]; s != nil {
+		return s
+	}
 	for _, s := range m.st.Services {
 		if s.Digest == d {
 			return s
@@ -770,6 +794,13 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 	if _, dup := m.st.Jobs[b.Job]; dup {
 		return refuse("job.exists", "job %s is already deployed", b.Job)
 	}
+	return m.startJob(now, svc, b, out)
+}
+
+// startJob deploys svc as job b.Job (from savepoint b.FromSavepoint, if
+// set): approvals, placement under every owner's policy, keys and their
+// release. It changes the state only when it succeeds.
+func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, out *Output) error {
 	subjects := []string{"service:" + svc.Manifest.ID, "job:" + b.Job}
 	for _, in := range svc.Manifest.Inputs {
 		subjects = append(subjects, "stream:"+in)
@@ -896,7 +927,7 @@ func (m *Machine) outputRequest(now time.Time, st *party.Statement, issuer *part
 	if !ok {
 		return refuse("job.unknown", "job %q is not deployed", b.Job)
 	}
-	svc := m.st.Services[job.Service]
+	svc := m.jobService(job)
 	key, ok := job.Keys["output:"+b.Output]
 	if !ok {
 		return refuse("job.output", "job %s has no output %q", b.Job, b.Output)

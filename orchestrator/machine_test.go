@@ -30,6 +30,16 @@ type world struct {
 	platform *sim.Platform
 	entries  []ledger.Entry
 	releases []Release
+	owners   map[string]*party.KeyFile
+}
+
+// ownerKey returns the key file of the owner registered as name.
+func (w *world) ownerKey(name string) *party.KeyFile {
+	kf := w.owners[name]
+	if kf == nil {
+		w.t.Fatalf("no owner %q", name)
+	}
+	return kf
 }
 
 func newWorld(t testing.TB, mutate func(*Genesis)) *world {
@@ -104,6 +114,10 @@ func (w *world) must(kf *party.KeyFile, typ string, body any) *Output {
 func (w *world) owner(name, stream, policyRules string) (*party.KeyFile, []byte) {
 	w.t.Helper()
 	kf := mustKey(w.t, party.RoleOwner, name)
+	if w.owners == nil {
+		w.owners = map[string]*party.KeyFile{}
+	}
+	w.owners[name] = kf
 	w.must(kf, TypePartyRegister, RegisterParty{Identity: Identity{kf.Identity()}})
 	pol := `{"stream": "` + stream + `", "rules": [` + policyRules + `]}`
 	w.must(kf, TypeStreamRegister, RegisterStream{Name: stream, Partitions: 1,

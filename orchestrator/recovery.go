@@ -144,7 +144,7 @@ func (m *Machine) jobTasks(keep func(*Job, string) bool) []jobTask {
 	var out []jobTask
 	for _, id := range ids {
 		j := m.st.Jobs[id]
-		svc := m.st.Services[j.Service]
+		svc := m.jobService(j)
 		if svc == nil {
 			continue
 		}
@@ -164,7 +164,7 @@ func (m *Machine) jobTasks(keep func(*Job, string) bool) []jobTask {
 // empty, Job.Unplaced says why) and the move names the refusing rule.
 func (m *Machine) place(now time.Time, job *Job, slot TaskSlot, reason string) (TaskMove, *Output) {
 	mv := TaskMove{Job: job.ID, Task: slot.ID}
-	svc := m.st.Services[job.Service]
+	svc := m.jobService(job)
 	rules := map[string]string{}
 	check := m.placementCheck(svc)
 	placement, err := Schedule([]TaskSlot{slot}, m.candidates(now), func(t TaskSlot, c Candidate) error {
@@ -230,7 +230,7 @@ func (m *Machine) placeUnplaced(now time.Time, reason string, out *Output) {
 // its tasks with them).
 func (m *Machine) releaseAgain(now time.Time, node party.ID, out *Output) error {
 	for _, jt := range m.tasksOn(node) {
-		if err := m.releaseTask(now, out, jt.job, m.st.Services[jt.job.Service], jt.slot, node, "re-admission"); err != nil {
+		if err := m.releaseTask(now, out, jt.job, m.jobService(jt.job), jt.slot, node, "re-admission"); err != nil {
 			return err
 		}
 	}

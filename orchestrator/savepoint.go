@@ -91,7 +91,7 @@ func (m *Machine) jobOfProvider(st *party.Statement, issuer *party.Identity, id 
 	if !ok {
 		return nil, nil, refuse("job.unknown", "job %q is not deployed", id)
 	}
-	svc := m.st.Services[job.Service]
+	svc := m.jobService(job)
 	if svc == nil || svc.Provider != st.Issuer {
 		return nil, nil, refuse("job.owner", "job %s runs a service of another provider", id)
 	}

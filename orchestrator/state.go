@@ -73,8 +73,12 @@ type State struct {
 	Parties  map[party.ID]*party.Identity `json:"parties"`
 	Streams  map[string]*Stream           `json:"streams"`
 	Services map[string]*Service          `json:"services"`
-	Nodes    map[party.ID]*Node           `json:"nodes"`
-	Jobs     map[string]*Job              `json:"jobs"`
+	// Versions holds every submitted version of every service, by digest:
+	// a job runs the version it was deployed with while a newer one waits
+	// for its owners' approvals.
+	Versions map[string]*Service `json:"versions,omitempty"`
+	Nodes    map[party.ID]*Node  `json:"nodes"`
+	Jobs     map[string]*Job     `json:"jobs"`
 	// Checkpoints holds each job's last complete checkpoint and the ones
 	// pending (see checkpoint.go), by job id.
 	Checkpoints map[string]*JobCheckpoints `json:"checkpoints,omitempty"`
@@ -221,8 +225,11 @@ type Job struct {
 	// ExchangeEpoch is the epoch of the job's exchange key that its stages
 	// seal intermediate streams with; it advances when a task moves
 	// (Keys["exchange"] is epoch 0, Keys["exchange/<e>"] epoch e).
-	ExchangeEpoch uint32    `json:"exchange_epoch,omitempty"`
-	Deployed      time.Time `json:"deployed"`
+	ExchangeEpoch uint32 `json:"exchange_epoch,omitempty"`
+	// Previous is what the job ran before its last upgrade (job.rollback
+	// returns to it).
+	Previous *Previous `json:"previous,omitempty"`
+	Deployed time.Time `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.
 	Recipients map[party.ID]bool `json:"recipients,omitempty"`
 }

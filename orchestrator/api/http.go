@@ -50,6 +50,14 @@ func (s *Server) Handler(gatherer prometheus.Gatherer) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("GET /v1/checkpoints", func(w http.ResponseWriter, r *http.Request) {
+		v, ok := s.JobCheckpoints(r.URL.Query().Get("job"))
+		if !ok {
+			writeJSON(w, http.StatusNotFound, APIError{Error: fmt.Sprintf("job %q is not deployed", r.URL.Query().Get("job"))})
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
 	mux.HandleFunc("GET /v1/policy/explain", s.handleExplain)
 	mux.Handle("GET /console/", console.Handler(s.ledger))
 	if gatherer != nil {
@@ -343,13 +351,25 @@ func NodeViews(st *orchestrator.State) []NodeView {
 	return out
 }
 
-// ServiceViews lists the submitted services with their manifests.
+// ServiceViews lists the submitted services with their manifests: every
+// version, by id then version (jobs may still run an earlier one).
 func ServiceViews(st *orchestrator.State) []*orchestrator.Service {
 	var out []*orchestrator.Service
 	for _, s := range st.Services {
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b *orchestrator.Service) int { return cmpString(a.Manifest.ID, b.Manifest.ID) })
+	// Earlier versions: jobs may still run them.
+	for d, s := range st.Versions {
+		if cur := st.Services[s.Manifest.ID]; cur == nil || cur.Digest != d {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b *orchestrator.Service) int {
+		if c := cmpString(a.Manifest.ID, b.Manifest.ID); c != 0 {
+			return c
+		}
+		return int(a.Manifest.Version - b.Manifest.Version)
+	})
 	return out
 }
 

@@ -1,0 +1,150 @@
+package orchestrator
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/party"
+)
+
+// submitVersion submits svc's manifest at version v (a new digest, the same
+// JobSpec) and returns its digest.
+func submitVersion(w *world, grid *party.KeyFile, v int64, mutate func(*Manifest)) string {
+	man := manifest("svc", "meter-a")
+	man.Version = v
+	if mutate != nil {
+		mutate(&man)
+	}
+	return w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+}
+
+// TestUpgradeWaitsForOwnersAndCarriesState: a new version runs only once
+// every owner approved it (until then the old keeps running and the refusal
+// names who is pending); the upgrade takes a savepoint, keeps the job's keys
+// and starts every task from its restore point; rollback returns to the old
+// version and that savepoint.
+func TestUpgradeWaitsForOwnersAndCarriesState(t *testing.T) {
+	c := newCkptWorld(t)
+	c.must(c.on(c.src), TypeCheckpointAck, ack(c.src, 4, "s4"))
+	c.must(c.on(c.agg), TypeCheckpointAck, ack(c.agg, 4, "a4"))
+	v1 := c.m.State().Jobs["svc"].Digest
+	keys := cloneKeys(c.m.State().Jobs["svc"].Keys)
+
+	v2 := submitVersion(c.world, c.grid, 2, nil)
+	if c.m.State().Jobs["svc"].Digest != v1 {
+		t.Fatal("submitting version 2 changed the running job")
+	}
+	out, err := c.do(c.grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"})
+	if ruleOf(err) != "approval.pending" {
+		t.Fatalf("upgrade before the owner approved: %v, want approval.pending", err)
+	}
+	if p, _ := out.Result.(map[string]any)["pending"].([]string); len(p) != 1 || p[0] != "meter-a" {
+		t.Fatalf("the refusal names pending %v, want [meter-a]", out.Result)
+	}
+	if job := c.m.State().Jobs["svc"]; job.Digest != v1 || len(c.logged("job.upgrade.refused")) != 1 {
+		t.Fatal("a refused upgrade changed the job or was not logged")
+	}
+	// An older version is refused; so is an upgrade to the running one.
+	if _, err := c.do(c.grid, TypeJobUpgrade, UpgradeRequest{Job: "svc", Digest: v1}); ruleOf(err) != "upgrade.version" {
+		t.Fatalf("upgrade to the running version: %v", err)
+	}
+
+	alice := c.ownerKey("alice")
+	c.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: v2})
+	res := c.must(c.grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"}).Result.(*UpgradeResult)
+	job := c.m.State().Jobs["svc"]
+	if job.Digest != v2 || res.FromVersion != 1 || res.ToVersion != 2 || job.Previous == nil || job.Previous.Digest != v1 {
+		t.Fatalf("after the upgrade: job digest %s, result %+v, previous %+v", short(job.Digest), res, job.Previous)
+	}
+	for k, v := range keys {
+		if !bytes.Equal(job.Keys[k], v) {
+			t.Fatalf("the upgraded job's %s key changed", k)
+		}
+	}
+	for _, task := range []string{c.src, c.agg} {
+		if rp, ok := c.m.RestorePoint("svc", task); !ok || rp.Checkpoint != 4 || rp.Version != 1 {
+			t.Fatalf("task %s restores from %+v, want checkpoint 4 of version 1", task, rp)
+		}
+	}
+	if len(c.logged("job.upgraded")) != 1 {
+		t.Fatal("the upgrade is not logged")
+	}
+	// The new version checkpoints on; then the provider rolls back.
+	c.must(c.on(c.src), TypeCheckpointAck, ack(c.src, 9, "s9"))
+	res = c.must(c.grid, TypeJobRollback, RollbackRequest{Job: "svc"}).Result.(*UpgradeResult)
+	job = c.m.State().Jobs["svc"]
+	if job.Digest != v1 || res.ToVersion != 1 || res.Savepoint == "" {
+		t.Fatalf("after the rollback: job digest %s, result %+v", short(job.Digest), res)
+	}
+	if rp, _ := c.m.RestorePoint("svc", c.src); rp.Checkpoint != 4 {
+		t.Fatalf("the rollback restores task %s from checkpoint %d, want the upgrade's savepoint (4)", c.src, rp.Checkpoint)
+	}
+	if _, err := c.do(c.grid, TypeJobRollback, RollbackRequest{Job: "svc"}); ruleOf(err) != "rollback.none" {
+		t.Fatalf("a second rollback: %v, want rollback.none", err)
+	}
+}
+
+// TestUpgradeRefusesIncompatibleState: a version whose stateful node changes
+// (here the source's parallelism) cannot take the running state.
+func TestUpgradeRefusesIncompatibleState(t *testing.T) {
+	c := newCkptWorld(t)
+	c.must(c.on(c.src), TypeCheckpointAck, ack(c.src, 4, "s4"))
+	c.must(c.on(c.agg), TypeCheckpointAck, ack(c.agg, 4, "a4"))
+	v3 := submitVersion(c.world, c.grid, 3, func(m *Manifest) {
+		b := jobspec.New("svc").Schema("meter", jobspec.Float("kwh"))
+		b.Source("meter-a", "meter").Filter("kwh > 0").Sink("svc-out")
+		spec, err := b.MustBuild().JSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The same node ids as version 1, but the source runs two
+		// subtasks: its positions do not carry over.
+		var s jobspec.Spec
+		if err := json.Unmarshal(spec, &s); err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.Nodes {
+			if s.Nodes[i].Kind == jobspec.KindSource {
+				s.Nodes[i].Parallelism = 2
+			}
+		}
+		m.Spec, _ = json.Marshal(&s)
+	})
+	c.must(c.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: v3})
+	if _, err := c.do(c.grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"}); ruleOf(err) != "upgrade.state" {
+		t.Fatalf("an upgrade whose state does not carry over: %v, want upgrade.state", err)
+	}
+}
+
+// TestUpgradeApprovedByPolicy: an owner whose policy admits the provider's
+// newer versions needs to approve nothing.
+func TestUpgradeApprovedByPolicy(t *testing.T) {
+	w := newWorld(t, nil)
+	w.owner("alice", "meter-a", edgeOnlyBE+`, {"name": "grid-v2", "stage": "service", "expr": "service.version >= 2"}`)
+	grid := w.provider("grid")
+	nodes := map[party.ID]*party.KeyFile{}
+	for _, name := range []string{"edge-1", "edge-2"} {
+		kf, err := w.node(name, "edge", "be")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[kf.ID()] = kf
+	}
+	d := w.must(grid, TypeServiceSubmit, manifest("svc", "meter-a")).Result.(map[string]any)["digest"].(string)
+	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	v2 := submitVersion(w, grid, 2, nil)
+	// No task has a checkpoint yet: no savepoint can be taken.
+	if _, err := w.do(grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"}); ruleOf(err) != "savepoint.incomplete" {
+		t.Fatalf("upgrade without checkpoints: %v, want savepoint.incomplete", err)
+	}
+	for task, node := range w.m.State().Jobs["svc"].Tasks {
+		w.must(nodes[node], TypeCheckpointAck, ack(task, 2, task))
+	}
+	w.must(grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"})
+	if got := w.m.State().Jobs["svc"].Digest; got != v2 {
+		t.Fatalf("the job runs %s after an upgrade the policy approves, want %s", short(got), short(v2))
+	}
+}
