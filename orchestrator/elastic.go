@@ -332,3 +332,105 @@ func (m *Machine) removeNode(now time.Time, st *party.Statement, out *Output) er
 	out.Result = res
 	return nil
 }
+
+// tierRank is the preference of tier for task t: its index in t.Tiers (0 is
+// the most preferred; 0 too when the task lists no tiers).
+func tierRank(t TaskSlot, tier string) int {
+	if i := slices.Index(t.Tiers, tier); i >= 0 {
+		return i
+	}
+	return 0
+}
+
+// rebalancePreferred moves tasks that run on a less preferred tier than
+// their first choice (because a node left or was overloaded) back to a node
+// of a more preferred tier that every owner's policy accepts, when one has a
+// free slot: the operator offered capacity again. Each job whose tasks moved
+// gets a new exchange epoch.
+func (m *Machine) rebalancePreferred(now time.Time, reason string, out *Output) {
+	moved := map[string]*Job{}
+	for _, jt := range m.jobTasks(func(j *Job, task string) bool { return j.Tasks[task] != "" }) {
+		cur := m.st.Nodes[jt.job.Tasks[jt.task]]
+		if cur == nil || tierRank(jt.slot, cur.Location.Tier) == 0 {
+			continue
+		}
+		rank := tierRank(jt.slot, cur.Location.Tier)
+		svc := m.jobService(jt.job)
+		check := m.placementCheck(svc)
+		var better []Candidate
+		for _, c := range m.candidates(now) {
+			if tierRank(jt.slot, c.Tier) < rank && slices.Contains(jt.slot.Tiers, c.Tier) {
+				better = append(better, c)
+			}
+		}
+		placement, err := Schedule([]TaskSlot{jt.slot}, better, check)
+		if err != nil {
+			continue
+		}
+		mv, err := m.moveTask(now, jt.job, jt.slot, party.ID(placement[jt.slot.ID]), reason, out)
+		if err != nil || mv.To == "" {
+			continue
+		}
+		moved[jt.job.ID] = jt.job
+	}
+	ids := make([]string, 0, len(moved))
+	for id := range moved {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		_ = m.advanceExchange(now, moved[id], reason, out)
+	}
+}
+
+// RelieveResult is the Output.Result of RelieveTask.
+type RelieveResult struct {
+	Move TaskMove `json:"move"`
+}
+
+// RelieveTask moves a task off an overloaded node to a node of the next tier
+// its slot allows (edge → regional, say) that every owner's policy accepts.
+// Like NodeLost it is a trusted input of the orchestrator itself (the API
+// server decides when a task is overloaded, from the workers' signed status
+// reports); it refuses by relieve.no-tier when the task may run on no other
+// tier, and by the refusing rule when no node of a higher tier qualifies.
+// The task comes back to its preferred tier when a node of that tier is
+// admitted (rebalancePreferred).
+func (m *Machine) RelieveTask(now time.Time, jobID, task, reason string) (*Output, error) {
+	out := &Output{Type: EntryTaskMigrated}
+	job, ok := m.st.Jobs[jobID]
+	if !ok {
+		return out, refuse("job.unknown", "job %q is not deployed", jobID)
+	}
+	slot, ok := m.slotOf(job, task)
+	if !ok {
+		return out, refuse("migrate.task", "job %s has no task %q", jobID, task)
+	}
+	cur := m.st.Nodes[job.Tasks[task]]
+	if cur == nil {
+		return out, refuse("migrate.task", "task %s of job %s runs nowhere", task, jobID)
+	}
+	rank := tierRank(slot, cur.Location.Tier)
+	var higher []Candidate
+	for _, c := range m.candidates(now) {
+		if slices.Contains(slot.Tiers, c.Tier) && tierRank(slot, c.Tier) > rank {
+			higher = append(higher, c)
+		}
+	}
+	if len(higher) == 0 {
+		return out, refuse("relieve.no-tier", "task %s may run on tiers %v; no admitted node of a tier after %s", task, slot.Tiers, cur.Location.Tier)
+	}
+	placement, err := Schedule([]TaskSlot{slot}, higher, m.placementCheck(m.jobService(job)))
+	if err != nil {
+		return out, err
+	}
+	mv, err := m.moveTask(now, job, slot, party.ID(placement[slot.ID]), "overloaded: "+reason, out)
+	if err != nil {
+		return out, err
+	}
+	if err := m.advanceExchange(now, job, "task "+task+" relieved", out); err != nil {
+		return out, err
+	}
+	out.Result = &RelieveResult{Move: mv}
+	return out, nil
+}

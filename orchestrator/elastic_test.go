@@ -143,3 +143,69 @@ func TestDrainAndRemove(t *testing.T) {
 		t.Fatalf("the source task was not left unplaced with a rule: %+v", out.Result)
 	}
 }
+
+// TestTasksMoveUpATierAndBack: a task that may run at the edge or, failing
+// that, in the regional cloud moves up when its edge node is overloaded or
+// lost, and comes back to the edge when an edge node is admitted again; a
+// task that may run only at the edge cannot be relieved.
+func TestTasksMoveUpATierAndBack(t *testing.T) {
+	w := newWorld(t, nil)
+	w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	edge1, err := w.node("edge-1", "edge", "be")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.node("reg-1", "regional", "be"); err != nil {
+		t.Fatal(err)
+	}
+	man := manifest("svc", "meter-a")
+	man.Tasks[0].Tiers = []string{"edge", "regional"}
+	src := man.Tasks[0].ID
+	d := w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	tier := func() string {
+		return w.m.State().Nodes[w.m.State().Jobs["svc"].Tasks[src]].Location.Tier
+	}
+	if tier() != "edge" {
+		t.Fatalf("the source runs on tier %s, want its first choice, edge", tier())
+	}
+	out, err := w.m.RelieveTask(w.now, "svc", src, "backpressure 0.97 for 30 s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.collect(out)
+	if tier() != "regional" {
+		t.Fatalf("a relieved task runs on tier %s, want regional", tier())
+	}
+	if len(w.logged(EntryTaskMigrated)) != 1 || len(w.logged(EntryExchangeEpoch)) != 1 {
+		t.Fatal("the move up is not logged with a new exchange epoch")
+	}
+	// Capacity returns at the edge: the task comes back.
+	if _, err := w.node("edge-2", "edge", "be"); err != nil {
+		t.Fatal(err)
+	}
+	if tier() != "edge" {
+		t.Fatalf("after an edge node was admitted the task runs on tier %s, want edge", tier())
+	}
+	// The edge node it runs on is lost: it moves up again, by itself.
+	out, err = w.m.NodeLost(w.now, w.m.State().Jobs["svc"].Tasks[src], "silent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.collect(out)
+	if got := tier(); got != "edge" && got != "regional" {
+		t.Fatalf("after its node was lost the task runs on %q", got)
+	}
+	// The aggregation task lists no tiers; a source pinned to the edge only
+	// cannot be relieved.
+	man2 := manifest("edgeonly", "meter-a")
+	d2 := w.must(grid, TypeServiceSubmit, man2).Result.(map[string]any)["digest"].(string)
+	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d2})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "edgeonly"})
+	if _, err := w.m.RelieveTask(w.now, "edgeonly", man2.Tasks[0].ID, "overloaded"); ruleOf(err) != "relieve.no-tier" {
+		t.Fatalf("relieving an edge-only task: %v, want relieve.no-tier", err)
+	}
+	_ = edge1
+}

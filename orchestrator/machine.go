@@ -759,6 +759,10 @@ func (m *Machine) checkAdmission(now time.Time, b *Admit, out *Output) error {
 		}
 	}
 	m.placeUnplaced(now, "node "+id.Short()+" admitted", out)
+	if !readmitted {
+		// New capacity: tasks pushed to a less preferred tier come back.
+		m.rebalancePreferred(now, "node "+id.Short()+" of a preferred tier admitted", out)
+	}
 	return nil
 }
 
