@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/state"
 	"github.com/sealflow/sealflow/exchange"
@@ -479,5 +480,55 @@ func TestCheckpointCommitCutShort(t *testing.T) {
 	}
 	if got, want := rows(out.records()), expectWindowed(n); !slices.Equal(got, want) {
 		t.Fatalf("output differs: %d rows, want %d", len(got), len(want))
+	}
+}
+
+// TestCheckpointRescalesKeyedOperator restores a failed run with its window
+// operator at another parallelism (2 → 3 → 1; sources and sinks keep
+// theirs): each subtask takes the key groups it now owns from every old
+// subtask's snapshot, and the output is exact.
+func TestCheckpointRescalesKeyedOperator(t *testing.T) {
+	const n = 30000
+	var (
+		out   txLog
+		store persisted
+		ids   atomic.Uint64
+	)
+	withAgg := func(p int) *jobspec.Spec {
+		s := windowedSpec(2)
+		for i := range s.Nodes {
+			if s.Nodes[i].ID == "agg" {
+				s.Nodes[i].Parallelism = p
+			}
+		}
+		return s
+	}
+	for attempt, p := range []int{2, 3, 1} {
+		var completed atomic.Int32
+		var failed atomic.Bool
+		fail := func() error {
+			if attempt < 2 && completed.Load() >= 2 && failed.CompareAndSwap(false, true) {
+				return errors.New("injected failure")
+			}
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		_, err := Run(ctx, withAgg(p), Options{
+			Sources:     map[string]Source{"events": rewindable(n, fail, 200*time.Microsecond)},
+			CommitSinks: map[string]CommitSink{"results": out.commit},
+			BatchSize:   64,
+			Checkpoint: &Checkpointing{Trigger: trigger(ctx, &ids, 3*time.Millisecond), Persist: store.persist, Restore: store.get(),
+				OnComplete: func(uint64, int, time.Duration) { completed.Add(1) }},
+		})
+		cancel()
+		switch {
+		case attempt < 2 && (err == nil || !strings.Contains(err.Error(), "injected failure")):
+			t.Fatalf("attempt %d at parallelism %d: %v, want the injected failure", attempt, p, err)
+		case attempt == 2 && err != nil:
+			t.Fatalf("last attempt at parallelism %d: %v", p, err)
+		}
+	}
+	if got, want := rows(out.records()), expectWindowed(n); !slices.Equal(got, want) {
+		t.Fatalf("output across rescales differs: %d rows, want %d", len(got), len(want))
 	}
 }

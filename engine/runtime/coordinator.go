@@ -299,11 +299,19 @@ func snapshotterOf(op operator.Operator) operator.Snapshotter {
 func (st *subtask) restore(snap *Snapshot) error {
 	head := st.t.nodes[0].Node
 	part := snap.part(head.ID, st.idx)
-	if part == nil {
-		return fmt.Errorf("checkpoint %d has no state for task %q subtask %d", snap.ID, head.ID, st.idx)
+	if part != nil && part.Parallelism != st.t.parallelism {
+		part = nil
 	}
-	if part.Parallelism != st.t.parallelism {
-		return fmt.Errorf("checkpoint %d was taken with task %q at parallelism %d, not %d (rescaling from a checkpoint is not supported yet)", snap.ID, head.ID, part.Parallelism, st.t.parallelism)
+	if part == nil {
+		// The task's parallelism or chaining changed since the checkpoint
+		// (a rescaled operator): keyed state is restored by key group from
+		// every old subtask's snapshot; what is tied to one subtask (a
+		// source's position, a sink's pending output) must be found at the
+		// same subtask and parallelism.
+		if head.Kind == jobspec.KindSource {
+			return fmt.Errorf("checkpoint %d has no state for source %q subtask %d of %d (a source keeps its parallelism across a restore)", snap.ID, head.ID, st.idx, st.t.parallelism)
+		}
+		part = &SubtaskSnapshot{Node: head.ID, Subtask: st.idx, Parallelism: st.t.parallelism, Done: snap.Finished}
 	}
 	st.done = part.Done || snap.Finished
 	st.srcPos = part.Source
@@ -311,11 +319,11 @@ func (st *subtask) restore(snap *Snapshot) error {
 	for i, op := range st.ops {
 		node := st.t.nodes[i].Node.ID
 		if tx, ok := op.(*txSinkOp); ok {
-			for _, sp := range part.Sinks {
-				if sp.Node == node {
-					tx.pending = append(tx.pending, sp.Epochs...)
-				}
+			sp, err := sinkPending(snap, node, st.idx, st.t.parallelism)
+			if err != nil {
+				return err
 			}
+			tx.pending = append(tx.pending, sp...)
 			continue
 		}
 		s := snapshotterOf(op)
@@ -332,6 +340,27 @@ func (st *subtask) restore(snap *Snapshot) error {
 		}
 	}
 	return nil
+}
+
+// sinkPending returns the pending output of sink node's subtask idx of
+// parallelism p in snap, from whichever task it ran in. A sink that ran at
+// another parallelism cannot take it (its output partitions changed).
+func sinkPending(snap *Snapshot, node string, idx, p int) ([]Epoch, error) {
+	var out []Epoch
+	for _, part := range snap.Parts {
+		for _, sp := range part.Sinks {
+			if sp.Node != node {
+				continue
+			}
+			if part.Parallelism != p {
+				return nil, fmt.Errorf("checkpoint %d: sink %q ran at parallelism %d, not %d (a sink keeps its parallelism across a restore: it is its output's partition count)", snap.ID, node, part.Parallelism, p)
+			}
+			if part.Subtask == idx {
+				out = append(out, sp.Epochs...)
+			}
+		}
+	}
+	return out, nil
 }
 
 // snapAllOps returns every operator snapshot of node in snap, over all
