@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/seal"
 )
 
@@ -57,9 +59,8 @@ type Metrics struct {
 	recordsIn, recordsOut, tasks *prometheus.Desc
 
 	opIn, opOut, wmLag, backpressure, exchangeBytes *prometheus.Desc
-	// bpMu guards bp: each task's backpressure window.
-	bpMu sync.Mutex
-	bp   map[string]*bpWindow
+	// bp measures each task's backpressure between scrapes.
+	bp bpTracker
 
 	checkpoints     *prometheus.CounterVec
 	checkpointTime  prometheus.Histogram
@@ -93,7 +94,6 @@ func NewMetrics(node string) *Metrics {
 			"Share of wall time the most backpressured stage of a running task spent blocked sending to the next stage, over the last second or more.", []string{"sealflow_job", "task"}, labels),
 		exchangeBytes: prometheus.NewDesc("sealflow_worker_exchange_bytes_total",
 			"Bytes of sealed frames a task sent between its stages.", []string{"sealflow_job", "task"}, labels),
-		bp: map[string]*bpWindow{},
 	}
 	m.checkpoints = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sealflow_worker_checkpoints_total", ConstLabels: labels,
@@ -186,7 +186,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			m.collectLive(ch, t, now)
 		}
 	}
-	m.forgetGone(w)
+	m.bp.forgetGone(w)
 	for s, n := range states {
 		ch <- prometheus.MustNewConstMetric(m.tasks, prometheus.GaugeValue, float64(n), s)
 	}
@@ -201,6 +201,17 @@ type bpWindow struct {
 	probe *runtime.Probe // the run measured; a restarted task has a new one
 	last  runtime.Live
 	ratio float64
+	// chains holds the ratio of each engine chain (Live.Tasks index).
+	chains []float64
+}
+
+// bpTracker measures tasks' backpressure over windows of at least
+// backpressureWindow. The zero value is ready to use; it is safe for
+// concurrent use. The Prometheus scrapes and the status reports each have
+// their own, so neither shortens the other's window.
+type bpTracker struct {
+	mu sync.Mutex
+	m  map[string]*bpWindow // by task id
 }
 
 // collectLive sends the series read from the probe of t's run, if it has
@@ -225,32 +236,64 @@ func (m *Metrics) collectLive(ch chan<- prometheus.Metric, t *Task, now time.Tim
 	}
 	ch <- prometheus.MustNewConstMetric(m.exchangeBytes, prometheus.CounterValue, float64(bytes), t.Job, t.ID)
 	if running {
-		ch <- prometheus.MustNewConstMetric(m.backpressure, prometheus.GaugeValue, m.backpressureOf(t.ID, p, l), t.Job, t.ID)
+		ratio, _ := m.bp.measure(t.ID, p, l)
+		ch <- prometheus.MustNewConstMetric(m.backpressure, prometheus.GaugeValue, ratio, t.Job, t.ID)
 	}
 }
 
-// backpressureOf returns task's backpressure ratio: over the time since the
-// last measurement if that is at least backpressureWindow ago, else the
-// last ratio; the first measurement of a run covers the run so far.
-func (m *Metrics) backpressureOf(task string, p *runtime.Probe, l runtime.Live) float64 {
-	m.bpMu.Lock()
-	defer m.bpMu.Unlock()
-	w := m.bp[task]
+// measure returns task's backpressure ratio and that of each of its engine
+// chains: over the time since the last measurement if that is at least
+// backpressureWindow ago, else the last ratios; the first measurement of a
+// run covers the run so far.
+func (b *bpTracker) measure(task string, p *runtime.Probe, l runtime.Live) (float64, []float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[string]*bpWindow{}
+	}
+	w := b.m[task]
 	switch {
 	case w == nil || w.probe != p:
-		w = &bpWindow{probe: p, last: l, ratio: l.Backpressure(runtime.Live{})}
-		m.bp[task] = w
+		w = &bpWindow{probe: p, last: l, ratio: l.Backpressure(runtime.Live{}), chains: chainBackpressure(l, runtime.Live{})}
+		b.m[task] = w
 	case l.At.Sub(w.last.At) >= backpressureWindow:
-		w.ratio, w.last = l.Backpressure(w.last), l
+		w.ratio, w.chains, w.last = l.Backpressure(w.last), chainBackpressure(l, w.last), l
 	}
-	return w.ratio
+	return w.ratio, w.chains
+}
+
+// chainBackpressure returns, for each engine chain of l (Live.Tasks), the
+// share of wall time since the snapshot since (the run's start if zero) its
+// subtasks spent blocked in exchange sends, in [0, 1]: what
+// runtime.Live.Backpressure takes the worst of.
+func chainBackpressure(l, since runtime.Live) []float64 {
+	from := l.Started
+	if !since.At.IsZero() {
+		from = since.At
+	}
+	wall := l.At.Sub(from)
+	out := make([]float64, len(l.Tasks))
+	if wall <= 0 {
+		return out
+	}
+	for i, t := range l.Tasks {
+		if !t.Producing || t.Subtasks == 0 {
+			continue
+		}
+		blocked := t.Blocked
+		if i < len(since.Tasks) {
+			blocked -= since.Tasks[i].Blocked
+		}
+		out[i] = min(max(float64(blocked)/float64(wall)/float64(t.Subtasks), 0), 1)
+	}
+	return out
 }
 
 // forgetGone drops the backpressure windows of tasks w no longer has.
-func (m *Metrics) forgetGone(w *Worker) {
-	m.bpMu.Lock()
-	defer m.bpMu.Unlock()
-	if len(m.bp) == 0 {
+func (b *bpTracker) forgetGone(w *Worker) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.m) == 0 {
 		return
 	}
 	have := map[string]bool{}
@@ -259,11 +302,43 @@ func (m *Metrics) forgetGone(w *Worker) {
 			have[t.ID] = true
 		}
 	}
-	for id := range m.bp {
+	for id := range b.m {
 		if !have[id] {
-			delete(m.bp, id)
+			delete(b.m, id)
 		}
 	}
+}
+
+// liveReport reads the probe of t's current run for a status report: the
+// task's backpressure ratio (running tasks only) and each JobSpec node's
+// counters and watermark. It returns nothing before the run started.
+func liveReport(t *Task, bp *bpTracker) (float64, []api.OperatorReport) {
+	p := t.probe.Load()
+	if p == nil {
+		return 0, nil
+	}
+	l := p.Read()
+	ratio, chains := bp.measure(t.ID, p, l)
+	if stateName(t.State()) != StateRunning {
+		ratio, chains = 0, nil
+	}
+	ops := make([]api.OperatorReport, 0, len(l.Nodes))
+	for _, n := range l.Nodes {
+		o := api.OperatorReport{ID: n.ID, RecordsIn: n.RecordsIn, RecordsOut: n.RecordsOut}
+		switch {
+		case !n.HasWatermark:
+		case n.Watermark == operator.FinalWatermark:
+			o.Ended = true
+		default:
+			wm := n.Watermark
+			o.Watermark = &wm
+		}
+		if n.Task < len(chains) {
+			o.Backpressure = chains[n.Task]
+		}
+		ops = append(ops, o)
+	}
+	return ratio, ops
 }
 
 // stateName maps Task.State to one of the exported states; a task not yet

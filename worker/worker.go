@@ -77,6 +77,8 @@ type Worker struct {
 	tasks     map[string]*Task         // task id → task
 	wg        sync.WaitGroup
 	metrics   *Metrics
+	// statusBP measures backpressure between status reports (metrics.go).
+	statusBP bpTracker
 
 	// udfMu guards udfs, the worker's UDF runtime (modules.go).
 	udfMu sync.Mutex
@@ -167,14 +169,19 @@ func (w *Worker) statusInterval() time.Duration {
 	return 2 * time.Second
 }
 
-// publishStatus publishes a signed report of this worker's tasks; the
-// orchestrator serves their progress and rates (sealflow service status).
+// publishStatus publishes a signed report of this worker's tasks, with each
+// task's per-operator counters, watermarks and backpressure read from its
+// run's probe; the orchestrator serves their progress and rates (sealflow
+// service status, the console).
 func (w *Worker) publishStatus() {
 	var rep api.StatusReport
 	for _, t := range w.Tasks() {
 		in, out := t.Records()
-		rep.Tasks = append(rep.Tasks, api.TaskReport{Job: t.Job, Task: t.ID, State: t.State(), RecordsIn: in, RecordsOut: out})
+		tr := api.TaskReport{Job: t.Job, Task: t.ID, State: t.State(), RecordsIn: in, RecordsOut: out}
+		tr.Backpressure, tr.Operators = liveReport(t, &w.statusBP)
+		rep.Tasks = append(rep.Tasks, tr)
 	}
+	w.statusBP.forgetGone(w)
 	if len(rep.Tasks) == 0 {
 		return
 	}

@@ -372,9 +372,13 @@ func runServiceStatus(ctx context.Context, args []string) error {
 	}{j, status}
 	return pf.emit(out, func(w io.Writer) {
 		fmt.Fprintf(w, "job %s: service %s (digest %s), key epoch %d, %d tasks\n", j.ID, j.Service, j.Digest, j.Epoch, len(j.Tasks))
-		fmt.Fprintf(w, "  %-28s %-22s %-10s %12s %12s %10s %10s\n", "task", "node", "state", "records in", "records out", "in/s", "out/s")
+		fmt.Fprintf(w, "  %-28s %-22s %-10s %12s %12s %10s %10s %10s %6s\n", "task", "node", "state", "records in", "records out", "in/s", "out/s", "wm lag", "bp")
 		for _, t := range status {
-			fmt.Fprintf(w, "  %-28s %-22s %-10s %12d %12d %10.0f %10.0f\n", t.Task, names[t.Node], t.State, t.RecordsIn, t.RecordsOut, t.InPerSecond, t.OutPerSecond)
+			lag := "-"
+			if l, ok := t.WatermarkLag(); ok {
+				lag = fmt.Sprintf("%.1fs", l)
+			}
+			fmt.Fprintf(w, "  %-28s %-22s %-10s %12d %12d %10.0f %10.0f %10s %5.0f%%\n", t.Task, names[t.Node], t.State, t.RecordsIn, t.RecordsOut, t.InPerSecond, t.OutPerSecond, lag, 100*t.Backpressure)
 		}
 	})
 }
