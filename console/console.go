@@ -6,7 +6,9 @@
 //   - the topology: sites and nodes by tier, with TEE type, measurement,
 //     admission time and the tasks placed on each node;
 //   - the jobs: each job's graph of tasks (reads, stages, writes) and the
-//     nodes they run on;
+//     nodes they run on, and per task its operators (JobSpec nodes, edges
+//     from their inputs) with rates, watermark lag and backpressure from
+//     the nodes' signed status reports, and its latest checkpoint's age;
 //   - the transparency log: entries and the signed tree head;
 //   - an owner's view: given only the owner's public identity id, every node
 //     and recipient that received a key to the owner's streams (or to a job

@@ -17,6 +17,7 @@ import (
 	"github.com/sealflow/sealflow/attest/sim"
 	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/console"
+	orchapi "github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
 )
 
@@ -73,8 +74,10 @@ func headless(ctx context.Context, t *testing.T, chrome, url string, budget time
 
 // TestConsoleInBrowser opens the web console in headless Chromium against
 // `sealflow up` with a deployed two-stage job and checks what a person would
-// see: every admitted node in its tier, the job's tasks on their nodes, the
-// log with proofs verified by the page, and the owner view highlighting
+// see: every admitted node in its tier, the job's tasks on their nodes, each
+// task's operator graph and rows with records, rates, watermark lag and
+// backpressure, each task's latest checkpoint and its age, the log with
+// proofs verified by the page, and the owner view highlighting
 // exactly the nodes the orchestrator's owner view names (computed from the
 // log), with every inclusion proof verified in the browser. It saves a
 // screenshot in the test's temp dir and, when SEALFLOW_SCREENSHOT_DIR is set,
@@ -144,27 +147,32 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("owner-a's view names %d nodes, want 2 (the edge and the regional node of balance): %+v", len(want.Nodes), want.NodeIDs())
 	}
 
-	// Wait until every task's node has reported its progress, so the page
-	// has states to show.
+	// Wait until every task's node has reported its progress with its
+	// operators (two reports, so rates), the edge source has read all 20
+	// records, and every task has an accepted checkpoint, so the page has
+	// states, rates and checkpoint ages to show.
 	for {
-		var st []struct {
-			Task  string `json:"task"`
-			State string `json:"state"`
-		}
+		var st []orchapi.TaskStatus
 		if err := api.Get(ctx, "/v1/status?job=balance", &st); err != nil {
 			t.Fatal(err)
 		}
-		if len(st) == 3 && !slices.ContainsFunc(st, func(x struct {
-			Task  string `json:"task"`
-			State string `json:"state"`
-		}) bool {
-			return x.State == ""
-		}) {
+		var cv orchapi.CheckpointView
+		if err := api.Get(ctx, "/v1/checkpoints?job=balance", &cv); err != nil {
+			t.Fatal(err)
+		}
+		reported := len(st) == 3 && !slices.ContainsFunc(st, func(x orchapi.TaskStatus) bool {
+			return x.State == "" || len(x.Operators) == 0 || x.Updated.IsZero()
+		})
+		edgeRead := slices.ContainsFunc(st, func(x orchapi.TaskStatus) bool {
+			return x.Task == "balance/edge-a" && slices.ContainsFunc(x.Operators, func(o orchapi.OperatorStatus) bool { return o.ID == "src" && o.RecordsOut == 20 })
+		})
+		checkpointed := len(cv.Tasks) == 3 && !slices.ContainsFunc(cv.Tasks, func(x orchapi.TaskCheckpoint) bool { return x.Checkpoint == 0 })
+		if reported && edgeRead && checkpointed {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the nodes did not report the tasks' status: %+v", st)
+			t.Fatalf("the nodes did not report the tasks' operators and checkpoints: status %+v, checkpoints %+v", st, cv)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -183,6 +191,17 @@ func TestConsoleInBrowser(t *testing.T) {
 		{"the job graph's regional task", `data-vertex="balance/regional"`},
 		{"the edge task's reported state", `data-vertex="balance/edge-a" data-task-state="(running|finished)"`},
 		{"the edge task's records read", `in 20 · out`},
+		{"the edge source's operator row: 20 records out and a rate", `<tr[^>]*data-operator="balance/edge-a:src"><td[^>]*>src</td><td>source</td><td class="num">20</td><td class="num rate">\d+(\.\d)?/s</td><td class="num">20</td><td class="num rate">\d+(\.\d)?/s</td>`},
+		// The edge tasks read all of their input and end; a task still
+		// reading shows how far its watermark trails.
+		{"the edge window's operator row with its watermark", `data-operator="balance/edge-a:win">(<td[^>]*>[^<]*</td>){6}<td class="num lag">(input ended|−?[\d.]+ (ms|s)|\d+m \d+s|\d+h \d+m)</td>`},
+		{"the regional sink's operator row", `data-operator="balance/regional:out">`},
+		{"the operator graph's union", `data-op="balance/regional:all"`},
+		{"edges from the nodes' inputs in the operator graph", `class="graph ops"[^>]*>[\s\S]*?<path class="edge"[^>]*marker-end="url\(#op-arrow\)"`},
+		{"the edge task's backpressure", `data-stage="balance/edge-a"[\s\S]*?backpressure \d+%`},
+		{"the edge task's checkpoint and its age", `data-stage="balance/edge-a"[\s\S]*?data-checkpoint="[1-9]\d*" data-checkpoint-age="\d+\.\d">checkpoint #[1-9]\d* · [\d.]+ (ms|s) ago<`},
+		{"the regional task's checkpoint", `data-stage="balance/regional"[\s\S]*?data-checkpoint="[1-9]\d*"`},
+		{"the job's checkpoint status", `data-job-checkpoint="balance">(last complete checkpoint #\d+|no complete checkpoint yet)`},
 		{"the log's key releases", `key\.released`},
 		{"every shown log entry proven", `✓ proof`},
 		{"the tree head signature verified", `Ed25519 verified in this browser`},

@@ -209,6 +209,7 @@ function buildOwnerView(streams, entries) {
 
 const S = {
   attest: null, nodes: [], jobs: [], services: [], parties: [], streams: [], status: new Map(),
+  checkpoints: new Map(), // job id → GET /v1/checkpoints?job= view
   owner: null, // {id, warning, view, total, proven, agree, sig, heads} or {id, error}
   headStatus: null,
 };
@@ -408,6 +409,150 @@ function jobGraph(job, svc) {
   return svg;
 }
 
+// ---------- operators, watermarks, backpressure, checkpoints ----------
+
+// BP_HIGH is the backpressure ratio above which an operator or task is
+// coloured as backpressured.
+const BP_HIGH = 0.5;
+
+// seconds formats a duration in seconds ("850 ms", "3.2 s", "4m 05s").
+function seconds(x) {
+  if (x == null || isNaN(x)) return "—";
+  const a = Math.abs(x), sign = x < 0 ? "−" : "";
+  if (a < 1) return `${sign}${Math.round(a * 1000)} ms`;
+  if (a < 60) return `${sign}${a.toFixed(1)} s`;
+  if (a < 3600) return `${sign}${Math.floor(a / 60)}m ${String(Math.floor(a % 60)).padStart(2, "0")}s`;
+  return `${sign}${Math.floor(a / 3600)}h ${String(Math.floor((a % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+function percent(x) { return `${Math.round((x || 0) * 100)}%`; }
+
+// lagText is an operator's watermark lag as of its node's report.
+function lagText(o) {
+  if (!o) return "—";
+  if (o.ended) return "input ended";
+  if (o.watermark_lag_seconds == null) return "no watermark";
+  return seconds(o.watermark_lag_seconds);
+}
+
+// taskCheckpoint returns the checkpoint view of a job's task, if any.
+function taskCheckpoint(job, task) {
+  const v = S.checkpoints.get(job);
+  return v && v.tasks ? v.tasks.find((t) => t.task === task) : null;
+}
+
+function checkpointText(tc) {
+  if (!tc) return "checkpoints unknown";
+  if (!tc.checkpoint) return "no checkpoint yet";
+  return `checkpoint #${tc.checkpoint} · ${seconds(tc.age_seconds || 0)} ago`;
+}
+
+function jobCheckpointText(job) {
+  const v = S.checkpoints.get(job);
+  if (!v) return null;
+  const parts = [v.complete ? `last complete checkpoint #${v.complete.id} · ${seconds(v.complete.age_seconds)} ago` : "no complete checkpoint yet"];
+  if (v.pending && v.pending.length) {
+    const p = v.pending[v.pending.length - 1];
+    parts.push(`#${p.id} in progress (${p.acknowledged}/${p.tasks} tasks)`);
+  }
+  return parts.join(" · ");
+}
+
+// operatorGraph draws a task's JobSpec nodes in their spec order, layered
+// by their inputs, with each operator's rates, watermark lag and
+// backpressure from the latest report (ops, by node id).
+function operatorGraph(task, spec, ops) {
+  const nodes = spec.nodes || [];
+  const byID = new Map(nodes.map((n, i) => [n.id, { n, i, layer: 0 }]));
+  for (let k = 0; k < nodes.length; k++) {
+    let changed = false;
+    for (const x of byID.values()) {
+      for (const inp of x.n.inputs || []) {
+        const from = byID.get(inp);
+        if (from && x.layer < from.layer + 1) { x.layer = from.layer + 1; changed = true; }
+      }
+    }
+    if (!changed) break;
+  }
+  const layers = [];
+  for (const x of byID.values()) (layers[x.layer] = layers[x.layer] || []).push(x);
+  layers.forEach((l) => l && l.sort((a, b) => a.i - b.i));
+  const W = 168, H = 58, GX = 34, GY = 10;
+  const rows = Math.max(...layers.map((l) => (l ? l.length : 0)), 1);
+  const width = Math.max(layers.length * (W + GX) - GX + 12, 60), height = rows * (H + GY) - GY + 12;
+  layers.forEach((l, li) => l && l.forEach((x, ri) => {
+    x.x = 6 + li * (W + GX);
+    x.y = 6 + ri * (H + GY) + ((rows - l.length) * (H + GY)) / 2;
+  }));
+  const edges = [];
+  for (const x of byID.values()) for (const inp of x.n.inputs || []) if (byID.has(inp)) edges.push([byID.get(inp), x]);
+  return h("svg:svg", { class: "graph ops", width, height, viewBox: `0 0 ${width} ${height}` },
+    h("svg:defs", {}, h("svg:marker", { id: "op-arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" },
+      h("svg:path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow" }))),
+    edges.map(([A, B]) => {
+      const x1 = A.x + W, y1 = A.y + H / 2, x2 = B.x, y2 = B.y + H / 2, mx = (x1 + x2) / 2;
+      return h("svg:path", { class: "edge", d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2 - 2} ${y2}`, "marker-end": "url(#op-arrow)" });
+    }),
+    [...byID.values()].map((x) => {
+      const o = ops.get(x.n.id);
+      const bp = o ? o.backpressure || 0 : 0;
+      const io = x.n.kind === "source" ? `out ${rate(o ? o.records_out_per_second || 0 : 0)}/s`
+        : x.n.kind === "sink" ? `in ${rate(o ? o.records_in_per_second || 0 : 0)}/s`
+          : `in ${rate(o ? o.records_in_per_second || 0 : 0)}/s · out ${rate(o ? o.records_out_per_second || 0 : 0)}/s`;
+      return h("svg:g", { class: `op${bp > BP_HIGH ? " bp-high" : ""}${o ? "" : " unreported"}`, "data-op": `${task}:${x.n.id}`, transform: `translate(${x.x},${x.y})` },
+        h("svg:title", {}, `${x.n.id} (${x.n.kind}): ${o ? `in ${o.records_in}, out ${o.records_out}, watermark lag ${lagText(o)}, backpressure ${percent(bp)}` : "no report yet"}`),
+        h("svg:rect", { width: W, height: H, rx: 6 }),
+        h("svg:text", { x: 9, y: 16, class: "label" }, x.n.id.length > 14 ? x.n.id.slice(0, 13) + "…" : x.n.id,
+          h("svg:tspan", { class: "kind", dx: 6 }, x.n.kind)),
+        h("svg:text", { x: 9, y: 33, class: "sub rates" }, o ? io : "no report yet"),
+        h("svg:text", { x: 9, y: 49, class: "sub" }, o ? `wm ${lagText(o)} · bp ${percent(bp)}` : ""));
+    }));
+}
+
+// operatorTable lists a task's operators in JobSpec order: counts, rates,
+// watermark lag and the backpressure of the chain that runs each.
+function operatorTable(task, spec, ops) {
+  const th = (...cols) => h("tr", {}, cols.map((c) => h("th", {}, c)));
+  return h("table", { class: "ops" },
+    h("thead", {}, th("operator", "kind", "records in", "in/s", "records out", "out/s", "watermark lag", "backpressure")),
+    h("tbody", {}, (spec.nodes || []).map((n) => {
+      const o = ops.get(n.id);
+      const bp = o ? o.backpressure || 0 : 0;
+      return h("tr", { class: bp > BP_HIGH ? "bp-high" : null, "data-operator": `${task}:${n.id}` },
+        h("td", { class: "mono" }, n.id), h("td", {}, n.kind),
+        h("td", { class: "num" }, o ? o.records_in : "—"),
+        h("td", { class: "num rate" }, o ? `${rate(o.records_in_per_second || 0)}/s` : "—"),
+        h("td", { class: "num" }, o ? o.records_out : "—"),
+        h("td", { class: "num rate" }, o ? `${rate(o.records_out_per_second || 0)}/s` : "—"),
+        h("td", { class: "num lag" }, lagText(o)),
+        h("td", { class: "num bp" }, o ? percent(bp) : "—"));
+    })));
+}
+
+// stagesView shows each task of a job (manifest order) with its node, state,
+// backpressure, latest checkpoint and its operator graph and table.
+function stagesView(job, svc) {
+  const slots = svc ? svc.manifest.tasks : Object.keys(job.tasks || {}).sort().map((id) => ({ id }));
+  return h("div", { class: "stages" }, slots.map((slot) => {
+    const spec = svc ? stageSpec(svc, slot) : { nodes: [] };
+    const st = S.status.get(slot.id);
+    const ops = new Map(((st && st.operators) || []).map((o) => [o.id, o]));
+    const state = stateOf(slot.id);
+    const bp = st ? st.backpressure || 0 : 0;
+    const tc = taskCheckpoint(job.id, slot.id);
+    return h("div", { class: "stage" + (bp > BP_HIGH ? " bp-high" : ""), "data-stage": slot.id },
+      h("div", { class: "stage-head" },
+        h("span", { class: "stage-name mono" }, slot.id),
+        h("span", { class: `state state-${state}` }, state),
+        h("span", { class: "small" }, `on ${nodeName(job.tasks[slot.id])}`),
+        h("span", { class: "badge bp" + (bp > BP_HIGH ? " warn" : ""), title: "share of time the task's most backpressured chain spent blocked sending downstream, over the last report interval" }, `backpressure ${percent(bp)}`),
+        h("span", { class: "badge ckpt" + (tc && tc.checkpoint ? " ok" : ""), "data-checkpoint": tc ? tc.checkpoint || 0 : null, "data-checkpoint-age": tc && tc.checkpoint ? (tc.age_seconds || 0).toFixed(1) : null }, checkpointText(tc))),
+      h("div", { class: "stage-body" },
+        h("div", { class: "graph-wrap" }, operatorGraph(slot.id, spec, ops)),
+        operatorTable(slot.id, spec, ops)));
+  }));
+}
+
 function summarizeStates(tasks) {
   const n = {};
   for (const t of tasks) n[stateOf(t)] = (n[stateOf(t)] || 0) + 1;
@@ -416,7 +561,9 @@ function summarizeStates(tasks) {
 
 function renderJobs() {
   const list = S.jobs.map((j) => {
-    const svc = S.services.find((s) => s.manifest.id === j.service);
+    // The version the job runs (earlier versions stay listed while jobs run them).
+    const svc = S.services.find((s) => s.digest === j.digest) || S.services.find((s) => s.manifest.id === j.service);
+    const ckpt = jobCheckpointText(j.id);
     const hot = S.owner && S.owner.view && S.owner.view.nodes.some((n) => n.jobs.includes(j.id));
     return h("div", { class: "job" + (hot ? " hot" : ""), "data-job": j.id },
       h("div", { class: "job-head" },
@@ -426,7 +573,9 @@ function renderJobs() {
         h("span", { class: "mono small" }, `service ${j.service} · digest ${short(j.digest, 16)} · key epoch ${j.epoch}`),
         svc && svc.manifest.recipients ? h("span", { class: "small" }, "recipients: " + svc.manifest.recipients.map(partyName).join(", ")) : null),
       h("div", { class: "graph-wrap" }, jobGraph(j, svc)),
-      h("div", { class: "hint" }, "Task states and rates come from the nodes' signed status reports (GET /v1/status); watermarks, backpressure and per-operator counters are on each worker's /metrics (deploy/grafana/sealflow.json)."));
+      ckpt ? h("div", { class: "job-ckpt small", "data-job-checkpoint": j.id }, ckpt) : null,
+      stagesView(j, svc),
+      h("div", { class: "hint" }, `Task states, per-operator rates, watermark lag (event time behind the report's time) and backpressure (red above ${percent(BP_HIGH)}) come from the nodes' signed status reports (GET /v1/status); checkpoints from the orchestrator's accepted acknowledgements (GET /v1/checkpoints).`));
   });
   document.getElementById("job-list").replaceChildren(...(list.length ? list : [h("div", { class: "empty" }, "no jobs deployed")]));
   document.getElementById("jobs-summary").textContent = `${S.jobs.length} job${S.jobs.length === 1 ? "" : "s"} · ${S.services.length} service${S.services.length === 1 ? "" : "s"} submitted`;
@@ -677,6 +826,8 @@ async function refresh() {
     // Task progress: the latest signed status report of each task's node.
     const reports = await Promise.all(S.jobs.map((j) => getJSON(`/v1/status?job=${encodeURIComponent(j.id)}`).catch(() => [])));
     S.status = new Map(reports.flat().filter(Boolean).map((t) => [t.task, t]));
+    const ckpts = await Promise.all(S.jobs.map((j) => getJSON(`/v1/checkpoints?job=${encodeURIComponent(j.id)}`).catch(() => null)));
+    S.checkpoints = new Map(ckpts.filter(Boolean).map((v) => [v.job, v]));
     S.parties = await Promise.all((parties || []).map(async (p) => ({ ...p, id: hex(await sha256(b64(p.signing_key))) })));
     await loadOwner();
     renderOwnerPicker();
