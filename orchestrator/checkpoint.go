@@ -50,6 +50,8 @@ type CheckpointAck struct {
 	// an ack from a run of an earlier deployment of the same job id (stopped,
 	// then deployed again) is refused, so it never commits.
 	Deployed time.Time `json:"deployed,omitzero"`
+	// Generation is the task's run generation (see Job.Generations).
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // CheckpointSnapshot is one task's acknowledged snapshot.
@@ -181,6 +183,9 @@ func (m *Machine) checkpointAck(now time.Time, st *party.Statement, issuer *part
 	job, ok := m.st.Jobs[b.Job]
 	if !ok {
 		return refuse("checkpoint.job", "job %q is not deployed", b.Job)
+	}
+	if g := job.Generations[b.Task]; b.Generation < g {
+		return refuse("checkpoint.generation", "the acknowledgement is from generation %d of task %s, which was rescaled since (generation %d)", b.Generation, b.Task, g)
 	}
 	if !b.Deployed.IsZero() && !b.Deployed.Equal(job.Deployed) {
 		return refuse("checkpoint.job", "the acknowledgement is for job %s deployed at %s; the job running now was deployed at %s", b.Job, b.Deployed.UTC().Format(time.RFC3339Nano), job.Deployed.Format(time.RFC3339Nano))

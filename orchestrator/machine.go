@@ -205,6 +205,8 @@ func (m *Machine) Apply(now time.Time, signed []byte) (*Output, error) {
 		err = m.savepoint(now, st, issuer, out)
 	case TypeJobStop:
 		err = m.stopJob(now, st, issuer, out)
+	case TypeJobScale:
+		err = m.scale(now, st, issuer, out)
 	case TypeJobUpgrade:
 		err = m.upgrade(now, st, issuer, out)
 	case TypeJobRollback:

@@ -229,7 +229,13 @@ type Job struct {
 	// Previous is what the job ran before its last upgrade (job.rollback
 	// returns to it).
 	Previous *Previous `json:"previous,omitempty"`
-	Deployed time.Time `json:"deployed"`
+	// Scale overrides the parallelism of operators, by task then JobSpec
+	// node (job.scale).
+	Scale map[string]map[string]int `json:"scale,omitempty"`
+	// Generations counts, by task, the rescalings of the task: an ack of an
+	// older generation's run is refused.
+	Generations map[string]uint64 `json:"generations,omitempty"`
+	Deployed    time.Time         `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.
 	Recipients map[party.ID]bool `json:"recipients,omitempty"`
 }

@@ -385,13 +385,17 @@ type JobView struct {
 	// Deployed is when the job was deployed: a job stopped and deployed
 	// again under the same id is another deployment.
 	Deployed time.Time `json:"deployed"`
+	// Scale and Generations are the operators' parallelism overrides and
+	// the tasks' run generations (job.scale).
+	Scale       map[string]map[string]int `json:"scale,omitempty"`
+	Generations map[string]uint64         `json:"generations,omitempty"`
 }
 
 // JobViews lists the deployed jobs.
 func JobViews(st *orchestrator.State) []JobView {
 	var out []JobView
 	for _, j := range st.Jobs {
-		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced, Deployed: j.Deployed})
+		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced, Deployed: j.Deployed, Scale: j.Scale, Generations: j.Generations})
 	}
 	slices.SortFunc(out, func(a, b JobView) int { return cmpString(a.ID, b.ID) })
 	return out
