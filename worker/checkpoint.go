@@ -122,7 +122,7 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	if err != nil {
 		return err
 	}
-	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String(), Deployed: t.deployed}
+	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String(), Deployed: t.deployed, Generation: t.gen}
 	res, err := c.ctl.AckCheckpoint(ctx, c.kf, ack)
 	if err != nil {
 		var refused *api.RefusedError

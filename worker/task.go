@@ -67,6 +67,8 @@ type Task struct {
 	// deployed is when the job was deployed (a later deployment of the same
 	// job id is another run).
 	deployed time.Time
+	// gen is the task's run generation (rescalings by job.scale).
+	gen uint64
 	// code, when set, runs the task's udf nodes (modules.go).
 	code *taskCode
 

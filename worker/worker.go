@@ -217,7 +217,7 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for id, t := range w.tasks {
-		if t.ended.Load() {
+		if t.ended.Load() || t.stopped.Load() != nil {
 			continue
 		}
 		j, ok := live[t.Job]
@@ -229,6 +229,18 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 			why = "stopped: the job was deployed again"
 		case j.Tasks[id] != w.ID():
 			why = "stopped: the task moved to node " + j.Tasks[id].Short()
+		case j.Generations[id] != t.gen:
+			// Rescaled: this run stops and a run at the new parallelism
+			// restores the task's last checkpoint.
+			t.stop("stopped: rescaled")
+			w.log.Info("task rescaled: restarting it from its last checkpoint", "task", id, "generation", j.Generations[id])
+			go func() {
+				t.wait()
+				if err := w.start(ctx, t.Job, id); err != nil {
+					w.log.Error("rescaled task did not start", "task", id, "err", err)
+				}
+			}()
+			continue
 		default:
 			continue
 		}
@@ -402,13 +414,21 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	if err != nil {
 		return fmt.Errorf("task %s: %w", taskID, err)
 	}
+	// The provider's rescalings of this task's operators (job.scale).
+	for node, p := range jv.Scale[taskID] {
+		for i := range spec.Nodes {
+			if spec.Nodes[i].ID == node {
+				spec.Nodes[i].Parallelism = p
+			}
+		}
+	}
 	code, err := w.codeFor(ctx, svc, jobID, spec)
 	if err != nil {
 		return fmt.Errorf("task %s: %w", taskID, err)
 	}
 	w.mu.Lock()
 	ring := w.keys[jobID]
-	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected, deployed: jv.Deployed, done: make(chan struct{})}
+	t := &Task{ID: taskID, Job: jobID, Slot: *slot, Spec: spec, keys: ring, io: w.cfg.IO, partitions: parts, log: w.log.With("task", taskID), report: w.reportRejected, deployed: jv.Deployed, gen: jv.Generations[taskID], done: make(chan struct{})}
 	if w.cfg.Checkpoints != nil {
 		interval := w.cfg.CheckpointInterval
 		if interval <= 0 {
@@ -417,6 +437,13 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 		t.ckpt = &taskCheckpoints{store: w.cfg.Checkpoints, ctl: w.ctl, kf: w.kf, interval: interval, version: svc.Manifest.Version, log: t.log, metrics: w.metrics}
 	}
 	t.code = code
+	if old := w.tasks[taskID]; old != nil && !old.ended.Load() && old.stopped.Load() == nil {
+		// Another path (a release batch, a rescale) started the task while
+		// this one prepared it: one run per task and node, or two runs
+		// would commit different output under the same checkpoint ids.
+		w.mu.Unlock()
+		return nil
+	}
 	w.tasks[taskID] = t
 	w.mu.Unlock()
 	tctx, cancel := context.WithCancel(ctx)
