@@ -161,7 +161,7 @@ func runInfraMigrate(ctx context.Context, args []string) error {
 }
 
 // waitTaskOn polls the job's status until task reports running on node in a
-// report newer than since.
+// report received after since; it returns the time from since.
 func waitTaskOn(ctx context.Context, p *Progress, c *client.Client, job, task string, node party.ID, since time.Time, timeout time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -170,7 +170,7 @@ func waitTaskOn(ctx context.Context, p *Progress, c *client.Client, job, task st
 		var st []api.TaskStatus
 		if err := c.Get(ctx, "/v1/status?job="+url.QueryEscape(job), &st); err == nil {
 			for _, s := range st {
-				if s.Task == task && s.Node == node {
+				if s.Task == task && s.Node == node && s.Updated.After(since) {
 					last = s.State
 					if s.State == "running" || s.State == "finished" {
 						return time.Since(since), nil

@@ -13,7 +13,8 @@ import (
 
 // TestElasticMovesExactlyOnce moves the running balance job's tasks while
 // the gateways publish: the operator migrates the regional task to another
-// node, tries to migrate an edge task to a node in the Netherlands (refused
+// node, the provider rescales an edge window (1 → 3 → 1 subtasks), the
+// operator tries to migrate an edge task to a node in the Netherlands (refused
 // by the owner's placement rule, named), drains the node of an edge task and
 // removes another node. The output is exactly the failure-free result.
 func TestElasticMovesExactlyOnce(t *testing.T) {
@@ -80,7 +81,18 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 	if err == nil || !strings.Contains(out, "policy:meter-a/belgium") {
 		t.Fatalf("a migration the policy forbids: %v\n%s", err, out)
 	}
-	time.Sleep(3 * time.Second)
+	// Rescale edge-a's window operator: its key groups are redistributed
+	// from the task's last checkpoint.
+	scale := func(p string) {
+		out, err := exec.CommandContext(ctx, c.bin, "service", "scale", "--key", b.grid, "--trust", b.gridTrust,
+			"--job", "balance", "--task", "balance/edge-a", "--operator", "win", "--parallelism", p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("service scale to %s: %v\n%s", p, err, out)
+		}
+		t.Logf("scale: %s", strings.TrimSpace(string(out)))
+	}
+	scale("3")
+	time.Sleep(2 * time.Second)
 	// Drain the node of edge-a, then remove the node edge-b runs on.
 	tasks, _ = placement()
 	out, err = infra("drain", "--key", opKey, "--trust", opTrust, tasks["balance/edge-a"])
@@ -95,6 +107,7 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		t.Fatalf("infra remove: %v\n%s", err, out)
 	}
 	t.Logf("remove: %s", strings.TrimSpace(out))
+	scale("1")
 	tasks, _ = placement()
 	for task, node := range tasks {
 		if strings.Contains(node, "nl-") {
