@@ -259,8 +259,16 @@ func (t *Task) execute(ctx context.Context) error {
 			closers = append(closers, closeFn)
 		}
 	}
-	if _, err := runtime.Run(ctx, t.Spec, opts); err != nil {
+	result, err := runtime.Run(ctx, t.Spec, opts)
+	if err != nil {
 		return err
+	}
+	for id, c := range result.Nodes {
+		if c.Late > 0 {
+			// Records that came after their windows closed: worth knowing
+			// (an upstream stage fell behind a watermark it had passed).
+			t.log.Warn("records arrived too late for their windows", "operator", id, "late", c.Late)
+		}
 	}
 	for _, c := range closers {
 		if err := c(ctx); err != nil {
