@@ -47,6 +47,7 @@ type Instance struct {
 	buf, bufLen uint32
 	dec         record.Decoder
 	params      [2]uint64
+	wd          watchdog
 	// Restarts counts the instances replaced after a failed call.
 	Restarts int
 }
@@ -70,7 +71,8 @@ func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error
 	stderr := &headBuffer{max: 1024}
 	cfg := wazero.NewModuleConfig().
 		WithName(""). // anonymous: many instances of one module may coexist
-		WithStartFunctions(exportInit).
+		// _initialize is called by start, under the watchdog.
+		WithStartFunctions().
 		WithStdout(stderr).
 		WithStderr(stderr)
 	for _, c := range fn.Allow {
@@ -92,20 +94,38 @@ func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error
 	return in, nil
 }
 
-// start instantiates the module and checks its ABI version.
+// start instantiates the module, runs its initializer and checks its ABI
+// version, all under the batch deadline.
 func (in *Instance) start(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
 	defer cancel()
 	in.stderr.Reset()
 	mod, err := in.m.r.rt.InstantiateModule(ctx, in.m.compiled, in.config)
 	if err != nil {
-		return in.explain(ctx, nil, "instantiate", 0, err)
+		return in.explain(ctx, nil, "instantiate", 0, false, err)
+	}
+	in.wd.global = nil
+	if !in.m.r.cfg.unbounded {
+		g, ok := mod.ExportedGlobal(interruptExport).(api.MutableGlobal)
+		if !ok { // Load added it
+			mod.Close(ctx)
+			return fmt.Errorf("udf: module %s lacks its interrupt global", in.m.Digest)
+		}
+		in.wd.global = g
+	}
+	if f := mod.ExportedFunction(exportInit); f != nil {
+		fired, err := in.wd.run(ctx, func() error { _, err := f.Call(ctx); return err })
+		if err != nil {
+			defer mod.Close(context.WithoutCancel(ctx))
+			return in.explain(ctx, mod, "initialize", 0, fired, err)
+		}
 	}
 	if v := mod.ExportedFunction(exportVersion); v != nil {
-		res, err := v.Call(ctx)
+		var res []uint64
+		fired, err := in.wd.run(ctx, func() (err error) { res, err = v.Call(ctx); return err })
 		if err != nil {
-			mod.Close(ctx)
-			return in.explain(ctx, mod, "read ABI version", 0, err)
+			defer mod.Close(context.WithoutCancel(ctx))
+			return in.explain(ctx, mod, "read ABI version", 0, fired, err)
 		}
 		if len(res) != 1 || res[0] != abiVersion {
 			mod.Close(ctx)
@@ -141,29 +161,36 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 	if uint64(len(in.req)) > uint64(in.m.r.cfg.MemoryLimitPages)*65536 {
 		return fmt.Errorf("udf %s: request of %d bytes exceeds the memory limit of %d pages; use smaller batches", in.fn.Name, len(in.req), in.m.r.cfg.MemoryLimitPages)
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("udf %s (module %s): call on a batch of %d records: canceled: %w", in.fn.Name, in.m.Digest, b.Len(), err)
+	}
 	cctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
 	defer cancel()
 	// Calls use CallWithStack so the per-call slices are reused.
 	if uint32(len(in.req)) > in.bufLen {
 		size := uint32(len(in.req)) + uint32(len(in.req))/4 // room to grow
 		in.params[0] = uint64(size)
-		if err := in.alloc.CallWithStack(cctx, in.params[:1]); err != nil {
-			return in.fail(cctx, "allocate input", b.Len(), err)
+		stop := in.wd.arm(cctx)
+		err := in.alloc.CallWithStack(cctx, in.params[:1])
+		if fired := in.wd.disarm(stop); err != nil {
+			return in.fail(cctx, "allocate input", b.Len(), fired, err)
 		}
 		in.buf, in.bufLen = uint32(in.params[0]), size
 	}
 	ptr := in.buf
 	if !in.mem.Write(ptr, in.req) {
-		return in.fail(cctx, "write input", b.Len(), fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, len(in.req), in.mem.Size()))
+		return in.fail(cctx, "write input", b.Len(), false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, len(in.req), in.mem.Size()))
 	}
 	in.params[0], in.params[1] = uint64(ptr), uint64(len(in.req))
-	if err := in.call.CallWithStack(cctx, in.params[:2]); err != nil {
-		return in.fail(cctx, "call", b.Len(), err)
+	stop := in.wd.arm(cctx)
+	err = in.call.CallWithStack(cctx, in.params[:2])
+	if fired := in.wd.disarm(stop); err != nil {
+		return in.fail(cctx, "call", b.Len(), fired, err)
 	}
 	res := in.params[0]
 	resp, ok := in.mem.Read(uint32(res>>32), uint32(res))
 	if !ok {
-		return in.fail(cctx, "read output", b.Len(), fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
+		return in.fail(cctx, "read output", b.Len(), false, fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
 	}
 	if err := DecodeResponse(&in.dec, resp, in.fn.Out, out); err != nil {
 		// A bad response is the guest's fault, but the guest is still
@@ -174,19 +201,27 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 }
 
 // fail closes the instance after a failed call, so the next call starts a
-// fresh one, and explains the failure.
-func (in *Instance) fail(ctx context.Context, what string, n int, err error) error {
-	err = in.explain(ctx, in.mod, what, n, err)
+// fresh one, and explains the failure. fired says whether the watchdog
+// interrupted the call.
+func (in *Instance) fail(ctx context.Context, what string, n int, fired bool, err error) error {
+	err = in.explain(ctx, in.mod, what, n, fired, err)
 	in.mod.Close(context.WithoutCancel(ctx))
 	in.mod = nil
 	return err
 }
 
-// explain turns a wazero error into one that says what happened.
-func (in *Instance) explain(ctx context.Context, mod api.Module, what string, n int, err error) error {
+// explain turns a wazero error into one that says what happened; fired
+// says whether the watchdog interrupted the call because ctx was done.
+func (in *Instance) explain(ctx context.Context, mod api.Module, what string, n int, fired bool, err error) error {
 	prefix := fmt.Sprintf("udf %s (module %s): %s", in.fn.Name, in.m.Digest, what)
 	if n > 0 {
 		prefix += fmt.Sprintf(" on a batch of %d records", n)
+	}
+	if fired {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%s: %w: exceeded the CPU time limit of %v per batch and was stopped", prefix, ErrDeadline, in.m.r.cfg.BatchTimeout)
+		}
+		return fmt.Errorf("%s: canceled: %w", prefix, context.Cause(ctx))
 	}
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {

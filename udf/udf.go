@@ -9,8 +9,8 @@
 // node: it has no filesystem, no network, and a fake clock and random source
 // unless the JobSpec grants the "clock" or "random" capability. Its memory is
 // bounded by the Runtime's page limit and every batch by a CPU time deadline,
-// enforced by closing the instance when the deadline passes; the next batch
-// gets a fresh instance.
+// enforced by interrupting the call when the deadline passes (Load adds the
+// checks to the module's loops); the next batch gets a fresh instance.
 //
 // The batch ABI between host and guest is described in ABI.md; package
 // udf/sdk implements the guest side for Go.
@@ -110,9 +110,9 @@ type Config struct {
 	// output is not logged; errors quote its start.
 	Logger *slog.Logger
 
-	// unbounded compiles modules without wazero's termination checks, so
-	// the batch deadline cannot stop a call. Only the benchmarks set it, to
-	// measure what the checks cost (see RATIONALE.md).
+	// unbounded loads modules without the interrupt checks (interrupt.go),
+	// so the batch deadline cannot stop a call. Only the benchmarks set it,
+	// to measure what the checks cost (see RATIONALE.md).
 	unbounded bool
 }
 
@@ -157,7 +157,9 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	rc = rc.WithCompilationCache(r.cache).
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
-		WithCloseOnContextDone(!cfg.unbounded)
+		// Not WithCloseOnContextDone: Load instruments modules so that
+		// the host can stop a call far more cheaply (interrupt.go).
+		WithCloseOnContextDone(false)
 	r.rt = wazero.NewRuntimeWithConfig(ctx, rc)
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, r.rt); err != nil {
 		r.rt.Close(ctx)
@@ -201,6 +203,12 @@ func (r *Runtime) Load(ctx context.Context, digest string, wasm []byte) (*Module
 	digest = strings.ToLower(digest)
 	if m := r.loaded(digest); m != nil {
 		return m, nil
+	}
+	if !r.cfg.unbounded {
+		var err error
+		if wasm, err = instrument(wasm); err != nil {
+			return nil, refuse(RuleDecode, "module %s is not valid WebAssembly the host can bound: %v", digest, err)
+		}
 	}
 	// Compile outside the lock: compiling takes seconds, and other
 	// modules' loads need not wait for it.

@@ -1,0 +1,176 @@
+package udf
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/record"
+)
+
+// TestDeadlineDuringGC runs a spinning guest on every P while the garbage
+// collector keeps starting: compiled wasm cannot be preempted, so without
+// the instrumented checks' exits to Go a collection's stop-the-world (and
+// with it the watchdog's timer) would wait for the guests forever.
+func TestDeadlineDuringGC(t *testing.T) {
+	ctx := context.Background()
+	r := newRuntime(t, Config{BatchTimeout: 200 * time.Millisecond})
+	wasm := abiModule(emptyRequestSize, insLoopForever)
+	m, err := r.Load(ctx, Digest(wasm), wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				runtime.GC()
+			}
+		}
+	}()
+	defer close(done)
+	var wg sync.WaitGroup
+	errs := make([]error, runtime.GOMAXPROCS(0)+1)
+	for i := range errs {
+		wg.Go(func() {
+			inst, err := m.Instantiate(ctx, Function{Name: "f", In: xSchema, Out: xSchema})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer inst.Close(ctx)
+			var out record.Batch
+			errs[i] = inst.Call(ctx, &oneX, &out)
+		})
+	}
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("spinning guests were not stopped within 30s of their 200ms deadline")
+	}
+	for i, err := range errs {
+		if !errors.Is(err, ErrDeadline) {
+			t.Errorf("guest %d: err = %v, want %v", i, err, ErrDeadline)
+		}
+	}
+}
+
+func TestInstrumentRefusals(t *testing.T) {
+	good := abiModule(1<<30, nil)
+	// The same module with a start section (id 8, function 0) before its
+	// code section (id 10).
+	var withStart []byte
+	for p := 8; p < len(good); {
+		r := reader{b: good, p: p + 1}
+		size := int(r.u32())
+		if good[p] == secCode {
+			withStart = append(append(append([]byte(nil), good[:p]...), secStart, 1, 0), good[p:]...)
+		}
+		p = r.p + size
+	}
+	reserved := wasmModule{
+		funcs: []wasmFunc{
+			{params: []byte{wI32}, results: []byte{wI32}, body: []byte{0x41, 0x00}, export: "sealflow_alloc"},
+			{params: []byte{wI32}, results: []byte{wI32}, body: []byte{0x41, 0x00}, export: interruptExport},
+		},
+		memPages: 1,
+	}.bytes()
+	unknown := wasmModule{
+		funcs: []wasmFunc{
+			{params: []byte{wI32}, results: []byte{wI32}, body: []byte{0x41, 0x00}, export: "sealflow_alloc"},
+			{body: []byte{0xFC, 0x7F}},
+		},
+		memPages: 1,
+	}.bytes()
+	for _, tc := range []struct {
+		name string
+		wasm []byte
+		want string
+	}{
+		{"start function", withStart, "start function"},
+		{"reserved export", reserved, `exports "sealflow_interrupt"`},
+		{"unknown instruction", unknown, "instruction 0xFC 127"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := instrument(tc.wasm)
+			if !errors.Is(err, errNoInstrument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("instrument = %v, want an error containing %q", err, tc.want)
+			}
+			r := newRuntime(t, Config{})
+			if _, err := r.Load(context.Background(), Digest(tc.wasm), tc.wasm); refusedBy(err) != RuleDecode {
+				t.Fatalf("Load = %v, want a %s refusal", err, RuleDecode)
+			}
+		})
+	}
+}
+
+// TestInstrumentExamples checks that every example module instruments, that
+// each of its loops got exactly one check, and that it still validates.
+func TestInstrumentExamples(t *testing.T) {
+	for _, name := range []string{"cost", "scorer", "anomaly", "hostile"} {
+		t.Run(name, func(t *testing.T) {
+			wasm := example(t, name)
+			out, err := instrument(wasm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Each check ends "if unreachable end; i32.const checkEvery".
+			checkTail := append([]byte{0x04, 0x40, 0x00, 0x0B, 0x41}, sleb32(checkEvery)...)
+			loops, checks := countLoops(t, wasm), bytes.Count(out, checkTail)-bytes.Count(wasm, checkTail)
+			if loops == 0 || loops != checks {
+				t.Errorf("%d loops, %d checks inserted (want equal and > 0)", loops, checks)
+			}
+			if got := countLoops(t, out); got != loops {
+				t.Errorf("instrumented module has %d loops, want %d", got, loops)
+			}
+			again, err := instrument(out) // the instrumented module exports the reserved name
+			if err == nil || again != nil {
+				t.Errorf("instrumenting twice: err = %v, want a refusal", err)
+			}
+		})
+	}
+}
+
+// countLoops counts the loop instructions of a module's code section.
+func countLoops(t *testing.T, wasm []byte) int {
+	t.Helper()
+	n := 0
+	for p := 8; p < len(wasm); {
+		r := reader{b: wasm, p: p + 1}
+		size := int(r.u32())
+		if wasm[p] == secCode {
+			body := reader{b: wasm[r.p : r.p+size]}
+			for fn := body.u32(); fn > 0; fn-- {
+				fsize := int(body.u32())
+				f := reader{b: body.b[body.p : body.p+fsize]}
+				body.p += fsize
+				for nl := f.u32(); nl > 0; nl-- {
+					f.u32()
+					f.valtype()
+				}
+				for f.err == nil && f.p < len(f.b) {
+					op := f.byte()
+					f.immediates(op)
+					if op == 0x03 {
+						n++
+					}
+				}
+				if f.err != nil {
+					t.Fatal(f.err)
+				}
+			}
+		}
+		p = r.p + size
+	}
+	return n
+}
