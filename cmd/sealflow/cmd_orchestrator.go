@@ -65,6 +65,7 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	name := fs.String("name", "sealflow-dev", "without --genesis: the deployment's name")
 	urlFile := fs.String("url-file", "", "where to write the endpoints (JSON); default DIR/"+orchEndpointsFile)
 	nodeTimeout := fs.Duration("node-timeout", 0, "declare a node that holds tasks lost after this long without a status report, and move its tasks to other admitted nodes its owners' policies allow (default: the server's, 6 s; negative: never)")
+	overloadFor := fs.Duration("overload-for", 0, "move a task whose status reports show backpressure ≥ 0.9 this long to the next tier its slot and its owners' policies allow (default: the server's, 30 s; negative: never)")
 	workerRef := fs.String("worker-refvalues", "", "without --genesis: admit workers by this signed reference-values file (attest refvalues sign) instead of this executable's sim measurement")
 	var signers multiFlag
 	fs.Var(&signers, "signer", "a release signer's Ed25519 public key (base64 or hex) trusted for --worker-refvalues; repeatable")
@@ -167,7 +168,7 @@ func runOrchestrator(ctx context.Context, args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := api.New(ctx, api.Config{Genesis: g, Issuer: plat.Issuer(), SealingKey: plat.SealingKey(meas, "orchestrator-state"),
-		Verifiers: verifiers, Store: &api.KVStore{KV: kv, Key: stateKey}, Logger: log, Registerer: reg, NodeTimeout: *nodeTimeout})
+		Verifiers: verifiers, Store: &api.KVStore{KV: kv, Key: stateKey}, Logger: log, Registerer: reg, NodeTimeout: *nodeTimeout, OverloadFor: *overloadFor})
 	if err != nil {
 		return err
 	}

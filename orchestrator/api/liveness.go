@@ -144,6 +144,9 @@ func (s *Server) watchLiveness(ctx context.Context) {
 			if _, err := s.CheckLiveness(ctx); err != nil && ctx.Err() == nil {
 				s.log.Error("checking node liveness", "err", err)
 			}
+			if _, err := s.CheckOverload(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("checking task overload", "err", err)
+			}
 		}
 	}
 }

@@ -58,6 +58,11 @@ type Config struct {
 	// rescheduled (see ServeNATS and CheckLiveness). Zero means
 	// DefaultNodeTimeout; a negative value turns the check off.
 	NodeTimeout time.Duration
+	// OverloadFor is how long a task must report backpressure of at least
+	// OverloadBackpressure before it is moved to the next tier its slot
+	// allows (orchestrator.Machine.RelieveTask). Zero means
+	// DefaultOverloadFor; a negative value turns the check off.
+	OverloadFor time.Duration
 }
 
 // DefaultNodeTimeout is Config.NodeTimeout's default: three missed status

@@ -77,6 +77,9 @@ type TaskStatus struct {
 	OutPerSecond float64   `json:"records_out_per_second"`
 	// Operators are the report's operators with their rates.
 	Operators []OperatorStatus `json:"operators,omitempty"`
+	// overSince is when the task's backpressure last rose above
+	// OverloadBackpressure and stayed there (zero when it is below).
+	overSince time.Time
 }
 
 // OperatorStatus is one operator's counters from the latest report, with
@@ -124,6 +127,14 @@ func (b *statusBook) record(node party.ID, placed map[string]party.ID, at time.T
 		}
 		old := b.tasks[t.Task]
 		ts := &TaskStatus{TaskReport: t, Node: node, Updated: at, Operators: operatorStatus(t.Operators, at)}
+		// How long the task has been backpressured without a break, on
+		// this node (overload.go).
+		if t.State == "running" && t.Backpressure >= OverloadBackpressure {
+			ts.overSince = at
+			if old != nil && old.Node == node && !old.overSince.IsZero() {
+				ts.overSince = old.overSince
+			}
+		}
 		ts.TaskReport.Operators = nil // served as ts.Operators
 		if old != nil {
 			if !at.After(old.Updated) {

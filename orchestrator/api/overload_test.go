@@ -1,0 +1,127 @@
+package api_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/client"
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/orchestrator"
+	"github.com/sealflow/sealflow/orchestrator/api"
+	"github.com/sealflow/sealflow/party"
+)
+
+// TestOverloadedTaskMovesUpATier: a task whose signed status reports show
+// backpressure above the threshold for OverloadFor moves from its edge node
+// to a regional one its slot allows; a short burst does not move it.
+func TestOverloadedTaskMovesUpATier(t *testing.T) {
+	clock := &fakeClock{}
+	e := newEnv(t)
+	op, _ := party.Generate(party.RoleOperator, "operator", nil)
+	e.genesis.Operator = op.Identity()
+	e.store = &api.MemStore{}
+	e.cfg = func(c *api.Config) { c.Now, c.OverloadFor, c.NodeTimeout = clock.Now, 10*time.Second, -1 }
+	e.start()
+	nc := startNATS(t)
+	serveNATS(t, e.srv, nc)
+	ctx := context.Background()
+	cc := api.NewControlClient(nc, e.srv.Identity())
+	edge, _ := party.Generate(party.RoleWorker, "edge-a", nil)
+	if _, err := cc.Admit(ctx, edge, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := e.verify(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := client.New(tr)
+	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
+	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
+	prov, _ := party.Generate(party.RoleProvider, "grid", nil)
+	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
+		t.Fatal(err)
+	}
+	sb := jobspec.New("balance").Schema("meter", jobspec.Float("kwh"))
+	sb.Source("meter-a", "meter").Sink("balance-out")
+	spec, _ := sb.MustBuild().JSON()
+	const task = "balance/src"
+	man := orchestrator.Manifest{ID: "balance", Version: 1, Spec: spec, Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
+		Tasks: []orchestrator.TaskSlot{{ID: task, Tiers: []string{"edge", "regional"}, Reads: []string{"meter-a"}, Writes: []string{"balance-out"}}}}
+	r, err := c.Submit(ctx, prov, orchestrator.TypeServiceSubmit, man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, owner, orchestrator.TypeServiceApprove, orchestrator.Approve{Stream: "meter-a", Digest: r.Result.(map[string]any)["digest"].(string)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, prov, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: "balance"}); err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := party.Generate(party.RoleWorker, "regional-a", nil)
+	if _, err := cc.Admit(ctx, reg, e.plat.Issuer(), e.claims(op, "regional-a", "regional", "be")); err != nil {
+		t.Fatal(err)
+	}
+	if placedOn(t, e.srv, "balance", task) != edge.ID() {
+		t.Fatal("the task does not start at the edge")
+	}
+	report := func(bp float64) time.Time {
+		at := clock.advance(2 * time.Second)
+		b, err := party.Sign(edge, api.TypeTaskStatus, api.StatusReport{Tasks: []api.TaskReport{{Job: "balance", Task: task, State: "running", Backpressure: bp}}}, time.Minute, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(api.StatusSubject(edge.ID()), b); err != nil {
+			t.Fatal(err)
+		}
+		heardAfter(t, e.srv, edge.ID(), at)
+		return at
+	}
+	// A burst: high, then low before OverloadFor passed.
+	report(0.95)
+	report(0.97)
+	report(0.2)
+	report(0.95)
+	if moved, err := e.srv.CheckOverload(ctx); err != nil || len(moved) != 0 {
+		t.Fatalf("a burst moved %v (%v)", moved, err)
+	}
+	// Sustained: 6 reports 2 s apart above the threshold.
+	for range 6 {
+		report(0.96)
+	}
+	moved, err := e.srv.CheckOverload(ctx)
+	if err != nil || len(moved) != 1 || moved[0] != task {
+		t.Fatalf("sustained overload moved %v (%v), want [%s]", moved, err, task)
+	}
+	// The regional node received the task's keys.
+	var keys int
+	for _, r := range e.srv.Releases(reg.ID()) {
+		if r.Task == task {
+			keys++
+		}
+	}
+	if keys == 0 {
+		t.Fatal("the regional node received none of the moved task's keys")
+	}
+}
+
+// registerWith registers kf and its stream with the given placement rules
+// and uploads a key epoch.
+func registerWith(t *testing.T, c *client.Client, kf *party.KeyFile, stream, rules string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Submit(ctx, kf, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: kf.Identity()}}); err != nil {
+		t.Fatal(err)
+	}
+	pol := json.RawMessage(`{"stream": "` + stream + `", "rules": [` + rules + `]}`)
+	if _, err := c.Submit(ctx, kf, orchestrator.TypeStreamRegister, orchestrator.RegisterStream{Name: stream, Schema: []orchestrator.Field{{Name: "kwh", Type: "float"}}, Policy: pol}); err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := c.UploadStreamKey(ctx, kf, stream, 1, key); err != nil {
+		t.Fatal(err)
+	}
+}
