@@ -53,34 +53,15 @@ func (d *discard) EmitSide(string, record.Record) {}
 func (d *discard) EmitWatermark(int64)            {}
 
 // BenchmarkMap compares the cost example as a UDF with the same logic as
-// built-in map operators, on batches of 256 records: "udf" calls the
-// WebAssembly module once per batch; "builtin-go" is operator.Map with the
-// tariff written in Go; "builtin-cel" is operator.Map with the CEL
-// projection the runtime builds for a map node (meter, kwh, kwh * 0.25).
+// built-in map operators, on the same batches of 64, 256 and 1024 records:
+// "udf" calls the WebAssembly module (a Go guest using the SDK's simple
+// per-record API, sdk.Map) once per batch, with the interrupt checks the
+// batch deadline needs; "udf-unbounded" without them (what they cost);
+// "builtin-go" is operator.Map with the tariff written in Go;
+// "builtin-cel" is operator.Map with the CEL projection the runtime builds
+// for a map node (meter, kwh, kwh * 0.25).
 func BenchmarkMap(b *testing.B) {
-	batch := record.Batch{Records: readings(benchBatch)}
-	run := func(b *testing.B, op operator.Operator) {
-		var d discard
-		measure(b, benchBatch, func() {
-			if err := op.ProcessBatch(0, &batch, &d); err != nil {
-				b.Fatal(err)
-			}
-		})
-		if d.n != b.N*benchBatch {
-			b.Fatalf("emitted %d records, want %d", d.n, b.N*benchBatch)
-		}
-	}
-	b.Run("udf", func(b *testing.B) {
-		r := newRuntime(b, Config{})
-		run(b, NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})))
-	})
-	// Without wazero's termination checks (which the deadline needs): what
-	// the checks cost.
-	b.Run("udf-unbounded", func(b *testing.B) {
-		r := newRuntime(b, Config{unbounded: true, Cache: wazero.NewCompilationCache()})
-		run(b, NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})))
-	})
-	b.Run("builtin-go", func(b *testing.B) {
+	builtinGo := func(b *testing.B) operator.Operator {
 		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
 			rate := 0.25
 			if h := r.Time / 3_600_000 % 24; h >= 17 && h < 21 {
@@ -91,9 +72,9 @@ func BenchmarkMap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		run(b, op)
-	})
-	b.Run("builtin-cel", func(b *testing.B) {
+		return op
+	}
+	builtinCEL := func(b *testing.B) operator.Operator {
 		prog, err := expr.Compile("kwh * 0.25", meterKWh, record.TypeNull)
 		if err != nil {
 			b.Fatal(err)
@@ -105,7 +86,52 @@ func BenchmarkMap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		run(b, op)
+		return op
+	}
+	udfOp := func(unbounded bool) func(b *testing.B) operator.Operator {
+		return func(b *testing.B) operator.Operator {
+			r := newRuntime(b, Config{unbounded: unbounded}) // the shared cache: compiled once
+			return NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut}))
+		}
+	}
+	for _, kind := range []struct {
+		name string
+		op   func(b *testing.B) operator.Operator
+	}{
+		{"udf", udfOp(false)},
+		{"udf-unbounded", udfOp(true)},
+		{"builtin-go", builtinGo},
+		{"builtin-cel", builtinCEL},
+	} {
+		for _, n := range []int{64, benchBatch, 1024} {
+			batch := record.Batch{Records: readings(n)}
+			b.Run(fmt.Sprintf("%s/batch=%d", kind.name, n), func(b *testing.B) {
+				op := kind.op(b)
+				var d discard
+				measure(b, n, func() {
+					if err := op.ProcessBatch(0, &batch, &d); err != nil {
+						b.Fatal(err)
+					}
+				})
+				if d.n != b.N*n {
+					b.Fatalf("emitted %d records, want %d", d.n, b.N*n)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkAnomaly is the cost per record of the anomaly example (the
+// proprietary model) at batch 256.
+func BenchmarkAnomaly(b *testing.B) {
+	r := newRuntime(b, Config{})
+	op := NewOperator(context.Background(), instance(b, r, "anomaly", Function{Name: "detect", In: meterKWh, Out: anomalyOut}))
+	batch := record.Batch{Records: readings(benchBatch)}
+	var d discard
+	measure(b, benchBatch, func() {
+		if err := op.ProcessBatch(0, &batch, &d); err != nil {
+			b.Fatal(err)
+		}
 	})
 }
 
