@@ -296,24 +296,15 @@ func (m *Machine) drainNode(now time.Time, node party.ID, reason string, out *Ou
 }
 
 func (m *Machine) drain(now time.Time, st *party.Statement, out *Output) error {
-	if err := m.requireOperator(st); err != nil {
-		return err
-	}
-	var b NodeRequest
-	if err := decodeBody(st, &b); err != nil {
-		return err
-	}
-	res, err := m.drainNode(now, b.Node, "node "+b.Node.Short()+" drained by the operator", out)
-	if err != nil {
-		return err
-	}
-	out.Entries = append(out.Entries, entry(now, EntryNodeDrained, []string{"node:" + string(b.Node)},
-		map[string]any{"node": b.Node, "moves": res.Moves}))
-	out.Result = res
-	return nil
+	return m.nodeStatement(now, st, out, false)
 }
 
 func (m *Machine) removeNode(now time.Time, st *party.Statement, out *Output) error {
+	return m.nodeStatement(now, st, out, true)
+}
+
+// nodeStatement applies node.drain, or node.remove when remove is set.
+func (m *Machine) nodeStatement(now time.Time, st *party.Statement, out *Output, remove bool) error {
 	if err := m.requireOperator(st); err != nil {
 		return err
 	}
@@ -321,13 +312,19 @@ func (m *Machine) removeNode(now time.Time, st *party.Statement, out *Output) er
 	if err := decodeBody(st, &b); err != nil {
 		return err
 	}
-	res, err := m.drainNode(now, b.Node, "node "+b.Node.Short()+" removed by the operator", out)
+	verb, typ := "drained", EntryNodeDrained
+	if remove {
+		verb, typ = "removed", EntryNodeRemoved
+	}
+	res, err := m.drainNode(now, b.Node, "node "+b.Node.Short()+" "+verb+" by the operator", out)
 	if err != nil {
 		return err
 	}
-	// The node's admission ends: to run tasks again it must attest afresh.
-	m.st.Nodes[b.Node].Lost = now.UTC()
-	out.Entries = append(out.Entries, entry(now, EntryNodeRemoved, []string{"node:" + string(b.Node)},
+	if remove {
+		// The node's admission ends: to run tasks again it must attest afresh.
+		m.st.Nodes[b.Node].Lost = now.UTC()
+	}
+	out.Entries = append(out.Entries, entry(now, typ, []string{"node:" + string(b.Node)},
 		map[string]any{"node": b.Node, "moves": res.Moves}))
 	out.Result = res
 	return nil

@@ -233,34 +233,39 @@ func (j *JetStreamIO) intermediateTimeout() time.Duration {
 
 // Sink implements StreamIO.
 func (j *JetStreamIO) Sink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.Sink, func(context.Context) error, error) {
-	var opts []confidential.Option
-	if j.Plaintext {
-		opts = append(opts, confidential.WithPlaintext())
-	}
-	parts := max(s.Partitions, 1)
-	if s.Kind == seal.KindOutput {
-		o, err := confidential.NewOutputSink(ctx, j.JS, s.Scope, s.Schema, keys, parts, opts...)
-		if err != nil {
-			return nil, nil, err
-		}
-		return o.Sink(), o.Close, nil
-	}
-	js, err := j.writerJS(ctx, s)
+	w, err := j.writer(ctx, s, keys)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := confidential.NewPublisher(ctx, js, s.Scope, s.Schema, keys, parts, opts...)
-	if err != nil {
-		return nil, nil, err
+	if w.out != nil {
+		return w.out.Sink(), w.out.Close, nil
 	}
 	sink := func(sp runtime.Split, b *record.Batch) error {
-		return p.Publish(ctx, uint32(sp.Subtask), b)
+		return w.pub.Publish(ctx, uint32(sp.Subtask), b)
 	}
-	return sink, p.Close, nil
+	return sink, w.pub.Close, nil
 }
 
 // CommitSink implements StreamIO.
 func (j *JetStreamIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (runtime.CommitSink, func(context.Context) error, error) {
+	w, err := j.writer(ctx, s, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	if w.out != nil {
+		return w.out.CommitSink(), w.out.Close, nil
+	}
+	return w.pub.CommitSink(), w.pub.Close, nil
+}
+
+// sealedWriter is the writer of one stream a task writes: an output sink
+// for an output, a publisher for an intermediate stream.
+type sealedWriter struct {
+	out *confidential.OutputSink
+	pub *confidential.Publisher
+}
+
+func (j *JetStreamIO) writer(ctx context.Context, s Stream, keys *seal.Keyring) (sealedWriter, error) {
 	var opts []confidential.Option
 	if j.Plaintext {
 		opts = append(opts, confidential.WithPlaintext())
@@ -268,20 +273,14 @@ func (j *JetStreamIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyri
 	parts := max(s.Partitions, 1)
 	if s.Kind == seal.KindOutput {
 		o, err := confidential.NewOutputSink(ctx, j.JS, s.Scope, s.Schema, keys, parts, opts...)
-		if err != nil {
-			return nil, nil, err
-		}
-		return o.CommitSink(), o.Close, nil
+		return sealedWriter{out: o}, err
 	}
 	js, err := j.writerJS(ctx, s)
 	if err != nil {
-		return nil, nil, err
+		return sealedWriter{}, err
 	}
 	p, err := confidential.NewPublisher(ctx, js, s.Scope, s.Schema, keys, parts, opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	return p.CommitSink(), p.Close, nil
+	return sealedWriter{pub: p}, err
 }
 
 // IntermediateScope is the stream id and seal scope of an intermediate stream

@@ -198,11 +198,7 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := submitBody(ctx, c.Trust, fs.Arg(0), man, *nats)
-	if err != nil {
-		return err
-	}
-	r, err := submitStatement(ctx, c, kf, orchestrator.TypeServiceSubmit, body)
+	r, err := submitManifest(ctx, c, kf, fs.Arg(0), man, *nats)
 	if err != nil {
 		return err
 	}
@@ -224,6 +220,16 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "each owner runs: sealflow owner approve --stream S --service %s\n", res.Digest)
 		}
 	})
+}
+
+// submitManifest signs and submits the manifest loaded from path, with its
+// modules encrypted and stored (see submitBody).
+func submitManifest(ctx context.Context, c *client.Client, kf *party.KeyFile, path string, man *orchestrator.Manifest, natsURL string) (*api.Response, error) {
+	body, err := submitBody(ctx, c.Trust, path, man, natsURL)
+	if err != nil {
+		return nil, err
+	}
+	return submitStatement(ctx, c, kf, orchestrator.TypeServiceSubmit, body)
 }
 
 // pendingOwner is an input stream whose owner has not approved a service.

@@ -46,12 +46,7 @@ func runServiceUpgrade(ctx context.Context, args []string) error {
 	}
 	p := newProgress(pf.json)
 	p.Step("submitting version %d of service %s", man.Version, man.ID)
-	body, err := submitBody(ctx, c.Trust, fs.Arg(0), man, *nats)
-	if err != nil {
-		p.Stop()
-		return err
-	}
-	r, err := submitStatement(ctx, c, kf, orchestrator.TypeServiceSubmit, body)
+	r, err := submitManifest(ctx, c, kf, fs.Arg(0), man, *nats)
 	var re *client.RefusedError
 	if err != nil && !(errors.As(err, &re) && re.Rule == "service.version") {
 		p.Stop()
