@@ -848,15 +848,20 @@ func TestMigrationHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := make([]int, n)
+	// The last batch's publish may be cut by the probe's stop after JetStream
+	// stored it (its acknowledgement lost): those probes may be there, once.
+	seen := make([]int, n+migProbeBatch)
 	for _, rec := range recs {
 		pk, pts := rec.Values[0].I, rec.Values[1].I
-		if pts < 0 || pts >= n || pk != pts%rows {
+		if pts < 0 || pts >= int64(len(seen)) || pk != pts%rows {
 			t.Fatalf("output record %v: not a probe joined with its build row", rec.Values)
 		}
 		seen[pts]++
 	}
 	for pts, c := range seen {
+		if int64(pts) >= n && c <= 1 {
+			continue
+		}
 		if c != 1 {
 			t.Fatalf("probe %d is in the output %d times (of %d probes, %d output records)", pts, c, n, len(recs))
 		}
