@@ -80,13 +80,26 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 	}
 	trigger := make(chan uint64)
 	cp.Trigger = trigger
-	go c.trigger(ctx, trigger, last)
+	go c.trigger(ctx, trigger, last, rp != nil)
 	return cp, nil
 }
 
 // trigger sends a checkpoint id, the trigger time truncated to the interval
-// in Unix milliseconds, at every interval boundary until ctx ends.
-func (c *taskCheckpoints) trigger(ctx context.Context, out chan<- uint64, last uint64) {
+// in Unix milliseconds, at every interval boundary until ctx ends; a
+// restored run gets one at once first (its output waits for it).
+func (c *taskCheckpoints) trigger(ctx context.Context, out chan<- uint64, last uint64, restored bool) {
+	if restored {
+		// A restored run (a restart, a move, a rescale) commits no new
+		// output before its first checkpoint: take it at once instead of at
+		// the next interval boundary.
+		id := max(uint64(time.Now().UnixMilli()), last+1)
+		select {
+		case out <- id:
+			last = id
+		case <-ctx.Done():
+			return
+		}
+	}
 	for {
 		now := time.Now()
 		next := now.Truncate(c.interval).Add(c.interval)
