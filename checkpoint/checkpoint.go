@@ -99,6 +99,11 @@ type SnapshotID struct {
 	KeyGroups state.Range `json:"key_groups"`
 	// Checkpoint is the checkpoint id, increasing per job.
 	Checkpoint uint64 `json:"checkpoint"`
+	// Writer, when set, is the node that wrote the snapshot. It is part of
+	// the object name: two runs of a task (a moved task's destination and
+	// the source not yet stopped) may take a checkpoint of the same id, and
+	// neither may overwrite, or delete, the other's snapshot.
+	Writer string `json:"writer,omitempty"`
 }
 
 // Validate checks that the id can name a stored snapshot.
@@ -112,15 +117,24 @@ func (id SnapshotID) Validate() error {
 	if err := id.KeyGroups.Validate(state.MaxMaxParallelism); err != nil {
 		return fmt.Errorf("checkpoint: snapshot of task %q: %w", short(id.Task), err)
 	}
+	if id.Writer != "" {
+		if err := validName("writer", id.Writer); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // Object returns the object name of the snapshot:
-// "<job>/<checkpoint>/<task>/<from>-<to>", with job and task path-escaped so
-// that ids containing "/" cannot collide.
+// "<job>/<checkpoint>/<task>/<from>-<to>[/<writer>]", with job, task and
+// writer path-escaped so that ids containing "/" cannot collide.
 func (id SnapshotID) Object() string {
-	return url.PathEscape(id.Job) + "/" + strconv.FormatUint(id.Checkpoint, 10) + "/" + url.PathEscape(id.Task) + "/" +
+	name := url.PathEscape(id.Job) + "/" + strconv.FormatUint(id.Checkpoint, 10) + "/" + url.PathEscape(id.Task) + "/" +
 		strconv.Itoa(id.KeyGroups.From) + "-" + strconv.Itoa(id.KeyGroups.To)
+	if id.Writer != "" {
+		name += "/" + url.PathEscape(id.Writer)
+	}
+	return name
 }
 
 // String describes the snapshot for messages.

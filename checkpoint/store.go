@@ -136,7 +136,9 @@ func (s *Store) Put(ctx context.Context, id SnapshotID, plaintext []byte, keys *
 		return Digest{}, fmt.Errorf("checkpoint: put %s: %w", id, err)
 	}
 	defer clear(secret)
-	h := Header{ID: id, ChunkSize: s.chunk, Length: uint64(len(plaintext)), Epoch: key.Epoch(), KeyID: key.ID()}
+	sealedFor := id
+	sealedFor.Writer = "" // the writer names the object; it is not sealed
+	h := Header{ID: sealedFor, ChunkSize: s.chunk, Length: uint64(len(plaintext)), Epoch: key.Epoch(), KeyID: key.ID()}
 	rand.Read(h.Salt[:])
 	hb, err := h.AppendBinary(nil)
 	if err != nil {
@@ -277,7 +279,11 @@ func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Ke
 	if err != nil {
 		return nil, refuse(RuleTampered, id, err, "the sealed header does not parse")
 	}
-	if h.ID != id {
+	// The writer names the object, not what is sealed: which writer's
+	// object is the right one is the recorded digest's to say.
+	sealedFor := id
+	sealedFor.Writer = ""
+	if h.ID != sealedFor {
 		return nil, refuse(RuleForeign, id, nil, "the object was sealed for %s", h.ID)
 	}
 	key, ok := keys.Key(KeyScope(id.Job), h.Epoch)

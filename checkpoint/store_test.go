@@ -521,3 +521,29 @@ func TestRawStreamRewritten(t *testing.T) {
 		t.Fatalf("restored chunks: %v", err)
 	}
 }
+
+// TestWritersDoNotCollide: two runs of a task (a moved task's destination
+// and its source, not yet stopped) take a checkpoint of the same id; each
+// snapshot lives under its writer's name, so neither overwrites the other,
+// and deleting one (a refused acknowledgement) leaves the other readable.
+func TestWritersDoNotCollide(t *testing.T) {
+	e := newEnv(t, substrate.SyncRelaxed, WithChunkSize(MinChunk))
+	keys := ring(t, "job")
+	a, b := sid("job", "agg", 7), sid("job", "agg", 7)
+	a.Writer, b.Writer = "node-a", "node-b"
+	if a.Object() == b.Object() {
+		t.Fatal("two writers' snapshots of one checkpoint share an object name")
+	}
+	da := e.put(a, pattern(1000, "from a"), keys)
+	db := e.put(b, pattern(1000, "from b"), keys)
+	if err := e.store.Delete(e.ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.store.Get(e.ctx, a, da, keys)
+	if err != nil || !bytes.Equal(got, pattern(1000, "from a")) {
+		t.Fatalf("writer a's snapshot after writer b's was put and deleted: %v", err)
+	}
+	if _, err := e.store.Get(e.ctx, b, db, keys); RuleOf(err) != RuleMissing {
+		t.Fatalf("the deleted snapshot: %v, want %s", err, RuleMissing)
+	}
+}
