@@ -59,13 +59,21 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 	}
 	last := uint64(0)
 	if rp != nil {
-		id := checkpoint.SnapshotID{Job: t.Job, Version: rp.Version, Task: t.ID, KeyGroups: rp.KeyGroups, Checkpoint: rp.Checkpoint}
+		id := checkpoint.SnapshotID{Job: t.Job, Version: rp.Version, Task: t.ID, KeyGroups: rp.KeyGroups, Checkpoint: rp.Checkpoint, Writer: string(rp.Node)}
 		digest, err := checkpoint.ParseDigest(rp.Digest)
 		if err != nil {
 			return nil, fmt.Errorf("restore point of task %s: %w", t.ID, err)
 		}
 		start := time.Now()
 		data, err := c.store.Get(ctx, id, digest, t.keys)
+		if checkpoint.RuleOf(err) == checkpoint.RuleMissing {
+			// A snapshot stored before object names carried their writer.
+			legacy := id
+			legacy.Writer = ""
+			if d, lerr := c.store.Get(ctx, legacy, digest, t.keys); lerr == nil {
+				data, err, id = d, nil, legacy
+			}
+		}
 		if err != nil {
 			// Refused (missing, substituted, stale, foreign or tampered):
 			// nothing of it is applied, and the task does not start.
@@ -130,7 +138,7 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	if kg.To == 0 {
 		kg.To = state.DefaultMaxParallelism
 	}
-	sid := checkpoint.SnapshotID{Job: t.Job, Version: c.version, Task: t.ID, KeyGroups: kg, Checkpoint: id}
+	sid := checkpoint.SnapshotID{Job: t.Job, Version: c.version, Task: t.ID, KeyGroups: kg, Checkpoint: id, Writer: string(c.kf.ID())}
 	digest, err := c.store.Put(ctx, sid, snap, t.keys)
 	if err != nil {
 		return err
