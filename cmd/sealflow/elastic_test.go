@@ -16,7 +16,8 @@ import (
 // node, the provider rescales an edge window (1 → 3 → 1 subtasks), the
 // operator tries to migrate an edge task to a node in the Netherlands (refused
 // by the owner's placement rule, named), drains the node of an edge task and
-// removes another node. The output is exactly the failure-free result.
+// removes another node; Nexmark q5 runs meanwhile, migrated and rescaled too.
+// Both outputs are exactly the failure-free results.
 func TestElasticMovesExactlyOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts several processes")
@@ -26,8 +27,10 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 	c := newChaosCluster(ctx, t, [2]string{"edge", "be-antwerp"}, [2]string{"edge", "be-ghent"}, [2]string{"edge", "be-antwerp"},
 		[2]string{"edge", "nl-rotterdam"}, [2]string{"regional", "be-flanders"}, [2]string{"regional", "be-flanders"})
 	b := setupBalance(ctx, t, c, 900)
+	q5 := setupQ5(ctx, t, c, b.run, b.grid, b.gridTrust, 12000)
 	var pause sync.RWMutex
-	wait := b.gateways(ctx, t, 25*time.Millisecond, &pause) // 900 lines in about 23 s
+	wait := b.gateways(ctx, t, 25*time.Millisecond, &pause)     // 900 lines in about 23 s
+	waitBids := q5.gateway(ctx, t, 30*time.Millisecond, &pause) // 12000 bids in about 23 s
 
 	opTrust := filepath.Join(c.dir, "operator.trust")
 	b.run("verify", "--orchestrator", c.ep.OrchestratorURL, "--measurement", c.ep.OrchestratorMeasurement, "--allow-sim", "--sim-dir", c.ep.SimDir, "--trust", opTrust)
@@ -36,7 +39,7 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		out, err := exec.CommandContext(ctx, c.bin, append([]string{"infra"}, args...)...).CombinedOutput()
 		return string(out), err
 	}
-	placement := func() (tasks map[string]string, names map[string]string) {
+	placementOf := func(jobID string) (tasks map[string]string, names map[string]string) {
 		var job struct {
 			Tasks map[string]string `json:"tasks"`
 		}
@@ -52,7 +55,7 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		for _, n := range nodes {
 			names[n.ID] = n.Name
 		}
-		jout, err := exec.CommandContext(ctx, c.bin, "service", "status", "--trust", opTrust, "--json", "balance").Output()
+		jout, err := exec.CommandContext(ctx, c.bin, "service", "status", "--trust", opTrust, "--json", jobID).Output()
 		if err != nil || json.Unmarshal(jout, &job) != nil {
 			t.Fatalf("service status: %v", err)
 		}
@@ -62,6 +65,7 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		}
 		return tasks, names
 	}
+	placement := func() (map[string]string, map[string]string) { return placementOf("balance") }
 	time.Sleep(4 * time.Second)
 	tasks, _ := placement()
 	t.Logf("placement: %v", tasks)
@@ -92,6 +96,20 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		t.Logf("scale: %s", strings.TrimSpace(string(out)))
 	}
 	scale("3")
+	// Nexmark q5 too: its task moves to the other regional node and its
+	// sliding-window count runs at parallelism 2 after.
+	q5Tasks, _ := placementOf("q5")
+	q5Node := "regional-be-flanders-5"
+	if q5Tasks["q5/main"] == q5Node {
+		q5Node = "regional-be-flanders-6"
+	}
+	if out, err := infra("migrate", "--key", opKey, "--trust", opTrust, "--job", "q5", "--task", "q5/main", "--to", q5Node); err != nil {
+		t.Fatalf("infra migrate q5: %v\n%s", err, out)
+	}
+	if out, err := exec.CommandContext(ctx, c.bin, "service", "scale", "--key", b.grid, "--trust", b.gridTrust,
+		"--job", "q5", "--task", "q5/main", "--operator", "window-aggregate1", "--parallelism", "2").CombinedOutput(); err != nil {
+		t.Fatalf("service scale q5: %v\n%s", err, out)
+	}
 	time.Sleep(2 * time.Second)
 	// Drain the node of edge-a, then remove the node edge-b runs on.
 	tasks, _ = placement()
@@ -115,5 +133,7 @@ func TestElasticMovesExactlyOnce(t *testing.T) {
 		}
 	}
 	wait()
+	waitBids()
 	b.checkResults(ctx, t)
+	q5.checkResults(ctx, t, b.grid, b.gridTrust)
 }
