@@ -165,45 +165,7 @@ func (g *geoRun) waitPublished() {
 // each with the exact sum.
 func (g *geoRun) checkResults(within time.Duration) {
 	g.t.Helper()
-	t := g.t
-	var out string
-	deadline := time.Now().Add(within)
-	for {
-		b, err := exec.CommandContext(g.ctx, g.bin, "service", "results", "--key", g.grid, "--trust", g.gridTrust, "--job", "balance", "--nats", g.ep.NATSURL).Output()
-		if err == nil {
-			out = string(b)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no complete results within %v: %v", within, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	got := map[int64]float64{}
-	rows := 0
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		var row struct {
-			WindowStart int64   `json:"window_start"`
-			KWh         float64 `json:"kwh"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
-			t.Fatalf("result line %q: %v", sc.Text(), err)
-		}
-		if _, dup := got[row.WindowStart]; dup {
-			t.Errorf("window %d appears twice in the output", row.WindowStart)
-		}
-		got[row.WindowStart] += row.KWh
-		rows++
-	}
-	if rows != len(g.want) {
-		t.Errorf("%d result rows, want %d (one per window)", rows, len(g.want))
-	}
-	for w, v := range g.want {
-		if got[w] != v {
-			t.Errorf("window %d: %v kWh, want exactly %v", w, got[w], v)
-		}
-	}
+	checkBalanceOutput(g.ctx, g.t, g.bin, g.grid, g.gridTrust, g.ep.NATSURL, g.want, within)
 }
 
 // wan runs `sealflow infra wan` against the deployment.
