@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/client"
-	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
@@ -19,16 +18,8 @@ import (
 // to a regional one its slot allows; a short burst does not move it.
 func TestOverloadedTaskMovesUpATier(t *testing.T) {
 	clock := &fakeClock{}
-	e := newEnv(t)
-	op, _ := party.Generate(party.RoleOperator, "operator", nil)
-	e.genesis.Operator = op.Identity()
-	e.store = &api.MemStore{}
-	e.cfg = func(c *api.Config) { c.Now, c.OverloadFor, c.NodeTimeout = clock.Now, 10*time.Second, -1 }
-	e.start()
-	nc := startNATS(t)
-	serveNATS(t, e.srv, nc)
+	e, op, nc, cc := startWithOperator(t, func(c *api.Config) { c.Now, c.OverloadFor, c.NodeTimeout = clock.Now, 10*time.Second, -1 })
 	ctx := context.Background()
-	cc := api.NewControlClient(nc, e.srv.Identity())
 	edge, _ := party.Generate(party.RoleWorker, "edge-a", nil)
 	if _, err := cc.Admit(ctx, edge, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
 		t.Fatal(err)
@@ -40,26 +31,8 @@ func TestOverloadedTaskMovesUpATier(t *testing.T) {
 	c := client.New(tr)
 	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
 	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
-	prov, _ := party.Generate(party.RoleProvider, "grid", nil)
-	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
-		t.Fatal(err)
-	}
-	sb := jobspec.New("balance").Schema("meter", jobspec.Float("kwh"))
-	sb.Source("meter-a", "meter").Sink("balance-out")
-	spec, _ := sb.MustBuild().JSON()
 	const task = "balance/src"
-	man := orchestrator.Manifest{ID: "balance", Version: 1, Spec: spec, Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
-		Tasks: []orchestrator.TaskSlot{{ID: task, Tiers: []string{"edge", "regional"}, Reads: []string{"meter-a"}, Writes: []string{"balance-out"}}}}
-	r, err := c.Submit(ctx, prov, orchestrator.TypeServiceSubmit, man)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Submit(ctx, owner, orchestrator.TypeServiceApprove, orchestrator.Approve{Stream: "meter-a", Digest: r.Result.(map[string]any)["digest"].(string)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Submit(ctx, prov, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: "balance"}); err != nil {
-		t.Fatal(err)
-	}
+	deployOneTask(t, c, owner, task, "edge", "regional")
 	reg, _ := party.Generate(party.RoleWorker, "regional-a", nil)
 	if _, err := cc.Admit(ctx, reg, e.plat.Issuer(), e.claims(op, "regional-a", "regional", "be")); err != nil {
 		t.Fatal(err)

@@ -39,6 +39,48 @@ func (c *fakeClock) advance(d time.Duration) time.Time {
 	return c.Now()
 }
 
+// startWithOperator starts an orchestrator whose genesis names a fresh
+// operator, with an in-memory store and cfg applied, serving NATS.
+func startWithOperator(t *testing.T, cfg func(*api.Config)) (*env, *party.KeyFile, *nats.Conn, *api.ControlClient) {
+	t.Helper()
+	e := newEnv(t)
+	op, _ := party.Generate(party.RoleOperator, "operator", nil)
+	e.genesis.Operator = op.Identity()
+	e.store = &api.MemStore{}
+	e.cfg = cfg
+	e.start()
+	nc := startNATS(t)
+	serveNATS(t, e.srv, nc)
+	return e, op, nc, api.NewControlClient(nc, e.srv.Identity())
+}
+
+// deployOneTask registers a provider and deploys job "balance": one task
+// reading owner's stream meter-a into balance-out, on the given tiers (most
+// preferred first), approved by owner.
+func deployOneTask(t *testing.T, c *client.Client, owner *party.KeyFile, task string, tiers ...string) {
+	t.Helper()
+	ctx := context.Background()
+	prov, _ := party.Generate(party.RoleProvider, "grid", nil)
+	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
+		t.Fatal(err)
+	}
+	sb := jobspec.New("balance").Schema("meter", jobspec.Float("kwh"))
+	sb.Source("meter-a", "meter").Sink("balance-out")
+	spec, _ := sb.MustBuild().JSON()
+	man := orchestrator.Manifest{ID: "balance", Version: 1, Spec: spec, Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
+		Tasks: []orchestrator.TaskSlot{{ID: task, Tiers: tiers, Reads: []string{"meter-a"}, Writes: []string{"balance-out"}}}}
+	r, err := c.Submit(ctx, prov, orchestrator.TypeServiceSubmit, man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, owner, orchestrator.TypeServiceApprove, orchestrator.Approve{Stream: "meter-a", Digest: r.Result.(map[string]any)["digest"].(string)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, prov, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: "balance"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // heartbeat publishes kf's signed (empty) status report every 50 ms until the
 // returned function is called.
 func heartbeat(t *testing.T, nc *nats.Conn, kf *party.KeyFile) (stop func()) {
@@ -116,16 +158,8 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestSilentWorkerIsLostAndItsTaskRestoresElsewhere(t *testing.T) {
 	clock := &fakeClock{}
 	reg := prometheus.NewRegistry()
-	e := newEnv(t)
-	op, _ := party.Generate(party.RoleOperator, "operator", nil)
-	e.genesis.Operator = op.Identity()
-	e.store = &api.MemStore{}
-	e.cfg = func(c *api.Config) { c.Now, c.Registerer = clock.Now, reg }
-	e.start()
-	nc := startNATS(t)
-	serveNATS(t, e.srv, nc)
+	e, op, nc, cc := startWithOperator(t, func(c *api.Config) { c.Now, c.Registerer = clock.Now, reg })
 	ctx := context.Background()
-	cc := api.NewControlClient(nc, e.srv.Identity())
 
 	// Worker A is admitted; the job's only task is deployed on it; then
 	// worker B is admitted.
@@ -140,26 +174,8 @@ func TestSilentWorkerIsLostAndItsTaskRestoresElsewhere(t *testing.T) {
 	c := client.New(tr)
 	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
 	streamKey := register(t, c, owner, "meter-a")
-	prov, _ := party.Generate(party.RoleProvider, "grid", nil)
-	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
-		t.Fatal(err)
-	}
-	sb := jobspec.New("balance").Schema("meter", jobspec.Float("kwh"))
-	sb.Source("meter-a", "meter").Sink("balance-out")
-	spec, _ := sb.MustBuild().JSON()
 	const task = "balance/src"
-	man := orchestrator.Manifest{ID: "balance", Version: 1, Spec: spec, Inputs: []string{"meter-a"}, Outputs: []string{"balance-out"},
-		Tasks: []orchestrator.TaskSlot{{ID: task, Tiers: []string{"edge"}, Reads: []string{"meter-a"}, Writes: []string{"balance-out"}}}}
-	r, err := c.Submit(ctx, prov, orchestrator.TypeServiceSubmit, man)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Submit(ctx, owner, orchestrator.TypeServiceApprove, orchestrator.Approve{Stream: "meter-a", Digest: r.Result.(map[string]any)["digest"].(string)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Submit(ctx, prov, orchestrator.TypeJobDeploy, orchestrator.Deploy{Service: "balance"}); err != nil {
-		t.Fatal(err)
-	}
+	deployOneTask(t, c, owner, task, "edge")
 	b, _ := party.Generate(party.RoleWorker, "edge-b", nil)
 	if _, err := cc.Admit(ctx, b, e.plat.Issuer(), e.claims(op, "edge-b", "edge", "be")); err != nil {
 		t.Fatal(err)
