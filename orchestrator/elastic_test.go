@@ -152,8 +152,7 @@ func TestTasksMoveUpATierAndBack(t *testing.T) {
 	w := newWorld(t, nil)
 	w.owner("alice", "meter-a", edgeOnlyBE)
 	grid := w.provider("grid")
-	edge1, err := w.node("edge-1", "edge", "be")
-	if err != nil {
+	if _, err := w.node("edge-1", "edge", "be"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := w.node("reg-1", "regional", "be"); err != nil {
@@ -189,17 +188,22 @@ func TestTasksMoveUpATierAndBack(t *testing.T) {
 	if tier() != "edge" {
 		t.Fatalf("after an edge node was admitted the task runs on tier %s, want edge", tier())
 	}
-	// The edge node it runs on is lost: it moves up again, by itself.
-	out, err = w.m.NodeLost(w.now, w.m.State().Jobs["svc"].Tasks[src], "silent")
-	if err != nil {
+	// The edge node it runs on is lost: it goes to the other edge node, its
+	// first choice still; when that is lost too, up to the regional node.
+	for _, want := range []string{"edge", "regional"} {
+		out, err = w.m.NodeLost(w.now, w.m.State().Jobs["svc"].Tasks[src], "silent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.collect(out)
+		if got := tier(); got != want {
+			t.Fatalf("after its node was lost the task runs on tier %q, want %q", got, want)
+		}
+	}
+	// A task allowed only at the edge cannot be relieved.
+	if _, err := w.node("edge-3", "edge", "be"); err != nil {
 		t.Fatal(err)
 	}
-	w.collect(out)
-	if got := tier(); got != "edge" && got != "regional" {
-		t.Fatalf("after its node was lost the task runs on %q", got)
-	}
-	// The aggregation task lists no tiers; a source pinned to the edge only
-	// cannot be relieved.
 	man2 := manifest("edgeonly", "meter-a")
 	d2 := w.must(grid, TypeServiceSubmit, man2).Result.(map[string]any)["digest"].(string)
 	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d2})
@@ -207,5 +211,4 @@ func TestTasksMoveUpATierAndBack(t *testing.T) {
 	if _, err := w.m.RelieveTask(w.now, "edgeonly", man2.Tasks[0].ID, "overloaded"); ruleOf(err) != "relieve.no-tier" {
 		t.Fatalf("relieving an edge-only task: %v, want relieve.no-tier", err)
 	}
-	_ = edge1
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"slices"
 	"testing"
-
-	"github.com/sealflow/sealflow/party"
 )
 
 // TestSavepointStopAndRedeploy takes a savepoint of a running job, stops it
@@ -109,5 +107,4 @@ func TestSavepointKeysSurviveRevoke(t *testing.T) {
 			t.Fatalf("savepoint key %s changed or is zero after the job was removed", k)
 		}
 	}
-	_ = party.ID("")
 }
