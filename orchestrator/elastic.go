@@ -324,6 +324,8 @@ func (m *Machine) nodeStatement(now time.Time, st *party.Statement, out *Output,
 		// The node's admission ends: to run tasks again it must attest afresh.
 		m.st.Nodes[b.Node].Lost = now.UTC()
 	}
+	// Adaptive operators follow the slots the node no longer offers.
+	m.adapt(now, "node "+b.Node.Short()+" "+verb+" by the operator", out)
 	out.Entries = append(out.Entries, entry(now, typ, []string{"node:" + string(b.Node)},
 		map[string]any{"node": b.Node, "moves": res.Moves}))
 	out.Result = res

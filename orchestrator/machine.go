@@ -765,6 +765,8 @@ func (m *Machine) checkAdmission(now time.Time, b *Admit, out *Output) error {
 		// New capacity: tasks pushed to a less preferred tier come back.
 		m.rebalancePreferred(now, "node "+id.Short()+" of a preferred tier admitted", out)
 	}
+	// Adaptive operators follow the slots the node offers.
+	m.adapt(now, "node "+id.Short()+" admitted", out)
 	return nil
 }
 

@@ -107,6 +107,8 @@ func (m *Machine) NodeLost(now time.Time, node party.ID, reason string) (*Output
 		}
 		res.Moves = append(res.Moves, mv)
 	}
+	// Adaptive operators follow the slots the node no longer offers.
+	m.adapt(now, "node "+node.Short()+" lost", out)
 	out.Result = res
 	return out, nil
 }

@@ -235,7 +235,11 @@ type Job struct {
 	// Generations counts, by task, the rescalings of the task: an ack of an
 	// older generation's run is refused.
 	Generations map[string]uint64 `json:"generations,omitempty"`
-	Deployed    time.Time         `json:"deployed"`
+	// Adaptive holds, by task then JobSpec node, the operators whose
+	// parallelism follows the available slots within the provider's bounds
+	// (job.scale with adaptive bounds; see adaptive.go).
+	Adaptive map[string]map[string]*Adaptive `json:"adaptive,omitempty"`
+	Deployed time.Time                       `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.
 	Recipients map[party.ID]bool `json:"recipients,omitempty"`
 }
