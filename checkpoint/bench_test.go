@@ -76,7 +76,7 @@ func BenchmarkSealOpen(b *testing.B) {
 			for range b.N {
 				obj := sealChunked(b, id, pt, keys, DefaultChunk)
 				sum := sha256.Sum256(obj)
-				got, err := s.open(id, bufio.NewReaderSize(bytes.NewReader(obj), maxHeader+64), uint64(len(obj)), keys)
+				got, _, err := s.open(id, bufio.NewReaderSize(bytes.NewReader(obj), maxHeader+64), uint64(len(obj)), keys)
 				if err != nil || len(got) != size || sum == (Digest{}) {
 					b.Fatalf("open: %v", err)
 				}

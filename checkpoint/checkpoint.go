@@ -23,6 +23,15 @@
 // matched; it never returns part of one. A Manifest lists the snapshots and the
 // source positions of one complete checkpoint, with a canonical binary encoding
 // and a digest.
+//
+// PutIncremental writes a snapshot incrementally: only the content-defined
+// chunks that a base snapshot (the restored one, or the last accepted one)
+// does not hold go into a new sealed pack, and a sealed index lists every
+// chunk's pack (by the digest of its sealed object), place and SHA-256. The
+// recorded digest is the index's, so GetSnapshot refuses a missing,
+// substituted, stale or foreign pack by the same rules, and never returns
+// part of a snapshot. Release and Prune delete only what no kept snapshot
+// references.
 package checkpoint
 
 import (

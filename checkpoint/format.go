@@ -49,7 +49,7 @@ const headerFixed = len(magic) + 1 + 1 + 4 + 8 + 1 + 1 + 8 + 4 + 4 + 8 + 4 + sea
 //
 // Its binary encoding, all integers big endian:
 //
-//	"SFCK" | format u8 | flags u8 (0) | chunk size u32 | plaintext length u64 |
+//	"SFCK" | format u8 | flags u8 (0, or 2: an index) | chunk size u32 | plaintext length u64 |
 //	job length u8 | job | task length u8 | task | version i64 |
 //	key groups from u32 | key groups to u32 | checkpoint u64 |
 //	key epoch u32 | key id [8] | salt [32]
@@ -72,7 +72,15 @@ type Header struct {
 	KeyID seal.KeyID
 	// Salt is random per object; with the header it derives the object's key.
 	Salt [SaltSize]byte
+	// Index is set on the index object of an incremental snapshot (see
+	// Index): its plaintext lists the packs and chunks the snapshot is made
+	// of, not the snapshot itself. It is a header flag, bound to the body
+	// like the rest of the header.
+	Index bool
 }
+
+// flagIndex is the header flag of an index object.
+const flagIndex = 2
 
 // Size returns the length of the header's binary encoding.
 func (h *Header) Size() int { return headerFixed + len(h.ID.Job) + len(h.ID.Task) }
@@ -97,7 +105,11 @@ func (h *Header) AppendBinary(b []byte) ([]byte, error) {
 		return b, err
 	}
 	b = append(b, magic...)
-	b = append(b, Format, 0)
+	flags := byte(0)
+	if h.Index {
+		flags = flagIndex
+	}
+	b = append(b, Format, flags)
 	b = binary.BigEndian.AppendUint32(b, h.ChunkSize)
 	b = binary.BigEndian.AppendUint64(b, h.Length)
 	b = append(b, byte(len(h.ID.Job)))
@@ -146,9 +158,10 @@ func ParseHeader(b []byte) (Header, int, error) {
 	if b[4] != Format {
 		return h, 0, fmt.Errorf("checkpoint: sealed-object format %d, want %d", b[4], Format)
 	}
-	if b[5] != 0 {
-		return h, 0, fmt.Errorf("checkpoint: sealed-object flags %#x, want none", b[5])
+	if b[5]&^flagIndex != 0 {
+		return h, 0, fmt.Errorf("checkpoint: sealed-object flags %#x, want none or %#x (index)", b[5], flagIndex)
 	}
+	h.Index = b[5] == flagIndex
 	p := b[6:]
 	need := func(n int) bool { return len(p) >= n }
 	if !need(4 + 8 + 1) {

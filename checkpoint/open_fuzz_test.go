@@ -55,7 +55,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add(sealBytes(f, other, pt, keys))
 	s := &Store{maxSnapshot: 1 << 20}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := s.open(id, bufio.NewReaderSize(bytes.NewReader(b), maxHeader+64), uint64(len(b)), keys)
+		got, _, err := s.open(id, bufio.NewReaderSize(bytes.NewReader(b), maxHeader+64), uint64(len(b)), keys)
 		if err != nil {
 			if RuleOf(err) == "" && len(b) <= 1<<20+maxHeader {
 				t.Fatalf("not a refusal: %v", err)

@@ -121,6 +121,12 @@ func (s *Store) ObjectStore() jetstream.ObjectStore { return s.obs }
 // Put holds one sealed chunk at a time. An existing object of that name is
 // replaced.
 func (s *Store) Put(ctx context.Context, id SnapshotID, plaintext []byte, keys *seal.Keyring) (Digest, error) {
+	return s.put(ctx, id, id.Object(), false, plaintext, keys)
+}
+
+// put seals plaintext as the snapshot id (an index object if index is set)
+// and stores it under the object name.
+func (s *Store) put(ctx context.Context, id SnapshotID, name string, index bool, plaintext []byte, keys *seal.Keyring) (Digest, error) {
 	if err := id.Validate(); err != nil {
 		return Digest{}, err
 	}
@@ -138,7 +144,7 @@ func (s *Store) Put(ctx context.Context, id SnapshotID, plaintext []byte, keys *
 	defer clear(secret)
 	sealedFor := id
 	sealedFor.Writer = "" // the writer names the object; it is not sealed
-	h := Header{ID: sealedFor, ChunkSize: s.chunk, Length: uint64(len(plaintext)), Epoch: key.Epoch(), KeyID: key.ID()}
+	h := Header{ID: sealedFor, ChunkSize: s.chunk, Length: uint64(len(plaintext)), Epoch: key.Epoch(), KeyID: key.ID(), Index: index}
 	rand.Read(h.Salt[:])
 	hb, err := h.AppendBinary(nil)
 	if err != nil {
@@ -151,12 +157,12 @@ func (s *Store) Put(ctx context.Context, id SnapshotID, plaintext []byte, keys *
 	sr := &sealReader{aead: aead, pt: plaintext, chunk: int(h.ChunkSize), n: h.Chunks(), out: hb, sum: sha256.New()}
 	sr.sum.Write(hb)
 	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{
-		Name:        id.Object(),
+		Name:        name,
 		Description: "sealed snapshot",
 		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: s.natsChunk},
 	}, sr)
 	if err != nil {
-		return Digest{}, fmt.Errorf("checkpoint: storing %s as %q: %w", id, id.Object(), err)
+		return Digest{}, fmt.Errorf("checkpoint: storing %s as %q: %w", id, name, err)
 	}
 	if info.Size != h.SealedSize() || sr.i != sr.n {
 		return Digest{}, fmt.Errorf("checkpoint: storing %s: the store took %d bytes, want %d", id, info.Size, h.SealedSize())
@@ -207,109 +213,129 @@ const maxHeader = headerFixed + 2*MaxName
 // returns part of a snapshot: the plaintext is returned only when every chunk
 // opened and the digest matched. When several rules apply, a digest mismatch
 // is reported in preference to what opening found.
+//
+// Get reads one object: the index of an incremental snapshot (written by
+// PutIncremental) is refused with RuleForeign; GetSnapshot reads both kinds.
 func (s *Store) Get(ctx context.Context, id SnapshotID, want Digest, keys *seal.Keyring) ([]byte, error) {
-	pt, err := s.get(ctx, id, want, keys)
-	if err != nil {
-		if r := RuleOf(err); r != "" {
-			s.log.Warn("checkpoint snapshot refused", "rule", r, "snapshot", id.String(), "object", id.Object(), "err", err)
-		}
-		return nil, err
+	pt, index, err := s.getObject(ctx, id, id.Object(), want, keys)
+	if err == nil && index {
+		clear(pt)
+		pt, err = nil, refuse(RuleForeign, id, nil, "object %q is the index of an incremental snapshot, not a whole one (read it with GetSnapshot)", id.Object())
+		s.logRefusal(id, id.Object(), err)
 	}
-	return pt, nil
+	return pt, err
 }
 
-func (s *Store) get(ctx context.Context, id SnapshotID, want Digest, keys *seal.Keyring) ([]byte, error) {
+func (s *Store) logRefusal(id SnapshotID, name string, err error) {
+	if r := RuleOf(err); r != "" {
+		s.log.Warn("checkpoint snapshot refused", "rule", r, "snapshot", id.String(), "object", name, "err", err)
+	}
+}
+
+// getObject reads the object name, checks its digest and opens it as the
+// snapshot id, and reports whether it is an index. Refusals are logged.
+func (s *Store) getObject(ctx context.Context, id SnapshotID, name string, want Digest, keys *seal.Keyring) ([]byte, bool, error) {
+	pt, index, err := s.get(ctx, id, name, want, keys)
+	if err != nil {
+		s.logRefusal(id, name, err)
+		return nil, false, err
+	}
+	return pt, index, nil
+}
+
+func (s *Store) get(ctx context.Context, id SnapshotID, name string, want Digest, keys *seal.Keyring) ([]byte, bool, error) {
 	if err := id.Validate(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if keys == nil {
-		return nil, fmt.Errorf("checkpoint: get %s: no keyring", id)
+		return nil, false, fmt.Errorf("checkpoint: get %s: no keyring", id)
 	}
 	if want.IsZero() {
-		return nil, refuse(RuleDigest, id, nil, "no digest was recorded for it, so no object can be trusted")
+		return nil, false, refuse(RuleDigest, id, nil, "no digest was recorded for it, so no object can be trusted")
 	}
-	res, err := s.obs.Get(ctx, id.Object())
+	res, err := s.obs.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, refuse(RuleMissing, id, err, "object %q is not in the store", id.Object())
+		return nil, false, refuse(RuleMissing, id, err, "object %q is not in the store", name)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, id.Object(), err)
+		return nil, false, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, name, err)
 	}
 	defer res.Close()
 	info, err := res.Info()
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, id.Object(), err)
+		return nil, false, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, name, err)
 	}
 	sum := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(res, sum), maxHeader+64)
-	pt, openErr := s.open(id, br, info.Size, keys)
+	pt, index, openErr := s.open(id, br, info.Size, keys)
 	if openErr != nil && RuleOf(openErr) == "" {
-		return nil, openErr
+		return nil, false, openErr
 	}
 	// Read to the end so the digest covers the whole object, whatever opening found.
 	_, drainErr := io.Copy(io.Discard, br)
 	if drainErr != nil && !contentErr(drainErr) {
 		clear(pt)
-		return nil, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, id.Object(), drainErr)
+		return nil, false, fmt.Errorf("checkpoint: reading %s (object %q): %w", id, name, drainErr)
 	}
 	var got Digest
 	sum.Sum(got[:0])
 	if got != want {
 		clear(pt)
-		return nil, refuse(RuleDigest, id, nil, "object %q has digest %s, but %s was recorded: it was substituted, modified or is stale", id.Object(), got, want)
+		return nil, false, refuse(RuleDigest, id, nil, "object %q has digest %s, but %s was recorded: it was substituted, modified or is stale", name, got, want)
 	}
 	if openErr != nil {
-		return nil, openErr
+		return nil, false, openErr
 	}
 	if drainErr != nil {
 		clear(pt)
-		return nil, refuse(RuleTampered, id, drainErr, "the store's own record of the object does not match its chunks")
+		return nil, false, refuse(RuleTampered, id, drainErr, "the store's own record of the object does not match its chunks")
 	}
-	return pt, nil
+	return pt, index, nil
 }
 
-// open parses the header, checks that it names id and opens every chunk.
+// open parses the header, checks that it names id and opens every chunk; it
+// reports whether the object is an index.
 // Refusals are *Refusal; other errors are I/O errors.
-func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Keyring) ([]byte, error) {
+func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Keyring) ([]byte, bool, error) {
 	b, err := br.Peek(maxHeader)
 	if len(b) == 0 && err != nil && err != io.EOF {
-		return nil, ioErr(id, err)
+		return nil, false, ioErr(id, err)
 	}
 	h, n, err := ParseHeader(b)
 	if err != nil {
-		return nil, refuse(RuleTampered, id, err, "the sealed header does not parse")
+		return nil, false, refuse(RuleTampered, id, err, "the sealed header does not parse")
 	}
 	// The writer names the object, not what is sealed: which writer's
 	// object is the right one is the recorded digest's to say.
 	sealedFor := id
 	sealedFor.Writer = ""
 	if h.ID != sealedFor {
-		return nil, refuse(RuleForeign, id, nil, "the object was sealed for %s", h.ID)
+		return nil, false, refuse(RuleForeign, id, nil, "the object was sealed for %s", h.ID)
 	}
 	key, ok := keys.Key(KeyScope(id.Job), h.Epoch)
 	if !ok {
-		return nil, refuse(RuleKey, id, nil, "it was sealed with epoch %d of the checkpoint key, which the keyring does not hold (scope %q)", h.Epoch, KeyScope(id.Job))
+		return nil, false, refuse(RuleKey, id, nil, "it was sealed with epoch %d of the checkpoint key, which the keyring does not hold (scope %q)", h.Epoch, KeyScope(id.Job))
 	}
 	if key.ID() != h.KeyID {
-		return nil, refuse(RuleForeign, id, nil, "it was sealed with key %s, not the job's checkpoint key %s of epoch %d", h.KeyID, key.ID(), h.Epoch)
+		return nil, false, refuse(RuleForeign, id, nil, "it was sealed with key %s, not the job's checkpoint key %s of epoch %d", h.KeyID, key.ID(), h.Epoch)
 	}
 	if size != h.SealedSize() {
-		return nil, refuse(RuleTampered, id, nil, "the object has %d bytes, its header says %d", size, h.SealedSize())
+		return nil, false, refuse(RuleTampered, id, nil, "the object has %d bytes, its header says %d", size, h.SealedSize())
 	}
 	if h.Length > s.maxSnapshot {
-		return nil, fmt.Errorf("checkpoint: snapshot %s has %d bytes, more than this store reads (%d; see WithMaxSnapshot)", id, h.Length, s.maxSnapshot)
+		return nil, false, fmt.Errorf("checkpoint: snapshot %s has %d bytes, more than this store reads (%d; see WithMaxSnapshot)", id, h.Length, s.maxSnapshot)
 	}
 	secret, err := key.Bytes()
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: get %s: %w", id, err)
+		return nil, false, fmt.Errorf("checkpoint: get %s: %w", id, err)
 	}
 	aead, err := objectAEAD(secret, h.Salt, b[:n])
 	clear(secret)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if _, err := br.Discard(n); err != nil {
-		return nil, ioErr(id, err)
+		return nil, false, ioErr(id, err)
 	}
 	pt := make([]byte, 0, h.Length)
 	buf := make([]byte, int(h.ChunkSize)+tagSize)
@@ -319,19 +345,19 @@ func (s *Store) open(id SnapshotID, br *bufio.Reader, size uint64, keys *seal.Ke
 		if _, err := io.ReadFull(br, ct); err != nil {
 			clear(pt)
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || contentErr(err) {
-				return nil, refuse(RuleTampered, id, err, "the object ends in chunk %d of %d", i, chunks)
+				return nil, false, refuse(RuleTampered, id, err, "the object ends in chunk %d of %d", i, chunks)
 			}
-			return nil, ioErr(id, err)
+			return nil, false, ioErr(id, err)
 		}
 		nonce := chunkNonce(i, i+1 == chunks)
 		out, err := aead.Open(pt, nonce[:], ct, nil)
 		if err != nil {
 			clear(pt[:cap(pt)])
-			return nil, refuse(RuleTampered, id, err, "chunk %d of %d does not open", i, chunks)
+			return nil, false, refuse(RuleTampered, id, err, "chunk %d of %d does not open", i, chunks)
 		}
 		pt = out
 	}
-	return pt, nil
+	return pt, h.Index, nil
 }
 
 // contentErr reports whether an error of the object store's reader is about
@@ -356,7 +382,8 @@ func (s *Store) Delete(ctx context.Context, id SnapshotID) error {
 }
 
 // Restore reads every snapshot of task that the complete checkpoint m lists,
-// each checked against its digest in m, and returns them by key-group range.
+// each checked against its digest in m (whole or incremental, as
+// GetSnapshot reads them), and returns them by key-group range.
 // It returns all of them or none: a refusal of any one (see Get) fails the
 // whole restore, so a task never starts from part of a checkpoint.
 func (s *Store) Restore(ctx context.Context, m *Manifest, task string, keys *seal.Keyring) (map[state.Range][]byte, error) {
@@ -368,7 +395,7 @@ func (s *Store) Restore(ctx context.Context, m *Manifest, task string, keys *sea
 		if snap.Task != task {
 			continue
 		}
-		pt, err := s.Get(ctx, m.SnapshotID(i), snap.Digest, keys)
+		pt, _, err := s.GetSnapshot(ctx, m.SnapshotID(i), snap.Digest, keys)
 		if err != nil {
 			for _, b := range out {
 				clear(b)
@@ -383,9 +410,12 @@ func (s *Store) Restore(ctx context.Context, m *Manifest, task string, keys *sea
 	return out, nil
 }
 
-// Prune deletes the job's snapshots of checkpoints older than keep (the last
-// complete checkpoint, say) and returns how many objects it deleted.
-func (s *Store) Prune(ctx context.Context, job string, keep uint64) (int, error) {
+// Prune deletes the job's snapshots (and packs) of checkpoints older than
+// keep (the last complete checkpoint, say), except the objects that a
+// snapshot in live references (the indexes of the snapshots kept, whose
+// packs may be older than they are), and returns how many objects it
+// deleted.
+func (s *Store) Prune(ctx context.Context, job string, keep uint64, live ...*Index) (int, error) {
 	if err := validName("job", job); err != nil {
 		return 0, err
 	}
@@ -396,6 +426,14 @@ func (s *Store) Prune(ctx context.Context, job string, keep uint64) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint: listing the snapshots of job %q: %w", short(job), err)
 	}
+	referenced := map[string]bool{}
+	for _, x := range live {
+		if x != nil {
+			for _, o := range x.Objects() {
+				referenced[o] = true
+			}
+		}
+	}
 	prefix := url.PathEscape(job) + "/"
 	n := 0
 	for _, info := range list {
@@ -405,7 +443,7 @@ func (s *Store) Prune(ctx context.Context, job string, keep uint64) (int, error)
 		}
 		num, _, _ := strings.Cut(rest, "/")
 		ckpt, err := strconv.ParseUint(num, 10, 64)
-		if err != nil || ckpt >= keep {
+		if err != nil || ckpt >= keep || referenced[info.Name] {
 			continue
 		}
 		if err := s.obs.Delete(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
