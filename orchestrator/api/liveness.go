@@ -100,6 +100,7 @@ func (s *Server) CheckLiveness(ctx context.Context) ([]party.ID, error) {
 		}
 		ver = v
 		lost = append(lost, n)
+		s.logRescales(out)
 		s.relMu.Lock()
 		// A lost node's keys are not served again: it must re-attest.
 		delete(s.releases, n)

@@ -63,6 +63,10 @@ type Config struct {
 	// allows (orchestrator.Machine.RelieveTask). Zero means
 	// DefaultOverloadFor; a negative value turns the check off.
 	OverloadFor time.Duration
+	// AdaptiveEvery is how often adaptive operators are re-evaluated
+	// besides when nodes come and go (see CheckAdaptive). Zero means
+	// DefaultAdaptiveEvery; a negative value turns the periodic check off.
+	AdaptiveEvery time.Duration
 }
 
 // DefaultNodeTimeout is Config.NodeTimeout's default: three missed status
@@ -393,6 +397,7 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 		}
 	}
 	s.metrics.statement(resp)
+	s.logRescales(out)
 	if out != nil && len(out.Releases) > 0 {
 		s.metrics.keyReleases.Add(float64(len(out.Releases)))
 		s.deliver(out.Releases, now)
