@@ -149,6 +149,17 @@ func (x *Index) Objects() []string {
 	return out
 }
 
+// Written returns the plaintext bytes of the pack written for the snapshot
+// itself (0 when every chunk was in the base).
+func (x *Index) Written() uint64 {
+	for _, p := range x.Packs {
+		if p.ID == x.ID && !p.Whole {
+			return p.Length
+		}
+	}
+	return 0
+}
+
 // PackBytes returns the plaintext bytes of the packs a restore reads.
 func (x *Index) PackBytes() uint64 {
 	var n uint64

@@ -33,8 +33,15 @@ type taskCheckpoints struct {
 	log      *slog.Logger
 	metrics  *Metrics
 
-	mu       sync.Mutex
-	previous *checkpoint.SnapshotID // the last snapshot accepted, deleted when the next one is
+	mu sync.Mutex
+	// base is the index of the last snapshot accepted (or restored): the
+	// next snapshot is written incrementally on it, and it is released
+	// (its objects that the next one does not reference are deleted) when
+	// the next one is accepted, unless a savepoint pins it.
+	base *checkpoint.Index
+	// pinned holds the indexes of pinned snapshots this run knows, by
+	// checkpoint: their packs are spared when other snapshots are released.
+	pinned map[uint64]*checkpoint.Index
 }
 
 // setup returns the run's checkpoint options: the restore point's snapshot,
@@ -65,13 +72,13 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 			return nil, fmt.Errorf("restore point of task %s: %w", t.ID, err)
 		}
 		start := time.Now()
-		data, err := c.store.Get(ctx, id, digest, t.keys)
+		data, x, err := c.store.GetSnapshot(ctx, id, digest, t.keys)
 		if checkpoint.RuleOf(err) == checkpoint.RuleMissing {
 			// A snapshot stored before object names carried their writer.
 			legacy := id
 			legacy.Writer = ""
-			if d, lerr := c.store.Get(ctx, legacy, digest, t.keys); lerr == nil {
-				data, err, id = d, nil, legacy
+			if d, lx, lerr := c.store.GetSnapshot(ctx, legacy, digest, t.keys); lerr == nil {
+				data, x, err = d, lx, nil
 			}
 		}
 		if err != nil {
@@ -82,9 +89,9 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 		cp.Restore = data
 		last = rp.Checkpoint
 		c.mu.Lock()
-		c.previous = &id
+		c.base = x
 		c.mu.Unlock()
-		c.log.Info("restoring from checkpoint", "checkpoint", rp.Checkpoint, "bytes", len(data), "read", time.Since(start))
+		c.log.Info("restoring from checkpoint", "checkpoint", rp.Checkpoint, "bytes", len(data), "packs", len(x.Packs), "read", time.Since(start))
 	}
 	trigger := make(chan uint64)
 	cp.Trigger = trigger
@@ -129,36 +136,66 @@ func (c *taskCheckpoints) trigger(ctx context.Context, out chan<- uint64, last u
 	}
 }
 
-// persist seals the snapshot into the store and has the orchestrator accept
-// the task's acknowledgement; a refused acknowledgement (a task moved to
-// another node, a stale id) fails the checkpoint, so its output is never
-// committed from here.
+// persist seals the snapshot into the store, incrementally on the last
+// snapshot accepted or restored (only the chunks that changed since are
+// written), and has the orchestrator accept the task's acknowledgement; a
+// refused acknowledgement (a task moved to another node, a stale id) fails
+// the checkpoint, so its output is never committed from here, and deletes
+// what this checkpoint wrote (never what the base holds). Once accepted, the
+// previous snapshot is released: its objects that the new one and the
+// pinned ones (savepoints) do not reference are deleted.
 func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap []byte) error {
 	kg := state.Range{From: 0, To: t.Spec.MaxParallelism}
 	if kg.To == 0 {
 		kg.To = state.DefaultMaxParallelism
 	}
 	sid := checkpoint.SnapshotID{Job: t.Job, Version: c.version, Task: t.ID, KeyGroups: kg, Checkpoint: id, Writer: string(c.kf.ID())}
-	digest, err := c.store.Put(ctx, sid, snap, t.keys)
+	c.mu.Lock()
+	base := c.base
+	c.mu.Unlock()
+	start := time.Now()
+	digest, x, err := c.store.PutIncremental(ctx, sid, snap, t.keys, base)
 	if err != nil {
 		return err
 	}
+	c.log.Debug("checkpoint stored", "checkpoint", id, "bytes", len(snap), "written", x.Written(), "packs", len(x.Packs), "took", time.Since(start))
 	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String(), Deployed: t.deployed, Generation: t.gen}
 	res, err := c.ctl.AckCheckpoint(ctx, c.kf, ack)
 	if err != nil {
 		var refused *api.RefusedError
 		if errors.As(err, &refused) {
-			_ = c.store.Delete(context.WithoutCancel(ctx), sid)
+			_, _ = c.store.Release(context.WithoutCancel(ctx), x, 0, base)
 		}
 		return fmt.Errorf("acknowledging checkpoint %d: %w", id, err)
 	}
 	c.mu.Lock()
-	prev := c.previous
-	c.previous = &sid
+	prev := c.base
+	c.base = x
+	keep := []*checkpoint.Index{x}
+	var unknown uint64 // the latest pinned checkpoint whose index this run does not know
+	if prev != nil && prev.ID != sid && slices.Contains(res.Pinned, prev.ID.Checkpoint) {
+		if c.pinned == nil {
+			c.pinned = map[uint64]*checkpoint.Index{}
+		}
+		c.pinned[prev.ID.Checkpoint] = prev
+		prev = nil
+	}
+	for cp := range c.pinned {
+		if !slices.Contains(res.Pinned, cp) {
+			delete(c.pinned, cp) // the savepoint is gone; its objects leak (see docs)
+		}
+	}
+	for _, cp := range res.Pinned {
+		if px, ok := c.pinned[cp]; ok {
+			keep = append(keep, px)
+		} else if cp != id {
+			unknown = max(unknown, cp)
+		}
+	}
 	c.mu.Unlock()
-	if prev != nil && *prev != sid && !slices.Contains(res.Pinned, prev.Checkpoint) {
-		if err := c.store.Delete(ctx, *prev); err != nil {
-			c.log.Debug("could not delete a superseded snapshot", "snapshot", prev.String(), "err", err)
+	if prev != nil && prev.ID != sid {
+		if _, err := c.store.Release(ctx, prev, unknown, keep...); err != nil {
+			c.log.Debug("could not delete a superseded snapshot", "snapshot", prev.ID.String(), "err", err)
 		}
 	}
 	return nil
