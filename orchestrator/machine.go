@@ -829,7 +829,7 @@ func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, out *Output) e
 			return logRefusal(refuse("stream.no-key", "stream %s has no key epoch uploaded yet", in))
 		}
 	}
-	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), m.candidates(now), m.placementCheck(svc))
+	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), m.candidates(now), m.placementCheck(svc), WithGeo(m.geo(svc)))
 	if err != nil {
 		return logRefusal(err)
 	}

@@ -175,7 +175,7 @@ func (m *Machine) place(now time.Time, job *Job, slot TaskSlot, reason string) (
 			rules[c.ID] = ruleOf(err)
 		}
 		return err
-	})
+	}, WithGeo(m.geo(svc)))
 	if err == nil {
 		to := party.ID(placement[slot.ID])
 		rel := &Output{}

@@ -25,6 +25,10 @@ type TaskSlot struct {
 	Reads []string `json:"reads,omitempty"`
 	// Writes are the output streams the task writes (it receives their keys).
 	Writes []string `json:"writes,omitempty"`
+	// Selectivity, when above zero, declares the bytes the task writes per
+	// byte it reads, for placement (EstimateFlows): below 1 for a task that
+	// pre-aggregates. When zero it is estimated from the task's JobSpec.
+	Selectivity float64 `json:"selectivity,omitempty"`
 }
 
 // Candidate is an admitted node the scheduler may use.
@@ -73,11 +77,28 @@ func (e *ScheduleError) Error() string {
 // failure caused by a policy names it.
 func (e *ScheduleError) RefusedBy() string { return "schedule.no-node" }
 
+// ScheduleOption adjusts Schedule.
+type ScheduleOption func(*scheduleConfig)
+
+type scheduleConfig struct {
+	geo *Geo
+}
+
+// WithGeo makes Schedule prefer, among the nodes a task may run on, those
+// whose site sends the fewest estimated bytes over WAN links (Geo.WANCost).
+func WithGeo(g *Geo) ScheduleOption { return func(c *scheduleConfig) { c.geo = g } }
+
 // Schedule places tasks on candidates. It is deterministic: tasks are placed in
-// the order given; for each task, the nodes allowed by check are ranked by tier
-// preference, then by most free slots, then by id. A node's free slots shrink as
-// tasks are placed on it. The candidates slice is not modified.
-func Schedule(tasks []TaskSlot, nodes []Candidate, check PlacementCheck) (Placement, error) {
+// the order given; for each task, the nodes allowed by check are ranked by
+// estimated WAN bytes (WithGeo; all equal without it), then by tier
+// preference, then by most free slots, then by id. A node's free slots shrink
+// as tasks are placed on it. The candidates slice is not modified.
+func Schedule(tasks []TaskSlot, nodes []Candidate, check PlacementCheck, opts ...ScheduleOption) (Placement, error) {
+	var cfg scheduleConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	geo := cfg.geo.withHub(nodes)
 	free := make(map[string]int, len(nodes))
 	for _, n := range nodes {
 		free[n.ID] = n.Free
@@ -111,7 +132,14 @@ func Schedule(tasks []TaskSlot, nodes []Candidate, check PlacementCheck) (Placem
 			}
 			return 0
 		}
+		cost := make(map[string]float64, len(ok))
+		for _, n := range ok {
+			cost[n.ID] = geo.WANCost(t.ID, n.Site)
+		}
 		best := slices.MinFunc(ok, func(a, b Candidate) int {
+			if c := cmp.Compare(cost[a.ID], cost[b.ID]); c != 0 {
+				return c
+			}
 			if c := cmp.Compare(rank(a), rank(b)); c != 0 {
 				return c
 			}
