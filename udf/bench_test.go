@@ -57,6 +57,9 @@ func (d *discard) EmitWatermark(int64)            {}
 // "udf" calls the WebAssembly module (a Go guest using the SDK's simple
 // per-record API, sdk.Map) once per batch, with the interrupt checks the
 // batch deadline needs; "udf-unbounded" without them (what they cost);
+// "udf-columnar" calls the same logic written with the columnar API
+// (sdk.Columnar, ABI version 2), and "udf-columnar-unbounded" without the
+// checks;
 // "builtin-go" is operator.Map with the tariff written in Go;
 // "builtin-cel" is operator.Map with the CEL projection the runtime builds
 // for a map node (meter, kwh, kwh * 0.25).
@@ -88,18 +91,20 @@ func BenchmarkMap(b *testing.B) {
 		}
 		return op
 	}
-	udfOp := func(unbounded bool) func(b *testing.B) operator.Operator {
+	udfOp := func(fn string, unbounded bool) func(b *testing.B) operator.Operator {
 		return func(b *testing.B) operator.Operator {
 			r := newRuntime(b, Config{unbounded: unbounded}) // the shared cache: compiled once
-			return NewOperator(context.Background(), instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut}))
+			return NewOperator(context.Background(), instance(b, r, "cost", Function{Name: fn, In: meterKWh, Out: costOut}))
 		}
 	}
 	for _, kind := range []struct {
 		name string
 		op   func(b *testing.B) operator.Operator
 	}{
-		{"udf", udfOp(false)},
-		{"udf-unbounded", udfOp(true)},
+		{"udf", udfOp("cost", false)},
+		{"udf-unbounded", udfOp("cost", true)},
+		{"udf-columnar", udfOp("cost_columnar", false)},
+		{"udf-columnar-unbounded", udfOp("cost_columnar", true)},
 		{"builtin-go", builtinGo},
 		{"builtin-cel", builtinCEL},
 	} {
@@ -181,20 +186,23 @@ func BenchmarkWarmStart(b *testing.B) {
 }
 
 // BenchmarkUDFBatchSize shows how the per-call cost is amortized: the cost
-// module called on batches of 1 to 1024 records.
+// module's per-record and columnar functions called on batches of 0 to 1024
+// records.
 func BenchmarkUDFBatchSize(b *testing.B) {
 	r := newRuntime(b, Config{})
-	inst := instance(b, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})
-	for _, n := range []int{0, 1, 16, 256, 1024} {
-		batch := record.Batch{Records: readings(max(n, 1))[:n]}
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			var out record.Batch
-			measure(b, n, func() {
-				if err := inst.Call(context.Background(), &batch, &out); err != nil {
-					b.Fatal(err)
-				}
+	for _, fn := range []string{"cost", "cost_columnar"} {
+		inst := instance(b, r, "cost", Function{Name: fn, In: meterKWh, Out: costOut})
+		for _, n := range []int{0, 1, 16, 256, 1024} {
+			batch := record.Batch{Records: readings(max(n, 1))[:n]}
+			b.Run(fmt.Sprintf("%s/%d", fn, n), func(b *testing.B) {
+				var out record.Batch
+				measure(b, n, func() {
+					if err := inst.Call(context.Background(), &batch, &out); err != nil {
+						b.Fatal(err)
+					}
+				})
 			})
-		})
+		}
 	}
 }
 

@@ -97,11 +97,30 @@ func runBatches(t testing.TB, inst *Instance, recs []record.Record, size int) []
 	return all
 }
 
+// TestExampleCost runs the cost example's per-record (cost, ABI version 1)
+// and columnar (cost_columnar, version 2) functions.
 func TestExampleCost(t *testing.T) {
-	r := newRuntime(t, Config{})
-	inst := instance(t, r, "cost", Function{Name: "cost", In: meterKWh, Out: costOut})
-	recs := readings(1000)
-	got := runBatches(t, inst, recs, 256)
+	for _, tc := range []struct {
+		fn       string
+		columnar bool
+	}{{"cost", false}, {"cost_columnar", true}} {
+		t.Run(tc.fn, func(t *testing.T) {
+			r := newRuntime(t, Config{})
+			inst := instance(t, r, "cost", Function{Name: tc.fn, In: meterKWh, Out: costOut})
+			recs := readings(1000)
+			checkCost(t, recs, runBatches(t, inst, recs, 256))
+			if inst.columnar != tc.columnar {
+				t.Fatalf("%s: called columnar = %v, want %v", tc.fn, inst.columnar, tc.columnar)
+			}
+			if tc.columnar && (len(inst.col.dec.Reads) != 2 || inst.col.dec.Reads[0] || !inst.col.dec.Reads[1]) {
+				t.Fatalf("%s: sends input fields %v, want only kwh", tc.fn, inst.col.dec.Reads)
+			}
+		})
+	}
+}
+
+func checkCost(t *testing.T, recs, got []record.Record) {
+	t.Helper()
 	if len(got) != len(recs) {
 		t.Fatalf("%d outputs for %d inputs", len(got), len(recs))
 	}

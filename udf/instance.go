@@ -46,8 +46,12 @@ type Instance struct {
 	// and its size: requests that fit reuse it without a call.
 	buf, bufLen uint32
 	dec         record.Decoder
-	params      [2]uint64
-	wd          watchdog
+	// columnar: the function is called with the columnar ABI (version
+	// 2); cleared when it answers that it speaks version 1.
+	columnar bool
+	col      columnarState
+	params   [2]uint64
+	wd       watchdog
 	// Restarts counts the instances replaced after a failed call.
 	Restarts int
 }
@@ -88,28 +92,34 @@ func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error
 	in := &Instance{m: m, fn: fn, config: cfg, stderr: stderr}
 	in.fn.Allow = slices.Clone(fn.Allow)
 	in.header = sdk.AppendRequestHeader(nil, fn.In, fn.Out)
-	if err := in.start(ctx); err != nil {
+	in.col.header = sdk.AppendColumnarHeader(nil, fn.In, fn.Out)
+	version, err := in.start(ctx)
+	if err != nil {
 		return nil, err
 	}
+	// A version 2 module may have functions of either version: ask in
+	// version 2 first (see Call).
+	in.columnar = version == sdk.ColumnarVersion
 	return in, nil
 }
 
 // start instantiates the module, runs its initializer and checks its ABI
-// version, all under the batch deadline.
-func (in *Instance) start(ctx context.Context) error {
+// version, all under the batch deadline. It returns the version (1 when the
+// module does not say).
+func (in *Instance) start(ctx context.Context) (version uint64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
 	defer cancel()
 	in.stderr.Reset()
 	mod, err := in.m.r.rt.InstantiateModule(ctx, in.m.compiled, in.config)
 	if err != nil {
-		return in.explain(ctx, nil, "instantiate", 0, false, err)
+		return 0, in.explain(ctx, nil, "instantiate", 0, false, err)
 	}
 	in.wd.global = nil
 	if !in.m.r.cfg.unbounded {
 		g, ok := mod.ExportedGlobal(interruptExport).(api.MutableGlobal)
 		if !ok { // Load added it
 			mod.Close(ctx)
-			return fmt.Errorf("udf: module %s lacks its interrupt global", in.m.Digest)
+			return 0, fmt.Errorf("udf: module %s lacks its interrupt global", in.m.Digest)
 		}
 		in.wd.global = g
 	}
@@ -117,25 +127,27 @@ func (in *Instance) start(ctx context.Context) error {
 		fired, err := in.wd.run(ctx, func() error { _, err := f.Call(ctx); return err })
 		if err != nil {
 			defer mod.Close(context.WithoutCancel(ctx))
-			return in.explain(ctx, mod, "initialize", 0, fired, err)
+			return 0, in.explain(ctx, mod, "initialize", 0, fired, err)
 		}
 	}
+	version = abiVersion
 	if v := mod.ExportedFunction(exportVersion); v != nil {
 		var res []uint64
 		fired, err := in.wd.run(ctx, func() (err error) { res, err = v.Call(ctx); return err })
 		if err != nil {
 			defer mod.Close(context.WithoutCancel(ctx))
-			return in.explain(ctx, mod, "read ABI version", 0, fired, err)
+			return 0, in.explain(ctx, mod, "read ABI version", 0, fired, err)
 		}
-		if len(res) != 1 || res[0] != abiVersion {
+		if len(res) != 1 || res[0] < abiVersion || res[0] > sdk.ColumnarVersion {
 			mod.Close(ctx)
-			return refuse(RuleExport, "module %s speaks ABI version %v, the host speaks %d", in.m.Digest, res, abiVersion)
+			return 0, refuse(RuleExport, "module %s speaks ABI version %v, the host speaks %d and %d", in.m.Digest, res, abiVersion, sdk.ColumnarVersion)
 		}
+		version = res[0]
 	}
 	in.mod, in.mem = mod, mod.Memory()
 	in.buf, in.bufLen = 0, 0
 	in.alloc, in.call = mod.ExportedFunction(exportAlloc), mod.ExportedFunction(in.fn.Name)
-	return nil
+	return version, nil
 }
 
 // Call runs the function on batch b (records of the input schema) and
@@ -148,51 +160,94 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 	if in.mod == nil {
 		in.Restarts++
 		in.m.r.cfg.Logger.Info("udf: restarting instance after a failed call", "module", in.m.Digest, "function", in.fn.Name, "restarts", in.Restarts)
-		if err := in.start(ctx); err != nil {
+		if _, err := in.start(ctx); err != nil {
 			return err
 		}
 	}
 	in.stderr.Reset() // errors quote what the guest wrote during this call
+	if in.columnar {
+		err := in.callColumnar(ctx, b, out)
+		if !errors.Is(err, errSpeaksV1) {
+			return err
+		}
+		in.columnar = false // resend in version 1, and from now on
+	}
 	var err error
 	in.req = append(in.req[:0], in.header...)
 	if in.req, err = record.AppendBatch(in.req, in.fn.In, b); err != nil {
 		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
 	}
-	if uint64(len(in.req)) > uint64(in.m.r.cfg.MemoryLimitPages)*65536 {
-		return fmt.Errorf("udf %s: request of %d bytes exceeds the memory limit of %d pages; use smaller batches", in.fn.Name, len(in.req), in.m.r.cfg.MemoryLimitPages)
+	return in.invoke(ctx, b.Len(), uint64(len(in.req)), func(dst []byte) error {
+		copy(dst, in.req)
+		return nil
+	}, func(resp []byte) error {
+		return DecodeResponse(&in.dec, resp, in.fn.Out, out)
+	})
+}
+
+// callColumnar makes the call in the columnar ABI.
+func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *record.Batch) error {
+	size, err := columnarSize(in.col.header, in.fn.In, in.col.dec.Reads, b)
+	if err != nil {
+		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
+	}
+	return in.invoke(ctx, b.Len(), size, func(dst []byte) error {
+		if err := encodeColumnar(dst, in.col.header, in.fn.In, in.col.dec.Reads, b); err != nil {
+			return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
+		}
+		return nil
+	}, func(resp []byte) error {
+		return in.col.dec.Decode(resp, b.Records, in.fn.In, in.fn.Out, out)
+	})
+}
+
+// invoke makes one call of the function on a request of size bytes for n
+// records: write fills the request in guest memory, decode reads the
+// response (a view of guest memory, valid until the next call).
+func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([]byte) error, decode func([]byte) error) error {
+	if size > uint64(in.m.r.cfg.MemoryLimitPages)*65536 {
+		return fmt.Errorf("udf %s: request of %d bytes exceeds the memory limit of %d pages; use smaller batches", in.fn.Name, size, in.m.r.cfg.MemoryLimitPages)
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("udf %s (module %s): call on a batch of %d records: canceled: %w", in.fn.Name, in.m.Digest, b.Len(), err)
+		return fmt.Errorf("udf %s (module %s): call on a batch of %d records: canceled: %w", in.fn.Name, in.m.Digest, n, err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
 	defer cancel()
 	// Calls use CallWithStack so the per-call slices are reused.
-	if uint32(len(in.req)) > in.bufLen {
-		size := uint32(len(in.req)) + uint32(len(in.req))/4 // room to grow
-		in.params[0] = uint64(size)
+	if uint32(size) > in.bufLen {
+		grow := uint32(size) + uint32(size)/4 // room to grow
+		in.params[0] = uint64(grow)
 		stop := in.wd.arm(cctx)
 		err := in.alloc.CallWithStack(cctx, in.params[:1])
 		if fired := in.wd.disarm(stop); err != nil {
-			return in.fail(cctx, "allocate input", b.Len(), fired, err)
+			return in.fail(cctx, "allocate input", n, fired, err)
 		}
-		in.buf, in.bufLen = uint32(in.params[0]), size
+		in.buf, in.bufLen = uint32(in.params[0]), grow
 	}
 	ptr := in.buf
-	if !in.mem.Write(ptr, in.req) {
-		return in.fail(cctx, "write input", b.Len(), false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, len(in.req), in.mem.Size()))
+	// Write the request in place: the view is valid until the guest runs.
+	dst, ok := in.mem.Read(ptr, uint32(size))
+	if !ok {
+		return in.fail(cctx, "write input", n, false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, size, in.mem.Size()))
 	}
-	in.params[0], in.params[1] = uint64(ptr), uint64(len(in.req))
+	if err := write(dst); err != nil {
+		return err
+	}
+	in.params[0], in.params[1] = uint64(ptr), size
 	stop := in.wd.arm(cctx)
-	err = in.call.CallWithStack(cctx, in.params[:2])
+	err := in.call.CallWithStack(cctx, in.params[:2])
 	if fired := in.wd.disarm(stop); err != nil {
-		return in.fail(cctx, "call", b.Len(), fired, err)
+		return in.fail(cctx, "call", n, fired, err)
 	}
 	res := in.params[0]
 	resp, ok := in.mem.Read(uint32(res>>32), uint32(res))
 	if !ok {
-		return in.fail(cctx, "read output", b.Len(), false, fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
+		return in.fail(cctx, "read output", n, false, fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
 	}
-	if err := DecodeResponse(&in.dec, resp, in.fn.Out, out); err != nil {
+	if err := decode(resp); err != nil {
+		if errors.Is(err, errSpeaksV1) {
+			return err
+		}
 		// A bad response is the guest's fault, but the guest is still
 		// consistent: keep the instance.
 		return fmt.Errorf("udf %s (module %s): %w", in.fn.Name, in.m.Digest, err)

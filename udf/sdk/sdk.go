@@ -68,10 +68,12 @@ func alloc(size uint32) uint32 {
 	return uint32(uintptr(unsafe.Pointer(&inBuf[0])))
 }
 
-// abiVersion tells the host which ABI the module speaks.
+// abiVersion tells the host which ABI the module speaks: version 2, whose
+// hosts send a columnar request first and, to functions that answer
+// StatusVersion (Map and Batch), version 1 requests.
 //
 //go:wasmexport sealflow_abi_version
-func abiVersion() uint32 { return ABIVersion }
+func abiVersion() uint32 { return ColumnarVersion }
 
 // Call is one invocation of a batch function: the decoded input and the
 // output being built.
@@ -270,6 +272,12 @@ func Batch(ptr, size uint32, fn BatchFunc) uint64 {
 	if size == 0 || uint32(len(inBuf)) < size || uintptr(unsafe.Pointer(&inBuf[0])) != uintptr(ptr) {
 		return pack(errorResponse(fmt.Errorf("request at %d (%d bytes) is not in the buffer sealflow_alloc returned", ptr, size)))
 	}
+	if inBuf[0] == ColumnarVersion {
+		// A per-record or batch function speaks version 1: tell the
+		// host, which resends the batch in that version.
+		outBuf = append(outBuf[:0], StatusVersion, ABIVersion)
+		return pack(outBuf)
+	}
 	return pack(serve(inBuf[:size], fn))
 }
 
@@ -365,8 +373,16 @@ func DecodeRequestHeader(req []byte) (in, out *record.Schema, body []byte, err e
 	if len(req) == 0 {
 		return nil, nil, nil, errNoCall
 	}
-	if req[0] != ABIVersion {
-		return nil, nil, nil, fmt.Errorf("request ABI version %d, this SDK speaks %d", req[0], ABIVersion)
+	return decodeHeader(req, ABIVersion)
+}
+
+// decodeHeader parses the header of a request of the given version.
+func decodeHeader(req []byte, version byte) (in, out *record.Schema, body []byte, err error) {
+	if len(req) == 0 {
+		return nil, nil, nil, errNoCall
+	}
+	if req[0] != version {
+		return nil, nil, nil, fmt.Errorf("request ABI version %d, this function speaks %d", req[0], version)
 	}
 	rest := req[1:]
 	if in, rest, err = decodeSchema(rest); err != nil {
