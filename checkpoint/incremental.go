@@ -285,15 +285,17 @@ func decodeIndex(id SnapshotID, b []byte, maxLen uint64) (*Index, error) {
 // next one). Chunks that base (the index of a snapshot of the same job, task
 // and key groups that is still recoverable: the restored one, or the last
 // one accepted) already holds are referenced, not written again; the others
-// go into one new pack (object id.Object()+"#pack"). A base pack that would
-// keep less than half of its bytes in use has its chunks written again, so
-// the packs a restore reads stay within about twice the snapshot. With no
+// go into one new pack (object id.Object()+"#pack"). If compact is set, a
+// base pack that would keep less than half of its bytes in use has its
+// chunks written again, so the packs a restore reads stay within about twice
+// the snapshot; a checkpoint on the critical path (a restored run's first,
+// which a migration waits for) passes false and leaves that to the next. With no
 // base (or one of another job, task or range) the pack is the whole
 // snapshot. Then the index is written as object id.Object().
 //
 // The packs of base that the new snapshot references must stay in the store
 // as long as it may be restored: see Release.
-func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []byte, keys *seal.Keyring, base *Index) (Digest, *Index, error) {
+func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []byte, keys *seal.Keyring, base *Index, compact bool) (Digest, *Index, error) {
 	if err := id.Validate(); err != nil {
 		return Digest{}, nil, err
 	}
@@ -330,7 +332,7 @@ func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []b
 	// chunks are written again.
 	kept := map[int]int{} // base pack -> its index in x.Packs
 	for p := range len(livePacks(base)) {
-		if n, ok := live[p]; ok && 2*n >= base.Packs[p].Length {
+		if n, ok := live[p]; ok && (!compact || 2*n >= base.Packs[p].Length) {
 			kept[p] = len(x.Packs)
 			x.Packs = append(x.Packs, base.Packs[p])
 		}

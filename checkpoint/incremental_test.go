@@ -85,18 +85,18 @@ func TestIncrementalChain(t *testing.T) {
 	v1 := randomState(2<<20, 1)
 	v2 := edit(v1, 5, false, 2)
 	v3 := edit(v2, 5, true, 3)
-	d1, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil)
+	d1, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(x1.Packs) != 1 || x1.Packs[0].Length != uint64(len(v1)) {
 		t.Fatalf("first snapshot: packs %+v, want one of the whole snapshot", x1.Packs)
 	}
-	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1)
+	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d3, x3, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 3), v3, keys, x2)
+	d3, x3, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 3), v3, keys, x2, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestIncrementalOnWholeSnapshot(t *testing.T) {
 		t.Fatalf("GetSnapshot of a whole snapshot: %v, whole %v", err, x1 != nil && x1.Whole)
 	}
 	v2 := edit(v1, 3, false, 5)
-	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1)
+	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,18 +174,18 @@ func TestIncrementalRefusals(t *testing.T) {
 		v2 := edit(v1, 4, false, 7)
 		v3 := edit(v2, 4, false, 8)
 		var err error
-		if f.d1, f.x1, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil); err != nil {
+		if f.d1, f.x1, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil, true); err != nil {
 			t.Fatal(err)
 		}
-		if f.d2, f.x2, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, f.x1); err != nil {
+		if f.d2, f.x2, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, f.x1, true); err != nil {
 			t.Fatal(err)
 		}
-		if f.d3, f.x3, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 3), v3, keys, f.x2); err != nil {
+		if f.d3, f.x3, err = e.store.PutIncremental(e.ctx, sid("job", "agg", 3), v3, keys, f.x2, true); err != nil {
 			t.Fatal(err)
 		}
 		// Another job's snapshot with the same task and checkpoint ids.
 		o := sid("other", "agg", 1)
-		if _, _, err := e.store.PutIncremental(e.ctx, o, v1, keys, nil); err != nil {
+		if _, _, err := e.store.PutIncremental(e.ctx, o, v1, keys, nil, true); err != nil {
 			t.Fatal(err)
 		}
 		return f
@@ -250,7 +250,7 @@ func TestIncrementalIndexRefusals(t *testing.T) {
 	e := newEnv(t, substrate.SyncRelaxed)
 	keys := ring(t, "job")
 	v1 := randomState(256<<10, 9)
-	_, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil)
+	_, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestReleaseKeepsReferencedPacks(t *testing.T) {
 		if c > 1 {
 			v = edit(v, 3, false, c)
 		}
-		d, x, err := e.store.PutIncremental(e.ctx, sid("job", "agg", c), v, keys, last(xs))
+		d, x, err := e.store.PutIncremental(e.ctx, sid("job", "agg", c), v, keys, last(xs), true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -373,12 +373,20 @@ func TestIncrementalRewritesSparsePacks(t *testing.T) {
 	e := newEnv(t, substrate.SyncRelaxed)
 	keys := ring(t, "job")
 	v1 := randomState(1<<20, 11)
-	_, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil)
+	_, x1, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 1), v1, keys, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v2 := edit(v1, 400, false, 12)
-	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1)
+	// Without compaction the sparse base pack is referenced still.
+	_, xk, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(xk.Packs) != 2 || xk.Packs[0] != x1.Packs[0] {
+		t.Fatalf("without compaction: packs %+v, want the base's and its own", xk.Packs)
+	}
+	d2, x2, err := e.store.PutIncremental(e.ctx, sid("job", "agg", 2), v2, keys, x1, true)
 	if err != nil {
 		t.Fatal(err)
 	}

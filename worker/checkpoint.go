@@ -39,6 +39,10 @@ type taskCheckpoints struct {
 	// (its objects that the next one does not reference are deleted) when
 	// the next one is accepted, unless a savepoint pins it.
 	base *checkpoint.Index
+	// fresh is set from the restore to the first checkpoint accepted after
+	// it: that checkpoint, which the restored run's output waits for, does
+	// not rewrite sparse packs (see checkpoint.Store.PutIncremental).
+	fresh bool
 	// pinned holds the indexes of pinned snapshots this run knows, by
 	// checkpoint: their packs are spared when other snapshots are released.
 	pinned map[uint64]*checkpoint.Index
@@ -89,7 +93,7 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 		cp.Restore = data
 		last = rp.Checkpoint
 		c.mu.Lock()
-		c.base = x
+		c.base, c.fresh = x, true
 		c.mu.Unlock()
 		c.log.Info("restoring from checkpoint", "checkpoint", rp.Checkpoint, "bytes", len(data), "packs", len(x.Packs), "read", time.Since(start))
 	}
@@ -151,10 +155,10 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	}
 	sid := checkpoint.SnapshotID{Job: t.Job, Version: c.version, Task: t.ID, KeyGroups: kg, Checkpoint: id, Writer: string(c.kf.ID())}
 	c.mu.Lock()
-	base := c.base
+	base, fresh := c.base, c.fresh
 	c.mu.Unlock()
 	start := time.Now()
-	digest, x, err := c.store.PutIncremental(ctx, sid, snap, t.keys, base)
+	digest, x, err := c.store.PutIncremental(ctx, sid, snap, t.keys, base, !fresh)
 	if err != nil {
 		return err
 	}
@@ -170,7 +174,7 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	}
 	c.mu.Lock()
 	prev := c.base
-	c.base = x
+	c.base, c.fresh = x, false
 	keep := []*checkpoint.Index{x}
 	var unknown uint64 // the latest pinned checkpoint whose index this run does not know
 	if prev != nil && prev.ID != sid && slices.Contains(res.Pinned, prev.ID.Checkpoint) {
