@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sealflow/sealflow/confidential"
+	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/substrate"
 	"github.com/sealflow/sealflow/worker"
 )
@@ -333,44 +334,53 @@ func streamFrames(ctx context.Context, url, stream string) ([]frameAt, error) {
 
 // streamCount returns the number of messages of stream at the server url.
 func streamCount(ctx context.Context, url, stream string) (uint64, error) {
+	n, _, err := streamSize(ctx, url, stream)
+	return n, err
+}
+
+// streamSize returns the number of messages and bytes of stream at the
+// server url.
+func streamSize(ctx context.Context, url, stream string) (msgs, bytes uint64, err error) {
 	nc, err := substrate.Connect(ctx, url, "geo-bench")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return info.State.Msgs, nil
+	return info.State.Msgs, info.State.Bytes, nil
 }
 
 // TestGeoBenchWANBytes measures the bytes edge-a's uplink carries for the
 // balance pipeline with edge pre-aggregation and with the raw readings
 // shipped to the cloud, interleaved (SEALFLOW_GEO_BENCH_RUNS pairs, 2 by
 // default): households meters per site at one reading per second each
-// (SEALFLOW_GEO_BENCH_METERS, 200 by default) for 60 s. It first measures the
+// (SEALFLOW_GEO_BENCH_METERS, 200 by default) for 60 s, checkpoints every
+// SEALFLOW_GEO_BENCH_CHECKPOINT (500 ms by default). It first measures the
 // link idle (deployed, nothing published) for 10 s, the control traffic's
 // rate. Both variants' output must be exact.
 func TestGeoBenchWANBytes(t *testing.T) {
 	geoBenchEnabled(t)
 	meters := envInt(t, "SEALFLOW_GEO_BENCH_METERS", 200)
 	runs := envInt(t, "SEALFLOW_GEO_BENCH_RUNS", 2)
+	ckpt := envDuration(t, "SEALFLOW_GEO_BENCH_CHECKPOINT", 500*time.Millisecond)
 	const seconds = 60
 	for r := range runs {
 		for _, pipeline := range []string{pipelinePreAgg, pipelineRaw} {
 			t.Run(fmt.Sprintf("%s/%d", pipeline, r+1), func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 				defer cancel()
-				g := startGeoBench(ctx, t, 20, pipeline, "--checkpoint-interval", "500ms")
+				g := startGeoBench(ctx, t, 20, pipeline, "--checkpoint-interval", ckpt.String())
 				time.Sleep(5 * time.Second) // the tasks start
 				idle0 := g.link("edge-a").Stats
 				time.Sleep(10 * time.Second)
@@ -384,9 +394,9 @@ func TestGeoBenchWANBytes(t *testing.T) {
 				idleUp := float64(idle1.Up-idle0.Up) / 10
 				dataUp := float64(up) - idleUp*end.Sub(begin).Seconds()
 				raw, _ := streamCount(ctx, g.ep.Sites["edge-a"].NATSURL, confidential.IngestStreamPrefix+"meter-a")
-				xa, _ := streamCount(ctx, g.ep.NATSURL, confidential.IngestStreamPrefix+worker.IntermediateScope("balance", "x-a"))
-				t.Logf("GEO-WAN %s: %d meters × 1/s for %d s = %d readings at edge-a (%d gateway frames); edge-a uplink: %d bytes up, %d down in %v until the exact output; idle %.0f B/s up; up %.1f B/reading, %.1f B/reading above idle; x-a frames at the hub %d",
-					pipeline, meters, seconds, n, raw, up, down, end.Sub(begin).Round(time.Millisecond), idleUp, float64(up)/float64(n), dataUp/float64(n), xa)
+				xa, xaBytes, _ := streamSize(ctx, g.ep.NATSURL, confidential.IngestStreamPrefix+worker.IntermediateScope("balance", "x-a"))
+				t.Logf("GEO-WAN %s, checkpoints every %v: %d meters × 1/s for %d s = %d readings at edge-a (%d gateway frames); edge-a uplink: %d bytes up, %d down in %v until the exact output; idle %.0f B/s up; up %.1f B/reading, %.1f B/reading above idle; x-a at the hub %d frames, %d bytes (%.1f B/reading)",
+					pipeline, ckpt, meters, seconds, n, raw, up, down, end.Sub(begin).Round(time.Millisecond), idleUp, float64(up)/float64(n), dataUp/float64(n), xa, xaBytes, float64(xaBytes)/float64(n))
 			})
 		}
 	}
@@ -419,12 +429,12 @@ func geoBenchLatency(t *testing.T, name string, lat int) {
 		g := startGeoBench(ctx, t, lat, pipelinePassThrough, "--checkpoint-interval", ckpt.String())
 		time.Sleep(5 * time.Second)
 		gw := g.gateway("a", 1)
+		step := probeStep(t)
 		var sent []time.Time
-		start := int64(1764057600000)
 		for range 80 {
 			sent = append(sent, time.Now())
 			// Identical probes: a frame's size says how many it holds.
-			gw.lines <- fmt.Sprintf(`{"household": "house-a-0", "kwh": 1, "ts": %d}`, start)
+			gw.lines <- fmt.Sprintf(`{"household": "house-a-0", "kwh": 1, "ts": %d}`, geoProbeTime)
 			time.Sleep(500 * time.Millisecond)
 		}
 		// The gateway ends its stream at once: a reader takes a stream
@@ -442,7 +452,7 @@ func geoBenchLatency(t *testing.T, name string, lat int) {
 			if len(outT) != last {
 				last, since = len(outT), time.Now()
 			}
-			return err == nil && (probeRecords(outT) >= len(sent) || time.Since(since) > 15*time.Second)
+			return err == nil && (probesIn(outT, step, len(sent)) || time.Since(since) > 15*time.Second)
 		})
 		if err != nil {
 			t.Fatalf("the output holds %d frames, want one per probe (%d)", len(outT), len(sent))
@@ -458,7 +468,7 @@ func geoBenchLatency(t *testing.T, name string, lat int) {
 			name   string
 			frames []frameAt
 		}{{"ingest at edge-a", ingest}, {"edge stage's x-a at edge-a", edge}, {"x-a copied to the hub", hub}, {"cloud stage's output at the hub", outT}} {
-			d, err := matchProbes(sent, tier.frames)
+			d, err := matchProbes(sent, tier.frames, step)
 			if err != nil {
 				t.Errorf("%s: %v", tier.name, err)
 				continue
@@ -529,61 +539,80 @@ func TestGeoBenchDrain(t *testing.T) {
 	}
 }
 
-// probeCounts returns how many probe records each frame holds, from its
-// size: the probes are identical records, so the most common size is a
-// one-probe frame, a smaller one holds none (a stream's last frame) and a
-// larger one one more probe per step of the smallest size difference above
-// the common size.
-func probeCounts(frames []frameAt) []int {
-	bySize := map[int]int{}
-	for _, f := range frames {
-		bySize[f.size]++
+// probeStep is how many bytes one more probe record adds to a frame: the
+// binary batch encoding (engine/record) is additive, one record after another.
+func probeStep(t *testing.T) int {
+	t.Helper()
+	schema := &record.Schema{Fields: []record.Field{{Name: "household", Type: record.TypeString}, {Name: "kwh", Type: record.TypeFloat}, {Name: "ts", Type: record.TypeInt}}}
+	probe := record.Record{Time: geoProbeTime, Values: []record.Value{record.String("house-a-0"), record.Float(1), record.Int(geoProbeTime)}}
+	one, err1 := record.AppendBatch(nil, schema, &record.Batch{Records: []record.Record{probe}})
+	two, err2 := record.AppendBatch(nil, schema, &record.Batch{Records: []record.Record{probe, probe}})
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
 	}
-	one, step := 0, 0
-	for size, n := range bySize {
-		if n > bySize[one] || (n == bySize[one] && size < one) {
-			one = size
-		}
-	}
-	for size := range bySize {
-		if d := size - one; d > 0 && (step == 0 || d < step) {
-			step = d
-		}
-	}
-	k := make([]int, len(frames))
-	for i, f := range frames {
-		switch {
-		case f.size < one:
-			k[i] = 0
-		case f.size == one || step == 0:
-			k[i] = 1
-		default:
-			k[i] = 1 + (f.size-one)/step
-		}
-	}
-	return k
+	return len(two) - len(one)
 }
 
-// probeRecords returns the number of probes frames hold.
-func probeRecords(frames []frameAt) int {
-	n := 0
-	for _, k := range probeCounts(frames) {
-		n += k
+// geoProbeTime is the event time of every probe.
+const geoProbeTime = int64(1764057600000)
+
+// probeCounts returns how many of probes identical probe records each frame
+// holds, from its size: each probe adds step bytes, so a frame of k probes
+// has size one + (k-1)*step, and a smaller frame holds none (a stream's last
+// frame). The size one of a one-probe frame is the largest that is a whole
+// number of steps below every larger frame and makes the frames hold probes
+// records in all (so a frame of one probe need not be among them); ok is
+// false when there is none.
+func probeCounts(frames []frameAt, step, probes int) (k []int, ok bool) {
+	if len(frames) == 0 {
+		return nil, probes == 0
 	}
-	return n
+	// Candidates for one: each frame's size and whole steps below it,
+	// largest first.
+	var cands []int
+	for _, f := range frames {
+		for one := f.size; one > 0 && one > f.size-probes*step; one -= step {
+			cands = append(cands, one)
+		}
+	}
+	slices.Sort(cands)
+	cands = slices.Compact(cands)
+	slices.Reverse(cands)
+	for _, one := range cands {
+		k = make([]int, len(frames))
+		n, whole := 0, true
+		for i, f := range frames {
+			if f.size >= one {
+				whole = whole && (f.size-one)%step == 0
+				k[i] = 1 + (f.size-one)/step
+				n += k[i]
+			}
+		}
+		if whole && n == probes {
+			return k, true
+		}
+	}
+	return nil, false
+}
+
+// probesIn says whether frames hold probes probe records.
+func probesIn(frames []frameAt, step, probes int) bool {
+	_, ok := probeCounts(frames, step, probes)
+	return ok
 }
 
 // matchProbes pairs the probes sent, in order, with the probe records of
 // frames, in order (a frame holding k probes serves the next k), and
 // returns each probe's latency: when its frame was stored minus when it was
-// sent. It fails when the frames hold another number of probes than were
-// sent, or when a frame precedes its probe: the pairing would be wrong.
-func matchProbes(sent []time.Time, frames []frameAt) ([]time.Duration, error) {
-	if n := probeRecords(frames); n != len(sent) {
-		return nil, fmt.Errorf("%d frames hold %d probes by their sizes, %d were sent", len(frames), n, len(sent))
+// sent. It fails when the frames' sizes cannot hold the probes sent, or
+// when a frame precedes its probe: the pairing would be wrong.
+func matchProbes(sent []time.Time, frames []frameAt, step int) ([]time.Duration, error) {
+	counts, ok := probeCounts(frames, step, len(sent))
+	if !ok {
+		return nil, fmt.Errorf("the sizes of %d frames do not add up to the %d probes sent", len(frames), len(sent))
 	}
 	var d []time.Duration
-	for i, k := range probeCounts(frames) {
+	for i, k := range counts {
 		for range k {
 			s := sent[len(d)]
 			if frames[i].at.Before(s) {
@@ -648,12 +677,14 @@ func TestGeoBenchMatchProbes(t *testing.T) {
 			[]time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond, 400 * time.Millisecond}, ""},
 		{"two probes in one frame", []frameAt{{at(300), 60}, {at(1200), 85}, {at(1600), 60}},
 			[]time.Duration{300 * time.Millisecond, 700 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond}, ""},
-		{"a probe missing", []frameAt{{at(300), 60}, {at(1200), 60}, {at(1600), 60}}, nil, "hold 3 probes"},
+		{"a probe missing", []frameAt{{at(300), 60}, {at(1200), 60}, {at(1600), 60}}, nil, "do not add up"},
 		{"a frame before its probe", []frameAt{{at(300), 60}, {at(400), 60}, {at(1200), 60}, {at(1600), 60}}, nil, "before its probe"},
+		{"two probes in each frame, none alone", []frameAt{{at(1200), 85}, {at(1800), 85}, {at(1900), 35}},
+			[]time.Duration{1200 * time.Millisecond, 700 * time.Millisecond, 800 * time.Millisecond, 300 * time.Millisecond}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := matchProbes(sent, tc.frames)
+			got, err := matchProbes(sent, tc.frames, 25)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
