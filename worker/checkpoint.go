@@ -162,7 +162,12 @@ func (c *taskCheckpoints) persist(ctx context.Context, t *Task, id uint64, snap 
 	if err != nil {
 		return err
 	}
-	c.log.Debug("checkpoint stored", "checkpoint", id, "bytes", len(snap), "written", x.Written(), "packs", len(x.Packs), "took", time.Since(start))
+	if fresh {
+		// Rare (once per restore) and what a move waits for.
+		c.log.Info("first checkpoint after restore stored", "checkpoint", id, "bytes", len(snap), "written", x.Written(), "packs", len(x.Packs), "took", time.Since(start))
+	} else {
+		c.log.Debug("checkpoint stored", "checkpoint", id, "bytes", len(snap), "written", x.Written(), "packs", len(x.Packs), "took", time.Since(start))
+	}
 	ack := orchestrator.CheckpointAck{Job: t.Job, Checkpoint: id, Task: t.ID, Version: c.version, KeyGroups: kg, Digest: digest.String(), Deployed: t.deployed, Generation: t.gen}
 	res, err := c.ctl.AckCheckpoint(ctx, c.kf, ack)
 	if err != nil {

@@ -595,7 +595,11 @@ type migration struct {
 	from, to  string
 	restoreCp uint64 // the checkpoint the destination restored: the source's last accepted one
 	snapBytes int64
-	dstIn     int64 // records the destination's run took in until its first commit ended
+	// written is what the destination's first checkpoint wrote (the
+	// chunks not in the restored snapshot), stored its store time.
+	written int64
+	stored  time.Duration
+	dstIn   int64 // records the destination's run took in until its first commit ended
 
 	lastSrc     time.Time // JetStream time of the last output of a checkpoint ≤ restoreCp
 	submit      time.Time // task.migrate sent
@@ -618,9 +622,9 @@ func (m *migration) String() string {
 	if !m.srcStopped.IsZero() {
 		stop = f(m.srcStopped)
 	}
-	return fmt.Sprintf("%s→%s restore cp %d (%.1f MB): downtime %.0f ms; ms from submit: last source output %s, accepted %s, task started %s, get %s–%s, sources run %s, first checkpoint triggered %s, committing %s, first destination output %s, source stopped %s",
+	return fmt.Sprintf("%s→%s restore cp %d (%.1f MB): downtime %.0f ms; ms from submit: last source output %s, accepted %s, task started %s, get %s–%s, sources run %s, first checkpoint triggered %s, committing %s, first destination output %s, source stopped %s; first checkpoint wrote %.2f MB in %.0f ms",
 		m.from, m.to, m.restoreCp, float64(m.snapBytes)/(1<<20), ms(m.downtime()), f(m.lastSrc), f(m.accepted), f(m.started), f(m.getStart), f(m.getEnd),
-		f(m.sourcesRun), f(m.trigger), f(m.commitStart), f(m.firstDst), stop)
+		f(m.sourcesRun), f(m.trigger), f(m.commitStart), f(m.firstDst), stop, float64(m.written)/(1<<20), ms(m.stored))
 }
 
 // migrate moves the task from the worker it runs on to the other one, right
@@ -689,6 +693,12 @@ func (e *migEnv) migrate(tb testing.TB) *migration {
 		return false
 	})
 	e.ev.mu.Lock()
+	for _, l := range e.ev.logs {
+		if l.msg == "first checkpoint after restore stored" && l.node() == m.to && l.at.After(m.submit) && m.stored == 0 {
+			m.written = int64(l.attrs["written"].Uint64())
+			m.stored = l.attrs["took"].Duration()
+		}
+	}
 	for _, msg := range e.ev.msgs {
 		if msg.cp <= m.restoreCp && msg.ts.After(m.lastSrc) {
 			m.lastSrc = msg.ts
@@ -751,13 +761,15 @@ func median(xs []float64) float64 {
 // (snapshot, Put, the orchestrator's acceptance); commit-ms, until its first
 // output message was stored; first-ms, sent until that message; since-ms,
 // the source's last output until the move was sent; snapshot-MB, the
-// restored snapshot.
+// restored snapshot; written-MB and store-ms, what the destination's first
+// checkpoint wrote (the chunks not in the restored snapshot) and how long
+// checkpoint.Store.PutIncremental took for it.
 func BenchmarkMigration(b *testing.B) {
 	for _, interval := range []time.Duration{time.Second, 100 * time.Millisecond} {
 		for _, mb := range []int{1, 10, 100} {
 			b.Run(fmt.Sprintf("interval=%v/state=%dMB", interval, mb), func(b *testing.B) {
 				e := newMigEnv(b, max(1, (mb<<20)/(migPad+16)), interval)
-				var down, move, start, get, restore, align, ckpt, commit, first, since, snap []float64
+				var down, move, start, get, restore, align, ckpt, commit, first, since, snap, written, stored []float64
 				// The timer runs: this call takes far more than -benchtime,
 				// so the framework does not call it again with a larger b.N.
 				for range max(b.N, migRuns) {
@@ -774,6 +786,8 @@ func BenchmarkMigration(b *testing.B) {
 					first = append(first, ms(m.firstDst.Sub(m.submit)))
 					since = append(since, ms(m.submit.Sub(m.lastSrc)))
 					snap = append(snap, float64(m.snapBytes)/(1<<20))
+					written = append(written, float64(m.written)/(1<<20))
+					stored = append(stored, ms(m.stored))
 					// Steady state on the destination before the next move.
 					e.waitCommits(b, m.to, time.Now(), 2)
 				}
@@ -782,7 +796,8 @@ func BenchmarkMigration(b *testing.B) {
 					name string
 					v    []float64
 				}{{"move-ms", move}, {"start-ms", start}, {"get-ms", get}, {"restore-ms", restore}, {"align-ms", align},
-					{"ckpt-ms", ckpt}, {"commit-ms", commit}, {"first-ms", first}, {"since-ms", since}, {"snapshot-MB", snap}} {
+					{"ckpt-ms", ckpt}, {"commit-ms", commit}, {"first-ms", first}, {"since-ms", since}, {"snapshot-MB", snap},
+					{"written-MB", written}, {"store-ms", stored}} {
 					b.ReportMetric(median(x.v), x.name)
 				}
 			})
