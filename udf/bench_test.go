@@ -62,7 +62,8 @@ func (d *discard) EmitWatermark(int64)            {}
 // checks;
 // "builtin-go" is operator.Map with the tariff written in Go;
 // "builtin-cel" is operator.Map with the CEL projection the runtime builds
-// for a map node (meter, kwh, kwh * 0.25).
+// for a map node (meter, kwh, kwh * 0.25). The trivial map kwh * 0.25 is
+// also "udf-flat" (cost_flat, columnar) and "builtin-go-flat".
 func BenchmarkMap(b *testing.B) {
 	builtinGo := func(b *testing.B) operator.Operator {
 		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
@@ -71,6 +72,15 @@ func BenchmarkMap(b *testing.B) {
 				rate = 0.40
 			}
 			return append(dst, r.Values[0], r.Values[1], record.Float(r.Values[1].F*rate)), nil
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return op
+	}
+	builtinGoFlat := func(b *testing.B) operator.Operator {
+		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
+			return append(dst, r.Values[0], r.Values[1], record.Float(r.Values[1].F*0.25)), nil
 		}})
 		if err != nil {
 			b.Fatal(err)
@@ -107,6 +117,8 @@ func BenchmarkMap(b *testing.B) {
 		{"udf-columnar-unbounded", udfOp("cost_columnar", true)},
 		{"builtin-go", builtinGo},
 		{"builtin-cel", builtinCEL},
+		{"udf-flat", udfOp("cost_flat", false)},
+		{"builtin-go-flat", builtinGoFlat},
 	} {
 		for _, n := range []int{64, benchBatch, 1024} {
 			batch := record.Batch{Records: readings(n)}

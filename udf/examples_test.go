@@ -103,12 +103,12 @@ func TestExampleCost(t *testing.T) {
 	for _, tc := range []struct {
 		fn       string
 		columnar bool
-	}{{"cost", false}, {"cost_columnar", true}} {
+	}{{"cost", false}, {"cost_columnar", true}, {"cost_flat", true}} {
 		t.Run(tc.fn, func(t *testing.T) {
 			r := newRuntime(t, Config{})
 			inst := instance(t, r, "cost", Function{Name: tc.fn, In: meterKWh, Out: costOut})
 			recs := readings(1000)
-			checkCost(t, recs, runBatches(t, inst, recs, 256))
+			checkCost(t, recs, runBatches(t, inst, recs, 256), tc.fn == "cost_flat")
 			if inst.columnar != tc.columnar {
 				t.Fatalf("%s: called columnar = %v, want %v", tc.fn, inst.columnar, tc.columnar)
 			}
@@ -119,7 +119,9 @@ func TestExampleCost(t *testing.T) {
 	}
 }
 
-func checkCost(t *testing.T, recs, got []record.Record) {
+// checkCost checks the cost example's output; flat: at the off-peak rate
+// at all hours.
+func checkCost(t *testing.T, recs, got []record.Record, flat bool) {
 	t.Helper()
 	if len(got) != len(recs) {
 		t.Fatalf("%d outputs for %d inputs", len(got), len(recs))
@@ -129,7 +131,10 @@ func checkCost(t *testing.T, recs, got []record.Record) {
 		kwh := in.Values[1].F
 		rate := 0.25
 		if h := in.Time / 3_600_000 % 24; h >= 17 && h <= 20 {
-			rate, peak = 0.40, peak+1
+			peak++
+			if !flat {
+				rate = 0.40
+			}
 		}
 		want := []record.Value{in.Values[0], in.Values[1], record.Float(kwh * rate)}
 		if got[i].Time != in.Time || !equalValues(got[i].Values, want) {

@@ -3,7 +3,8 @@
 // where cost is kwh times the tariff of the event's hour (UTC): a peak rate
 // from 17:00 to 21:00 and an off-peak rate otherwise. It exports the same
 // function twice: cost with the SDK's per-record API (sdk.Map), and
-// cost_columnar with its columnar API (sdk.Columnar), the fast one.
+// cost_columnar with its columnar API (sdk.Columnar), the fast one; and
+// cost_flat, the off-peak rate at all hours (the trivial map), columnar.
 //
 // Build it as a WebAssembly reactor (see udf/examples/generate.go):
 //
@@ -56,6 +57,21 @@ func costColumnar(ptr, size uint32) uint64 {
 		out := c.OutFloat("cost")
 		for i, x := range kwh {
 			out[i] = x * Rate(times[i])
+		}
+		return nil
+	})
+}
+
+// costFlat is the trivial map, cost = kwh at the off-peak rate, with the
+// columnar API: the same logic as the built-in CEL map `kwh * 0.25` the
+// benchmarks compare it with.
+//
+//go:wasmexport cost_flat
+func costFlat(ptr, size uint32) uint64 {
+	return sdk.Columnar(ptr, size, []string{"kwh"}, func(c *sdk.Columns) error {
+		kwh, out := c.Float("kwh"), c.OutFloat("cost")
+		for i, x := range kwh {
+			out[i] = x * OffPeakRate
 		}
 		return nil
 	})
