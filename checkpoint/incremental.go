@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -425,24 +426,36 @@ func (s *Store) GetSnapshot(ctx context.Context, id SnapshotID, want Digest, key
 		s.logRefusal(id, id.Object(), err)
 		return nil, nil, err
 	}
+	// The packs are read concurrently: each read waits on round trips to
+	// the store more than on this process.
 	packs := make([][]byte, len(x.Packs))
+	errs := make([]error, len(x.Packs))
+	var wg sync.WaitGroup
+	for i, p := range x.Packs {
+		wg.Go(func() {
+			b, pindex, err := s.getObject(ctx, p.ID, p.Object(), p.Digest, keys)
+			if err == nil && (pindex || uint64(len(b)) != p.Length) {
+				clear(b)
+				b, err = nil, refuse(RuleForeign, p.ID, nil, "object %q is not the pack the index of %s lists (an index, or %d bytes instead of %d)", p.Object(), id, len(b), p.Length)
+				s.logRefusal(p.ID, p.Object(), err)
+			}
+			if err != nil {
+				err = fmt.Errorf("checkpoint: pack %d of %d of incremental snapshot %s: %w", i+1, len(x.Packs), id, err)
+			}
+			packs[i], errs[i] = b, err
+		})
+	}
+	wg.Wait()
 	wipe := func() {
 		for _, p := range packs {
 			clear(p)
 		}
 	}
-	for i, p := range x.Packs {
-		b, pindex, err := s.getObject(ctx, p.ID, p.Object(), p.Digest, keys)
-		if err == nil && (pindex || uint64(len(b)) != p.Length) {
-			clear(b)
-			err = refuse(RuleForeign, p.ID, nil, "object %q is not the pack the index of %s lists (an index, or %d bytes instead of %d)", p.Object(), id, len(b), p.Length)
-			s.logRefusal(p.ID, p.Object(), err)
-		}
+	for _, err := range errs {
 		if err != nil {
 			wipe()
-			return nil, nil, fmt.Errorf("checkpoint: pack %d of %d of incremental snapshot %s: %w", i+1, len(x.Packs), id, err)
+			return nil, nil, err
 		}
-		packs[i] = b
 	}
 	pt := make([]byte, 0, x.Length)
 	for i, c := range x.Chunks {
