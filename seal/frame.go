@@ -1,6 +1,7 @@
 package seal
 
 import (
+	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -187,6 +188,38 @@ func (s *Sealer) SealLast(dst, body []byte, minTime, maxTime int64) ([]byte, err
 	return s.seal(dst, body, minTime, maxTime, FlagLast)
 }
 
+// InPlaceOffset returns where SealInPlace expects the body in its buffer:
+// after room for the frame's header and, unless the Sealer writes plaintext
+// frames, the nonce. It is the same for every frame of the Sealer.
+func (s *Sealer) InPlaceOffset() int {
+	n := HeaderSizeFor(s.scope)
+	if !s.plaintext {
+		n += NonceSize
+	}
+	return n
+}
+
+// SealInPlace is Seal for a body that already lies in the frame's buffer:
+// buf[InPlaceOffset():] is the body and buf[:InPlaceOffset()] is room for
+// the header and nonce, which it overwrites. It pads (if configured) and
+// encrypts the body where it lies and appends the tag, so sealing needs no
+// second frame-sized buffer, and returns the frame: buf extended, or a copy
+// of buf if its capacity was short. The frame is the same as Seal would
+// produce. On error the body is unchanged.
+func (s *Sealer) SealInPlace(buf []byte, minTime, maxTime int64) ([]byte, error) {
+	off := s.InPlaceOffset()
+	if len(buf) < off {
+		return buf, fmt.Errorf("seal: in-place buffer of %d bytes is shorter than its header room of %d", len(buf), off)
+	}
+	for range 3 {
+		out, err := s.sealOnceInPlace(buf, off, minTime, maxTime)
+		if !errors.Is(err, ErrKeyZeroed) {
+			return out, err
+		}
+	}
+	return s.sealOnceInPlace(buf, off, minTime, maxTime)
+}
+
 func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]byte, error) {
 	// A key taken as current may be dropped (and zeroed) by a concurrent
 	// rotation before it seals; then the new current key is used.
@@ -200,41 +233,82 @@ func (s *Sealer) seal(dst, body []byte, minTime, maxTime int64, flags Flags) ([]
 	return s.sealOnce(dst, body, minTime, maxTime, flags)
 }
 
-func (s *Sealer) sealOnce(dst, body []byte, minTime, maxTime int64, flags Flags) ([]byte, error) {
+// prepare checks that the Sealer may seal a body of bodySize bytes and
+// returns the frame's header, the AEAD of the current key to seal with (nil
+// for a plaintext Sealer), and the padded plaintext's length.
+func (s *Sealer) prepare(bodySize int, minTime, maxTime int64, flags Flags) (h Header, gcm cipher.AEAD, ptLen int, err error) {
 	if s.ended {
-		return dst, fmt.Errorf("seal: %s stream of scope %q partition %d already ended at seq %d", s.kind, truncate(s.scope), s.partition, s.next-1)
+		return h, nil, 0, fmt.Errorf("seal: %s stream of scope %q partition %d already ended at seq %d", s.kind, truncate(s.scope), s.partition, s.next-1)
 	}
 	if minTime > maxTime {
-		return dst, fmt.Errorf("seal: time range [%d, %d] is inverted", minTime, maxTime)
+		return h, nil, 0, fmt.Errorf("seal: time range [%d, %d] is inverted", minTime, maxTime)
 	}
-	h := Header{Version: Version, Kind: s.kind, Flags: flags, Scope: s.scope, Partition: s.partition, Seq: s.next, MinTime: minTime, MaxTime: maxTime}
-	var key *Key
+	h = Header{Version: Version, Kind: s.kind, Flags: flags, Scope: s.scope, Partition: s.partition, Seq: s.next, MinTime: minTime, MaxTime: maxTime}
 	if !s.plaintext {
-		var ok bool
-		if key, ok = s.keys.Current(s.scope); !ok {
-			return dst, fmt.Errorf("seal: no key for scope %q in the keyring", truncate(s.scope))
+		key, ok := s.keys.Current(s.scope)
+		if !ok {
+			return h, nil, 0, fmt.Errorf("seal: no key for scope %q in the keyring", truncate(s.scope))
 		}
 		if key.sealed.Add(1) > MaxFramesPerKey {
-			return dst, fmt.Errorf("seal: %s has sealed %d frames, the most one key may; rotate the scope's key epoch", key, uint64(MaxFramesPerKey))
+			return h, nil, 0, fmt.Errorf("seal: %s has sealed %d frames, the most one key may; rotate the scope's key epoch", key, uint64(MaxFramesPerKey))
 		}
 		h.Epoch, h.KeyID = key.epoch, key.id
+		if gcm = key.gcm(); gcm == nil {
+			return h, nil, 0, fmt.Errorf("seal: sealing %s: %w", key, ErrKeyZeroed)
+		}
 	} else {
 		h.Flags |= FlagPlaintext
 	}
-	ptLen := len(body)
+	ptLen = bodySize
 	if s.bucket > 0 {
 		h.Flags |= FlagPadded
-		ptLen = (len(body) + padTrailer + s.bucket - 1) / s.bucket * s.bucket
+		ptLen = (bodySize + padTrailer + s.bucket - 1) / s.bucket * s.bucket
 	}
 	bodyLen := ptLen
 	if !s.plaintext {
 		bodyLen += Overhead
 	}
-	if bodyLen > MaxBody || ptLen < len(body) {
-		return dst, fmt.Errorf("seal: body of %d bytes makes a frame body of %d bytes, more than the maximum %d", len(body), bodyLen, MaxBody)
+	if bodyLen > MaxBody || ptLen < bodySize {
+		return h, nil, 0, fmt.Errorf("seal: body of %d bytes makes a frame body of %d bytes, more than the maximum %d", bodySize, bodyLen, MaxBody)
 	}
 	h.BodyLen = uint32(bodyLen)
+	return h, gcm, ptLen, nil
+}
 
+func (s *Sealer) sealOnceInPlace(buf []byte, off int, minTime, maxTime int64) ([]byte, error) {
+	bodySize := len(buf) - off
+	h, gcm, ptLen, err := s.prepare(bodySize, minTime, maxTime, 0)
+	if err != nil {
+		return buf, err
+	}
+	hdrEnd := HeaderSizeFor(s.scope)
+	total := off + ptLen
+	if gcm != nil {
+		total += TagSize
+	}
+	buf = growTo(buf, total)
+	h.appendUnchecked(buf[:0]) // writes buf[:hdrEnd]: growTo left room
+	if s.bucket > 0 {
+		pad := buf[off+bodySize : off+ptLen]
+		clear(pad[:len(pad)-padTrailer])
+		binary.BigEndian.PutUint32(pad[len(pad)-padTrailer:], uint32(bodySize))
+	}
+	if gcm != nil {
+		nonce := buf[hdrEnd:off]
+		rand.Read(nonce) // never returns an error; crashes the program if the system's randomness fails
+		pt := buf[off : off+ptLen]
+		gcm.Seal(pt[:0], nonce, pt, buf[:hdrEnd]) // exactly in place: the tag fills buf[off+ptLen:]
+	}
+	s.advance(0)
+	return buf, nil
+}
+
+func (s *Sealer) sealOnce(dst, body []byte, minTime, maxTime int64, flags Flags) ([]byte, error) {
+	h, gcm, ptLen, err := s.prepare(len(body), minTime, maxTime, flags)
+	if err != nil {
+		return dst, err
+	}
+	bodyLen := int(h.BodyLen)
 	start := len(dst)
 	dst = h.appendUnchecked(dst)
 	hdrEnd := len(dst)
@@ -242,10 +316,6 @@ func (s *Sealer) sealOnce(dst, body []byte, minTime, maxTime int64, flags Flags)
 		dst = appendPadded(dst, body, ptLen, s.bucket > 0)
 		s.advance(flags)
 		return dst, nil
-	}
-	gcm := key.gcm()
-	if gcm == nil {
-		return dst[:start], fmt.Errorf("seal: sealing %s: %w", key, ErrKeyZeroed)
 	}
 	dst = growTo(dst, hdrEnd+bodyLen)
 	nonce := dst[hdrEnd : hdrEnd+NonceSize]
@@ -428,12 +498,27 @@ func (o *Opener) CheckEnd(scope string, partitions ...uint32) error {
 // does not allocate in steady state when dst has room for the body; the
 // returned Header's Scope is the Opener's own copy of the scope string.
 func (o *Opener) Open(dst, frame []byte) (Header, []byte, error) {
+	return o.open(dst, frame, false)
+}
+
+// OpenInPlace is Open that decrypts the body in frame's own buffer instead of
+// appending it to a second one: the plaintext it returns is a subslice of
+// frame, whose body it overwrites. The caller must own frame and not read its
+// body afterwards: even a rejected frame's body may have been overwritten
+// (with zeros, when authentication fails). It accepts and rejects exactly
+// the frames Open does.
+func (o *Opener) OpenInPlace(frame []byte) (Header, []byte, error) {
+	return o.open(nil, frame, true)
+}
+
+func (o *Opener) open(dst, frame []byte, inPlace bool) (Header, []byte, error) {
 	var r rawHeader
 	if err := parseRaw(frame, &r); err != nil {
 		return Header{}, dst, &Rejection{Reason: ReasonMalformed, Detail: err.Error(), Err: err}
 	}
+	keep := dst // what a rejection returns: dst unchanged
 	reject := func(reason Reason, expected uint64, format string, args ...any) (Header, []byte, error) {
-		return Header{}, dst, &Rejection{Reason: reason, Kind: r.Kind, Scope: string(r.scope), Partition: r.Partition,
+		return Header{}, keep, &Rejection{Reason: reason, Kind: r.Kind, Scope: string(r.scope), Partition: r.Partition,
 			Epoch: r.Epoch, Seq: r.Seq, Expected: expected, Detail: fmt.Sprintf(format, args...)}
 	}
 	if r.Kind != o.kind {
@@ -444,12 +529,17 @@ func (o *Opener) Open(dst, frame []byte) (Header, []byte, error) {
 		return reject(ReasonForeign, 0, "this opener does not read this scope")
 	}
 	body := frame[r.size:]
-	start := len(dst)
+	var pt []byte // the (padded) plaintext: at the end of dst, or in body
 	if r.Flags&FlagPlaintext != 0 {
 		if !o.acceptPlaintext {
 			return reject(ReasonPlaintext, 0, "the frame is not encrypted and this opener requires sealed frames")
 		}
-		dst = append(dst, body...)
+		if inPlace {
+			pt = body
+		} else {
+			dst = append(dst, body...)
+			pt = dst[len(keep):]
+		}
 	} else {
 		if o.keys == nil {
 			return reject(ReasonUnknownEpoch, 0, "this opener holds no keys")
@@ -468,24 +558,31 @@ func (o *Opener) Open(dst, frame []byte) (Header, []byte, error) {
 		if len(body) < Overhead {
 			return reject(ReasonMalformed, 0, "sealed body of %d bytes is shorter than nonce and tag", len(body))
 		}
-		out, err := gcm.Open(dst, body[:NonceSize], body[NonceSize:], frame[:r.size])
+		out := dst
+		if inPlace {
+			// Exactly in place: the plaintext overwrites the ciphertext.
+			out = body[NonceSize:NonceSize]
+		}
+		out, err := gcm.Open(out, body[:NonceSize], body[NonceSize:], frame[:r.size])
 		if err != nil {
 			return reject(ReasonTampered, 0, "authentication failed: header or body changed, or sealed with another key")
 		}
-		dst = out
+		if inPlace {
+			pt = out
+		} else {
+			dst = out
+			pt = dst[len(keep):]
+		}
 	}
 	if r.Flags&FlagPadded != 0 {
-		pt := dst[start:]
 		if len(pt) < padTrailer {
-			dst = dst[:start]
 			return reject(ReasonMalformed, 0, "padded body of %d bytes has no length trailer", len(pt))
 		}
 		n := binary.BigEndian.Uint32(pt[len(pt)-padTrailer:])
 		if uint64(n) > uint64(len(pt)-padTrailer) {
-			dst = dst[:start]
 			return reject(ReasonMalformed, 0, "padded body of %d bytes claims %d bytes of content", len(pt), n)
 		}
-		dst = dst[:start+int(n)]
+		pt = pt[:n]
 	}
 	p := st.parts[r.Partition]
 	if p == nil {
@@ -494,13 +591,10 @@ func (o *Opener) Open(dst, frame []byte) (Header, []byte, error) {
 	}
 	switch {
 	case r.Seq < p.next:
-		dst = dst[:start]
 		return reject(ReasonReplayed, p.next, "sequence number %d is below the next expected %d", r.Seq, p.next)
 	case p.ended:
-		dst = dst[:start]
 		return reject(ReasonAfterEnd, p.next, "the partition's stream already ended before seq %d", p.next)
 	case r.Seq > p.next:
-		dst = dst[:start]
 		return reject(ReasonGap, p.next, "sequence number %d is above the next expected %d: frames missing or reordered", r.Seq, p.next)
 	}
 	p.next++
@@ -509,5 +603,8 @@ func (o *Opener) Open(dst, frame []byte) (Header, []byte, error) {
 	}
 	h := r.Header
 	h.Scope = st.name
-	return h, dst, nil
+	if inPlace {
+		return h, pt, nil
+	}
+	return h, dst[:len(keep)+len(pt)], nil
 }

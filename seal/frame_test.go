@@ -530,3 +530,144 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestSealOpenInPlace checks that SealInPlace makes frames Open accepts and
+// OpenInPlace opens frames of Seal, with padding and plaintext frames, that
+// the frames have the same layout as Seal's, and that OpenInPlace rejects
+// what Open rejects.
+func TestSealOpenInPlace(t *testing.T) {
+	const scope = "job/edge-1"
+	sizes := []int{0, 1, 15, 16, 100, 4096, 65536}
+	for _, pad := range []int{0, 64, 4096} {
+		for _, plaintext := range []bool{false, true} {
+			t.Run(fmt.Sprintf("pad=%d/plaintext=%v", pad, plaintext), func(t *testing.T) {
+				keys := NewKeyring()
+				if _, err := keys.Generate(scope, 3); err != nil {
+					t.Fatal(err)
+				}
+				var opts []SealerOption
+				if pad > 0 {
+					opts = append(opts, WithPadding(pad))
+				}
+				var oopts []OpenerOption
+				if plaintext {
+					opts = append(opts, WithPlaintext())
+					oopts = append(oopts, AcceptPlaintext())
+				}
+				inPlace, _ := NewSealer(keys, KindExchange, scope, 2, opts...)
+				appending, _ := NewSealer(keys, KindExchange, scope, 2, opts...)
+				open1, _ := NewOpener(keys, KindExchange, []string{scope}, oopts...)
+				open2, _ := NewOpener(keys, KindExchange, []string{scope}, oopts...)
+				off := inPlace.InPlaceOffset()
+				if want := HeaderSizeFor(scope) + NonceSize; !plaintext && off != want || plaintext && off != HeaderSizeFor(scope) {
+					t.Fatalf("InPlaceOffset = %d", off)
+				}
+				for i, n := range sizes {
+					body := bytes.Repeat([]byte{byte(i + 1)}, n)
+					// Short capacity on odd frames: SealInPlace must grow.
+					buf := make([]byte, off, off+n+(i%2)*(pad+64))
+					buf = append(buf, body...)
+					f1, err := inPlace.SealInPlace(buf, int64(i), int64(i+5))
+					if err != nil {
+						t.Fatal(err)
+					}
+					f2, err := appending.Seal(nil, body, int64(i), int64(i+5))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(f1) != len(f2) || !bytes.Equal(f1[:HeaderSizeFor(scope)], f2[:HeaderSizeFor(scope)]) {
+						t.Fatalf("body of %d bytes: in-place frame of %d bytes differs from Seal's %d in layout or header", n, len(f1), len(f2))
+					}
+					if !plaintext && n >= 16 && bytes.Contains(f1, body) {
+						t.Fatal("in-place sealed frame contains its plaintext")
+					}
+					h1, got1, err := open1.Open(nil, f1)
+					if err != nil || !bytes.Equal(got1, body) {
+						t.Fatalf("Open of the in-place frame of %d bytes: %d bytes, %v", n, len(got1), err)
+					}
+					h2, got2, err := open2.OpenInPlace(f2)
+					if err != nil || !bytes.Equal(got2, body) {
+						t.Fatalf("OpenInPlace of a %d-byte body: %d bytes, %v", n, len(got2), err)
+					}
+					if h1 != h2 {
+						t.Fatalf("headers %+v and %+v differ", h1, h2)
+					}
+					if n > 0 && &got2[0] != &f2[off] {
+						t.Fatal("OpenInPlace did not open in the frame's buffer")
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestOpenInPlaceRejects(t *testing.T) {
+	f := newFixture(t, "scope-a", 3, false)
+	sealedBody := HeaderSizeFor("scope-a") + NonceSize
+	for _, tc := range []struct {
+		name   string
+		frames [][]byte // opened in order; the last must be rejected
+		reason Reason
+	}{
+		{"tampered body", [][]byte{flip(f.frames[0], sealedBody+1)}, ReasonTampered},
+		{"tampered header", [][]byte{flip(f.frames[0], headerOffset(len("scope-a"), "mintime"))}, ReasonTampered},
+		{"replayed", [][]byte{f.frames[0], f.frames[0]}, ReasonReplayed},
+		{"gap", [][]byte{f.frames[0], f.frames[2]}, ReasonGap},
+		{"truncated", [][]byte{f.frames[0][:10]}, ReasonMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _ := NewOpener(f.keys, KindIngest, []string{"scope-a"})
+			for i, fr := range tc.frames {
+				_, _, err := o.OpenInPlace(bytes.Clone(fr))
+				if i < len(tc.frames)-1 {
+					if err != nil {
+						t.Fatalf("frame %d: %v", i, err)
+					}
+					continue
+				}
+				if got := ReasonOf(err); got != tc.reason {
+					t.Fatalf("rejection %q (%v), want %q", got, err, tc.reason)
+				}
+			}
+			// The partition still expects the rejected frame's successor of
+			// the last accepted one: the next authentic frame opens.
+			next := len(tc.frames) - 1
+			if tc.name == "replayed" || tc.name == "gap" {
+				next = 1
+			}
+			if _, got, err := o.OpenInPlace(bytes.Clone(f.frames[next])); err != nil || !bytes.Equal(got, f.bodies[next]) {
+				t.Fatalf("frame %d after the rejection: %q, %v", next, got, err)
+			}
+		})
+	}
+}
+
+func TestSealOpenInPlaceDoNotAllocate(t *testing.T) {
+	for _, pad := range []int{0, 1024} {
+		keys := NewKeyring()
+		keys.Generate("s", 1)
+		var opts []SealerOption
+		if pad > 0 {
+			opts = append(opts, WithPadding(pad))
+		}
+		s, _ := NewSealer(keys, KindExchange, "s", 0, opts...)
+		o, _ := NewOpener(keys, KindExchange, []string{"s"})
+		off := s.InPlaceOffset()
+		buf := make([]byte, off+4096, 8192)
+		var err error
+		frame, _ := s.SealInPlace(buf, 0, 0)
+		o.OpenInPlace(frame)
+		allocs := testing.AllocsPerRun(200, func() {
+			frame, err = s.SealInPlace(buf[:off+4096], 1, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err = o.OpenInPlace(frame); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("pad %d: SealInPlace+OpenInPlace allocate %.1f times per frame, want 0", pad, allocs)
+		}
+	}
+}
