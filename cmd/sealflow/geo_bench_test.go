@@ -483,7 +483,8 @@ func geoBenchLatency(t *testing.T, name string, lat int) {
 // publish (SEALFLOW_GEO_BENCH_METERS readings per second and site, 200 by
 // default, 75 s in all, the raw pipeline so the backlog is the readings
 // themselves) and measures how long after the link returns the hub's copy
-// of x-a catches up with edge-a's buffer, and the exact output.
+// of x-a catches up with edge-a's buffer and (raw pipeline) with every
+// reading published until the return, and the exact output.
 func TestGeoBenchDrain(t *testing.T) {
 	geoBenchEnabled(t)
 	meters := envInt(t, "SEALFLOW_GEO_BENCH_METERS", 200)
@@ -494,6 +495,7 @@ func TestGeoBenchDrain(t *testing.T) {
 			g := startGeoBench(ctx, t, 20, pipeline, "--checkpoint-interval", "500ms", "--node-timeout", "2m")
 			time.Sleep(5 * time.Second)
 			xa := confidential.IngestStreamPrefix + worker.IntermediateScope("balance", "x-a")
+			ingest := confidential.IngestStreamPrefix + "meter-a"
 			type result struct {
 				want map[int64]float64
 				n    int
@@ -510,6 +512,7 @@ func TestGeoBenchDrain(t *testing.T) {
 			time.Sleep(30 * time.Second)
 			site, _ := streamCount(ctx, g.ep.Sites["edge-a"].NATSURL, xa)
 			hubBefore, _ := streamCount(ctx, g.ep.NATSURL, xa)
+			ingested, _ := streamCount(ctx, g.ep.Sites["edge-a"].NATSURL, ingest)
 			g.setDown("edge-a", false)
 			up := time.Now()
 			// The backlog is what edge-a's buffer held beyond the hub's copy
@@ -527,12 +530,36 @@ func TestGeoBenchDrain(t *testing.T) {
 			if err != nil {
 				t.Fatalf("the hub's copy of x-a did not reach the %d frames edge-a held when the link returned", site)
 			}
+			// The raw pipeline's edge stage commits one x-a frame per
+			// gateway frame (checked below), so the hub has caught up with
+			// the readings published until the return when its copy of x-a
+			// holds as many frames as edge-a's ingest stream held then.
+			var current time.Time
+			if pipeline == pipelineRaw {
+				err := waitUntil(ctx, 3*time.Minute, func() bool {
+					hub, err := streamCount(ctx, g.ep.NATSURL, xa)
+					if err == nil && hub >= ingested {
+						current = time.Now()
+						return true
+					}
+					return false
+				})
+				if err != nil {
+					t.Fatalf("the hub's copy of x-a did not reach the %d frames edge-a had ingested when the link returned", ingested)
+				}
+			}
 			r := <-res
 			published := time.Now()
 			checkBalanceOutput(ctx, t, g.bin, g.grid, g.gridTrust, g.ep.NATSURL, r.want, 3*time.Minute)
 			done := time.Now()
 			l := g.link("edge-a").Stats
-			t.Logf("GEO-DRAIN %s: %d meters/s per site, link down 30 s from %v after publishing began; backlog at return %d x-a frames (hub had %d); hub caught up with it %v after the link returned; gateways finished %v after the return, exact output %v after they finished; edge-a uplink carried %d bytes from just before the outage, %d connections reset",
+			finalIngest, _ := streamCount(ctx, g.ep.Sites["edge-a"].NATSURL, ingest)
+			finalHub, _ := streamCount(ctx, g.ep.NATSURL, xa)
+			if pipeline == pipelineRaw {
+				t.Logf("GEO-DRAIN raw: edge-a had ingested %d gateway frames when the link returned; the hub's x-a held as many %v after the return (at the end: %d ingest frames, %d x-a frames at the hub)",
+					ingested, current.Sub(up).Round(time.Millisecond), finalIngest, finalHub)
+			}
+			t.Logf("GEO-DRAIN %s: %d meters/s per site, link down 30 s from %v after publishing began; x-a at the return: %d frames at edge-a, %d at the hub; the hub's copy reached edge-a's count %v after the link returned; gateways finished %v after the return, exact output %v after they finished; edge-a uplink carried %d bytes from just before the outage, %d connections reset",
 				pipeline, meters, up.Add(-30*time.Second).Sub(begin).Round(time.Millisecond), site, hubBefore, caught.Sub(up).Round(time.Millisecond),
 				published.Sub(up).Round(time.Millisecond), done.Sub(published).Round(time.Millisecond), l.Up-before.Up, l.Reset-before.Reset)
 		})
