@@ -6,4 +6,8 @@
 // over a JSON-lines file written by "sealflow nexmark gen"; rowcmp checks two
 // JSON-lines outputs hold the same rows as a multiset; run.sh builds both and
 // runs sealflow and Benthos on the same file.
+//
+// beamq runs Nexmark q5 and q7 with the Apache Beam Go SDK on its Prism
+// runner, in process, over the same file, with the same event-time windows;
+// beam.sh runs sealflow and beamq on the same file and compares their rows.
 package peers
