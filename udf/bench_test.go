@@ -10,6 +10,7 @@ import (
 	"github.com/sealflow/sealflow/engine/expr"
 	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/udf/sdk"
 	"github.com/tetratelabs/wazero"
 )
 
@@ -252,4 +253,52 @@ func BenchmarkABIFloor(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkColumnarHost measures the host's per-record work in a columnar
+// call of the cost map at batch 256, without the guest: encoding the
+// columns the function reads (times and kwh) and decoding its response
+// (meter and kwh passed from the input, cost read from the response). The
+// response is the SDK's own (sdk.ServeColumnar run natively).
+func BenchmarkColumnarHost(b *testing.B) {
+	batch := record.Batch{Records: readings(benchBatch)}
+	header := sdk.AppendColumnarHeader(nil, meterKWh, costOut)
+	reads := []bool{false, true}
+	size, err := columnarSize(header, meterKWh, reads, &batch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := make([]byte, size)
+	if err := encodeColumnar(req, header, meterKWh, reads, &batch); err != nil {
+		b.Fatal(err)
+	}
+	resp := sdk.ServeColumnar(req, []string{"kwh"}, func(c *sdk.Columns) error {
+		kwh, out := c.Float("kwh"), c.OutFloat("cost")
+		for i, x := range kwh {
+			out[i] = x * 0.25
+		}
+		return nil
+	})
+	b.Run("encode", func(b *testing.B) {
+		measure(b, benchBatch, func() {
+			if _, err := columnarSize(header, meterKWh, reads, &batch); err != nil {
+				b.Fatal(err)
+			}
+			if err := encodeColumnar(req, header, meterKWh, reads, &batch); err != nil {
+				b.Fatal(err)
+			}
+		})
+	})
+	b.Run("decode", func(b *testing.B) {
+		var dec ColumnarDecoder
+		var out record.Batch
+		measure(b, benchBatch, func() {
+			if err := dec.Decode(resp, batch.Records, meterKWh, costOut, &out); err != nil {
+				b.Fatal(err)
+			}
+		})
+		if len(out.Records) != benchBatch || out.Records[5].Values[2].F != batch.Records[5].Values[1].F*0.25 {
+			b.Fatalf("decoded %d records, record 5 = %v", len(out.Records), out.Records[5].Values)
+		}
+	})
 }
