@@ -1,11 +1,13 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 
@@ -65,10 +67,13 @@ func cut(b []byte) int {
 	}
 	end := min(n, cdcMax)
 	var h uint64
-	for i := cdcMin - 64; i < end; i++ {
-		h = h<<1 + gear[b[i]]
-		if i >= cdcMin && h&cdcMask == 0 {
-			return i + 1
+	for _, c := range b[cdcMin-64 : cdcMin] {
+		h = h<<1 + gear[c]
+	}
+	for i, c := range b[cdcMin:end] {
+		h = h<<1 + gear[c]
+		if h&cdcMask == 0 {
+			return cdcMin + i + 1
 		}
 	}
 	return end
@@ -98,6 +103,10 @@ type PackRef struct {
 	// Length is the plaintext length of the pack.
 	Length uint64
 }
+
+// maxBufferedPack is the largest pack PutIncremental seals in memory before
+// storing it.
+const maxBufferedPack = 16 << 20
 
 // packSuffix ends the object name of a pack; '#' is escaped in the ids of
 // SnapshotID.Object, so no snapshot's name ends so.
@@ -370,20 +379,47 @@ func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []b
 	if allNew {
 		pack = plaintext // no copy
 	}
-	if newLen > 0 {
-		pr := PackRef{ID: id, Length: newLen}
+	if newLen == 0 {
+		d, err := s.put(ctx, id, id.Object(), true, x.marshal(), keys)
+		if err != nil {
+			return Digest{}, nil, err
+		}
+		return d, x, nil
+	}
+	pr := PackRef{ID: id, Length: newLen}
+	if newLen > maxBufferedPack {
+		// A large pack (a first, whole checkpoint) streams into the store;
+		// the index follows once its digest is known.
 		d, err := s.put(ctx, id, pr.Object(), false, pack, keys)
 		if err != nil {
 			return Digest{}, nil, err
 		}
 		pr.Digest = d
 		x.Packs = append(x.Packs, pr)
-	}
-	d, err := s.put(ctx, id, id.Object(), true, x.marshal(), keys)
-	if err != nil {
-		if newLen > 0 {
-			_ = s.deleteObject(context.WithoutCancel(ctx), id, id.Object()+packSuffix)
+		if d, err = s.put(ctx, id, id.Object(), true, x.marshal(), keys); err != nil {
+			_ = s.deleteObject(context.WithoutCancel(ctx), id, pr.Object())
+			return Digest{}, nil, err
 		}
+		return d, x, nil
+	}
+	// A small pack is sealed in memory first, so that its digest is known
+	// and it and the index are stored concurrently (one store round trip
+	// less on the checkpoint's path).
+	sr, h, err := s.sealer(id, false, pack, keys)
+	if err != nil {
+		return Digest{}, nil, err
+	}
+	sealed, _ := io.ReadAll(sr) // sealReader fails only with io.EOF
+	sr.sum.Sum(pr.Digest[:0])
+	x.Packs = append(x.Packs, pr)
+	packErr := make(chan error, 1)
+	go func() { packErr <- s.putSealed(ctx, id, pr.Object(), bytes.NewReader(sealed), h) }()
+	d, err := s.put(ctx, id, id.Object(), true, x.marshal(), keys)
+	if perr := <-packErr; err == nil {
+		err = perr
+	}
+	if err != nil {
+		_, _ = s.Release(context.WithoutCancel(ctx), &Index{ID: id, Packs: []PackRef{pr}}, 0, base)
 		return Digest{}, nil, err
 	}
 	return d, x, nil

@@ -127,19 +127,37 @@ func (s *Store) Put(ctx context.Context, id SnapshotID, plaintext []byte, keys *
 // put seals plaintext as the snapshot id (an index object if index is set)
 // and stores it under the object name.
 func (s *Store) put(ctx context.Context, id SnapshotID, name string, index bool, plaintext []byte, keys *seal.Keyring) (Digest, error) {
-	if err := id.Validate(); err != nil {
+	sr, h, err := s.sealer(id, index, plaintext, keys)
+	if err != nil {
 		return Digest{}, err
 	}
+	if err := s.putSealed(ctx, id, name, sr, h); err != nil {
+		return Digest{}, err
+	}
+	if sr.i != sr.n {
+		return Digest{}, fmt.Errorf("checkpoint: storing %s: the store stopped reading at chunk %d of %d", id, sr.i, sr.n)
+	}
+	var d Digest
+	sr.sum.Sum(d[:0])
+	return d, nil
+}
+
+// sealer returns a reader of plaintext sealed as the snapshot id, which
+// hashes what it produces, and its header.
+func (s *Store) sealer(id SnapshotID, index bool, plaintext []byte, keys *seal.Keyring) (*sealReader, Header, error) {
+	if err := id.Validate(); err != nil {
+		return nil, Header{}, err
+	}
 	if keys == nil {
-		return Digest{}, fmt.Errorf("checkpoint: put %s: no keyring", id)
+		return nil, Header{}, fmt.Errorf("checkpoint: put %s: no keyring", id)
 	}
 	key, ok := keys.Current(KeyScope(id.Job))
 	if !ok {
-		return Digest{}, fmt.Errorf("checkpoint: put %s: the keyring holds no checkpoint key for job %q (scope %q)", id, id.Job, KeyScope(id.Job))
+		return nil, Header{}, fmt.Errorf("checkpoint: put %s: the keyring holds no checkpoint key for job %q (scope %q)", id, id.Job, KeyScope(id.Job))
 	}
 	secret, err := key.Bytes()
 	if err != nil {
-		return Digest{}, fmt.Errorf("checkpoint: put %s: %w", id, err)
+		return nil, Header{}, fmt.Errorf("checkpoint: put %s: %w", id, err)
 	}
 	defer clear(secret)
 	sealedFor := id
@@ -148,28 +166,31 @@ func (s *Store) put(ctx context.Context, id SnapshotID, name string, index bool,
 	rand.Read(h.Salt[:])
 	hb, err := h.AppendBinary(nil)
 	if err != nil {
-		return Digest{}, err
+		return nil, Header{}, err
 	}
 	aead, err := objectAEAD(secret, h.Salt, hb)
 	if err != nil {
-		return Digest{}, err
+		return nil, Header{}, err
 	}
 	sr := &sealReader{aead: aead, pt: plaintext, chunk: int(h.ChunkSize), n: h.Chunks(), out: hb, sum: sha256.New()}
 	sr.sum.Write(hb)
+	return sr, h, nil
+}
+
+// putSealed stores the sealed object r with header h under name.
+func (s *Store) putSealed(ctx context.Context, id SnapshotID, name string, r io.Reader, h Header) error {
 	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{
 		Name:        name,
 		Description: "sealed snapshot",
 		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: s.natsChunk},
-	}, sr)
+	}, r)
 	if err != nil {
-		return Digest{}, fmt.Errorf("checkpoint: storing %s as %q: %w", id, name, err)
+		return fmt.Errorf("checkpoint: storing %s as %q: %w", id, name, err)
 	}
-	if info.Size != h.SealedSize() || sr.i != sr.n {
-		return Digest{}, fmt.Errorf("checkpoint: storing %s: the store took %d bytes, want %d", id, info.Size, h.SealedSize())
+	if info.Size != h.SealedSize() {
+		return fmt.Errorf("checkpoint: storing %s: the store took %d bytes, want %d", id, info.Size, h.SealedSize())
 	}
-	var d Digest
-	sr.sum.Sum(d[:0])
-	return d, nil
+	return nil
 }
 
 // sealReader produces a sealed object on demand: the header, then each chunk
