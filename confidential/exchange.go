@@ -109,17 +109,16 @@ func (c *ExchangeCodec) channel(hdr runtime.FrameHeader) (*exchangeChannel, uint
 	return ch, part, nil
 }
 
-// Seal seals plaintext as the next frame of hdr's channel and appends the
-// sealed frame to dst, growing it at most once. hdr.Seq must be the channel's
-// next sequence number (the runtime counts from 1). dst must not overlap
-// plaintext.
-func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, dst, plaintext []byte) ([]byte, error) {
+var _ runtime.InPlaceCodec = (*ExchangeCodec)(nil)
+
+// sealer returns hdr's channel, locked, with its Sealer, after checking that
+// hdr is the channel's next frame. The caller unlocks ch.mu.
+func (c *ExchangeCodec) sealer(hdr runtime.FrameHeader) (*exchangeChannel, error) {
 	ch, part, err := c.channel(hdr)
 	if err != nil {
 		return nil, err
 	}
 	ch.mu.Lock()
-	defer ch.mu.Unlock()
 	if ch.sealer == nil {
 		var so []seal.SealerOption
 		if c.cfg.padding > 0 {
@@ -129,12 +128,27 @@ func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, dst, plaintext []byte) ([]
 			so = append(so, seal.WithPlaintext())
 		}
 		if ch.sealer, err = seal.NewSealer(c.keys, seal.KindExchange, c.job, part, so...); err != nil {
+			ch.mu.Unlock()
 			return nil, fmt.Errorf("confidential: sealer for frame %s: %w", hdr, err)
 		}
 	}
 	if want := ch.sealer.Next() + 1; hdr.Seq != want {
+		ch.mu.Unlock()
 		return nil, fmt.Errorf("confidential: frame %s is out of order: the channel's next frame is #%d", hdr, want)
 	}
+	return ch, nil
+}
+
+// Seal seals plaintext as the next frame of hdr's channel and appends the
+// sealed frame to dst, growing it at most once. hdr.Seq must be the channel's
+// next sequence number (the runtime counts from 1). dst must not overlap
+// plaintext.
+func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, dst, plaintext []byte) ([]byte, error) {
+	ch, err := c.sealer(hdr)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.mu.Unlock()
 	n := seal.HeaderSizeFor(c.job) + len(plaintext) + seal.Overhead
 	if c.cfg.padding > 0 {
 		n += c.cfg.padding + 4
@@ -142,11 +156,49 @@ func (c *ExchangeCodec) Seal(hdr runtime.FrameHeader, dst, plaintext []byte) ([]
 	return ch.sealer.Seal(slices.Grow(dst, n), plaintext, 0, 0)
 }
 
+// SealOffset returns the room SealInPlace needs before a frame's plaintext:
+// the seal header of the codec's job and, unless the codec writes plaintext
+// frames (WithPlaintext), the nonce.
+func (c *ExchangeCodec) SealOffset() int {
+	n := seal.HeaderSizeFor(c.job)
+	if !c.cfg.plaintext {
+		n += seal.NonceSize
+	}
+	return n
+}
+
+// SealInPlace is Seal for a plaintext that lies at buf[SealOffset():]: it
+// seals it where it lies (seal.Sealer.SealInPlace) and returns the frame, the
+// same as Seal's, in buf (or in a copy, if buf's capacity was short).
+func (c *ExchangeCodec) SealInPlace(hdr runtime.FrameHeader, buf []byte) ([]byte, error) {
+	ch, err := c.sealer(hdr)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.mu.Unlock()
+	if off := ch.sealer.InPlaceOffset(); off != c.SealOffset() {
+		return nil, fmt.Errorf("confidential: frame %s: sealer offset %d differs from the codec's %d", hdr, off, c.SealOffset())
+	}
+	return ch.sealer.SealInPlace(buf, 0, 0)
+}
+
 // Open opens a frame received on hdr's channel and appends its plaintext to
 // dst. A frame that is not the next authentic frame of exactly that channel is
 // refused with a *seal.Rejection, counted and reported. dst must not overlap
 // sealed.
 func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, dst, sealed []byte) ([]byte, error) {
+	return c.open(hdr, dst, sealed, false)
+}
+
+// OpenInPlace is Open that decrypts the frame in sealed's own buffer and
+// returns the plaintext as a subslice of it (seal.Opener.OpenInPlace). It
+// accepts and refuses exactly the frames Open does, but overwrites sealed,
+// also when it refuses the frame: the caller must own sealed.
+func (c *ExchangeCodec) OpenInPlace(hdr runtime.FrameHeader, sealed []byte) ([]byte, error) {
+	return c.open(hdr, nil, sealed, true)
+}
+
+func (c *ExchangeCodec) open(hdr runtime.FrameHeader, dst, sealed []byte, inPlace bool) ([]byte, error) {
 	ch, part, err := c.channel(hdr)
 	if err != nil {
 		return nil, err
@@ -177,7 +229,15 @@ func (c *ExchangeCodec) Open(hdr runtime.FrameHeader, dst, sealed []byte) ([]byt
 			}
 		}
 	}
-	h, out, err := ch.opener.Open(dst, sealed)
+	var (
+		h   seal.Header
+		out []byte
+	)
+	if inPlace {
+		h, out, err = ch.opener.OpenInPlace(sealed)
+	} else {
+		h, out, err = ch.opener.Open(dst, sealed)
+	}
 	if err != nil {
 		c.cfg.reject(c.job, err)
 		return nil, fmt.Errorf("confidential: frame %s: %w", hdr, err)

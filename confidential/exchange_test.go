@@ -148,44 +148,58 @@ func TestExchangeCodecRefuses(t *testing.T) {
 		{"plaintext frame", func(t *testing.T, g frames) []byte { return mk(t, nil, ch, WithPlaintext()).f2 }, seal.ReasonPlaintext},
 		{"garbage", func(t *testing.T, g frames) []byte { return []byte("not a frame") }, seal.ReasonMalformed},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var rej rejections
-			counter := seal.NewRejectionCounter()
-			c, err := NewExchangeCodec(job, keys, WithRejectHandler(rej.handler()), WithRejectionCounter(counter))
-			if err != nil {
-				t.Fatal(err)
+		// Each case with Open and with OpenInPlace, which must refuse the
+		// same frames (it overwrites them, so it gets copies).
+		for _, inPlace := range []bool{false, true} {
+			name := tc.name
+			if inPlace {
+				name = "in place/" + name
 			}
-			good := mk(t, keys, ch)
-			h := ch
-			if _, err := c.Open(h, nil, good.f1); err != nil {
-				t.Fatalf("first genuine frame: %v", err)
-			}
-			h.Seq = 2
-			pt, err := c.Open(h, nil, tc.bad(t, good))
-			if err == nil {
-				t.Fatalf("bad frame accepted, opened to %q", pt)
-			}
-			if got := seal.ReasonOf(err); got != tc.reason {
-				t.Fatalf("refused with reason %q (%v), want %q", got, err, tc.reason)
-			}
-			var refusal interface{ RefusedBy() string }
-			if !errors.As(err, &refusal) || refusal.RefusedBy() != "seal."+string(tc.reason) {
-				t.Errorf("error %v does not name the rule seal.%s", err, tc.reason)
-			}
-			if got := rej.list(); len(got) != 1 || got[0] != string(tc.reason) {
-				t.Errorf("reported %v, want [%s]", got, tc.reason)
-			}
-			kind := "exchange"
-			if tc.reason == seal.ReasonMalformed {
-				kind = "unknown"
-			}
-			if n := counterValue(t, counter, kind, string(tc.reason)); n != 1 {
-				t.Errorf("counter %s/%s = %v, want 1", kind, tc.reason, n)
-			}
-			if pt, err := c.Open(h, nil, good.f2); err != nil || string(pt) != "payload 2" {
-				t.Errorf("genuine frame after the refusal: %q, %v", pt, err)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				var rej rejections
+				counter := seal.NewRejectionCounter()
+				c, err := NewExchangeCodec(job, keys, WithRejectHandler(rej.handler()), WithRejectionCounter(counter))
+				if err != nil {
+					t.Fatal(err)
+				}
+				open := c.Open
+				if inPlace {
+					open = func(h runtime.FrameHeader, _, sealed []byte) ([]byte, error) {
+						return c.OpenInPlace(h, bytes.Clone(sealed))
+					}
+				}
+				good := mk(t, keys, ch)
+				h := ch
+				if _, err := open(h, nil, good.f1); err != nil {
+					t.Fatalf("first genuine frame: %v", err)
+				}
+				h.Seq = 2
+				pt, err := open(h, nil, tc.bad(t, good))
+				if err == nil {
+					t.Fatalf("bad frame accepted, opened to %q", pt)
+				}
+				if got := seal.ReasonOf(err); got != tc.reason {
+					t.Fatalf("refused with reason %q (%v), want %q", got, err, tc.reason)
+				}
+				var refusal interface{ RefusedBy() string }
+				if !errors.As(err, &refusal) || refusal.RefusedBy() != "seal."+string(tc.reason) {
+					t.Errorf("error %v does not name the rule seal.%s", err, tc.reason)
+				}
+				if got := rej.list(); len(got) != 1 || got[0] != string(tc.reason) {
+					t.Errorf("reported %v, want [%s]", got, tc.reason)
+				}
+				kind := "exchange"
+				if tc.reason == seal.ReasonMalformed {
+					kind = "unknown"
+				}
+				if n := counterValue(t, counter, kind, string(tc.reason)); n != 1 {
+					t.Errorf("counter %s/%s = %v, want 1", kind, tc.reason, n)
+				}
+				if pt, err := open(h, nil, good.f2); err != nil || string(pt) != "payload 2" {
+					t.Errorf("genuine frame after the refusal: %q, %v", pt, err)
+				}
+			})
+		}
 	}
 }
 
@@ -242,6 +256,100 @@ func TestExchangeCodecAppends(t *testing.T) {
 			next := 2
 			if allocs := testing.AllocsPerRun(20, func() { roundTrip(next); next++ }); allocs != 0 {
 				t.Fatalf("a round trip with reused buffers allocated %.1f times per frame, want none", allocs)
+			}
+		})
+	}
+}
+
+// TestExchangeCodecInPlace checks SealInPlace and OpenInPlace: on one channel
+// frames sealed in place and by Seal (as the runtime mixes batches and
+// watermarks) share its sequence and open with Open and OpenInPlace alike;
+// a frame is sealed and opened within its buffer, and with reused buffers
+// a frame costs no allocation.
+func TestExchangeCodecInPlace(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []Option
+	}{
+		{"sealed", nil},
+		{"padded", []Option{WithPadding(256)}},
+		{"plaintext mode", []Option{WithPlaintext()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sender, err := NewEphemeralExchangeCodec("job-a", tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			receiver := sender // the codec is shared by a run's subtasks
+			off := sender.SealOffset()
+			if want := seal.HeaderSizeFor("job-a") + seal.NonceSize; tc.name != "plaintext mode" && off != want {
+				t.Fatalf("SealOffset = %d, want %d", off, want)
+			}
+			pt := bytes.Repeat([]byte("frame "), 200)
+			buf := make([]byte, 0, off+len(pt)+512)
+			var sealed []byte
+			frame := func(i int) {
+				h := hdr("job-a", 3, 1, 2, uint64(i))
+				pt[0] = byte(i)
+				var f []byte
+				if i%3 == 0 {
+					if f, err = sender.Seal(h, sealed[:0], pt); err != nil {
+						t.Fatalf("frame %d: Seal: %v", i, err)
+					}
+					sealed = f
+				} else {
+					b := append(buf[:off], pt...)
+					if f, err = sender.SealInPlace(h, b); err != nil {
+						t.Fatalf("frame %d: SealInPlace: %v", i, err)
+					}
+					if &f[0] != &buf[:1][0] {
+						t.Fatalf("frame %d: sealed outside its buffer, which had room", i)
+					}
+				}
+				if tc.name != "plaintext mode" && bytes.Contains(f, pt[1:]) {
+					t.Fatalf("frame %d: the sealed frame holds its plaintext", i)
+				}
+				var o []byte
+				if i%2 == 0 {
+					o, err = receiver.OpenInPlace(h, f)
+					if err == nil && &o[0] != &f[off] {
+						t.Fatalf("frame %d: not opened in its buffer", i)
+					}
+				} else {
+					o, err = receiver.Open(h, nil, f)
+				}
+				if err != nil {
+					t.Fatalf("frame %d: %v", i, err)
+				}
+				if !bytes.Equal(o, pt) {
+					t.Fatalf("frame %d opened to %d bytes, want the %d plaintext bytes", i, len(o), len(pt))
+				}
+			}
+			for i := 1; i <= 12; i++ {
+				frame(i)
+			}
+			// SealInPlace, OpenInPlace on a steady channel: no allocation.
+			next := 13
+			inPlaceRound := func() {
+				h := hdr("job-a", 3, 1, 2, uint64(next))
+				next++
+				f, err := sender.SealInPlace(h, append(buf[:off], pt...))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := receiver.OpenInPlace(h, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if allocs := testing.AllocsPerRun(20, inPlaceRound); allocs != 0 {
+				t.Fatalf("an in-place round trip allocated %.1f times per frame, want none", allocs)
+			}
+			// Out of order and short buffers are refused.
+			if _, err := sender.SealInPlace(hdr("job-a", 3, 1, 2, uint64(next+1)), append(buf[:off], pt...)); err == nil {
+				t.Fatal("SealInPlace accepted a frame out of order")
+			}
+			if _, err := sender.SealInPlace(hdr("job-a", 3, 1, 2, uint64(next)), buf[:off-1]); err == nil {
+				t.Fatal("SealInPlace accepted a buffer shorter than its offset")
 			}
 		})
 	}

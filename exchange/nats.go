@@ -134,6 +134,12 @@ func dial(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, err
 // itself to the consumer and does not).
 func (t *NATS) CopiesFrames() bool { return true }
 
+// ReceiverOwnsFrames reports that every frame Recv returns lies in a buffer of
+// its own that nothing else reads or writes afterwards (the client copies each
+// message off the connection), so the receiver may overwrite it, for example
+// to decrypt it in place.
+func (t *NATS) ReceiverOwnsFrames() bool { return true }
+
 // Close closes the connection if the transport opened it (DialNATS); a
 // connection given to NewNATS is left to its owner.
 func (t *NATS) Close() {

@@ -59,6 +59,38 @@ type FrameCodec interface {
 	Open(hdr FrameHeader, dst, sealed []byte) ([]byte, error)
 }
 
+// InPlaceCodec is a FrameCodec that can also seal and open a frame within
+// the frame's own buffer. The runtime then encodes a batch after
+// SealOffset bytes of room and seals it where it lies, and opens a frame
+// it owns (one the transport hands over in a fresh buffer, see
+// FrameOwner) in that buffer, so neither side needs a second frame-sized
+// buffer or a pass over one. Its frames are the same as Seal's; Seal and
+// Open stay in use for the frames the runtime does not own.
+type InPlaceCodec interface {
+	FrameCodec
+	// SealOffset is the room SealInPlace needs before a frame's plaintext:
+	// the same for every frame of the codec.
+	SealOffset() int
+	// SealInPlace seals the plaintext buf[SealOffset():] as the frame hdr,
+	// writing over buf[:SealOffset()] and appending to buf, and returns the
+	// sealed frame: buf extended, or a copy if buf's capacity was short.
+	SealInPlace(hdr FrameHeader, buf []byte) ([]byte, error)
+	// OpenInPlace opens the frame hdr in its own buffer and returns its
+	// plaintext, a subslice of sealed. It overwrites sealed, also when it
+	// refuses the frame, so the caller must own it.
+	OpenInPlace(hdr FrameHeader, sealed []byte) ([]byte, error)
+}
+
+// FrameOwner is implemented by a transport whose receivers hand every frame
+// over in a buffer of its own, which nothing else reads or writes afterwards
+// (the NATS transport: the client copies each message off the connection).
+// The runtime then opens frames in place with an InPlaceCodec.
+type FrameOwner interface {
+	// ReceiverOwnsFrames reports whether received frames are the
+	// receiver's to overwrite.
+	ReceiverOwnsFrames() bool
+}
+
 // IdentityCodec passes frames through unchanged: the default, for pipelines
 // whose exchanges need no confidentiality.
 type IdentityCodec struct{}

@@ -265,3 +265,135 @@ func TestFrameBufferReuse(t *testing.T) {
 		})
 	}
 }
+
+// inPlaceCodec is an InPlaceCodec: frames are a 5-byte marker and the
+// AES-GCM sealed plaintext; batch frames are sealed and, where the transport
+// hands frames over, opened in place. It counts both kinds of calls.
+type inPlaceCodec struct {
+	aeadCodec
+	sealedInPlace, openedInPlace atomic.Int64
+}
+
+const inPlaceMarker = "SEAL:"
+
+func (c *inPlaceCodec) SealOffset() int { return len(inPlaceMarker) }
+
+func (c *inPlaceCodec) Seal(h FrameHeader, dst, p []byte) ([]byte, error) {
+	return c.aeadCodec.Seal(h, append(dst, inPlaceMarker...), p)
+}
+
+func (c *inPlaceCodec) SealInPlace(h FrameHeader, buf []byte) ([]byte, error) {
+	c.sealedInPlace.Add(1)
+	nonce, ad := c.nonceAD(h)
+	copy(buf, inPlaceMarker)
+	p := buf[len(inPlaceMarker):]
+	return c.aead.Seal(buf[:len(inPlaceMarker)], nonce, p, ad), nil
+}
+
+func (c *inPlaceCodec) open(h FrameHeader, dst, s []byte, inPlace bool) ([]byte, error) {
+	if !bytes.HasPrefix(s, []byte(inPlaceMarker)) {
+		return nil, errors.New("frame without the marker")
+	}
+	nonce, ad := c.nonceAD(h)
+	s = s[len(inPlaceMarker):]
+	if inPlace {
+		dst = s[:0]
+	}
+	return c.aead.Open(dst, nonce, s, ad)
+}
+
+func (c *inPlaceCodec) Open(h FrameHeader, dst, s []byte) ([]byte, error) {
+	c.opened.Add(1)
+	return c.open(h, dst, s, false)
+}
+
+func (c *inPlaceCodec) OpenInPlace(h FrameHeader, s []byte) ([]byte, error) {
+	c.openedInPlace.Add(1)
+	out, err := c.open(h, nil, s, true)
+	if err == nil && len(out) > 0 && &out[0] != &s[len(inPlaceMarker)] {
+		return nil, errors.New("not opened in place")
+	}
+	return out, err
+}
+
+// owningTransport says its receivers own the frames they get (FrameOwner).
+type owningTransport struct{ exchange.Transport }
+
+func (o owningTransport) ReceiverOwnsFrames() bool { return true }
+
+// copyingOwningTransport copies frames on send and its receivers own them,
+// as the NATS transport's do.
+type copyingOwningTransport struct{ copyingTransport }
+
+func (copyingOwningTransport) ReceiverOwnsFrames() bool { return true }
+
+// TestInPlaceCodec runs the windowed job with an InPlaceCodec: every batch
+// frame is sealed in place (watermark frames through Seal), frames are opened
+// in place exactly when the transport's receivers own them, and results are
+// exact, over a transport that hands frames over (Local) and one that copies
+// them and lets the runtime reuse its buffers. A tampered frame fails the job
+// when opened in place too.
+func TestInPlaceCodec(t *testing.T) {
+	const n = 20000
+	want := expectWindowed(n)
+	for _, tc := range []struct {
+		name          string
+		copies, owner bool
+		tamper        bool
+	}{
+		{"local", false, false, false},
+		{"local/owner", false, true, false},
+		{"copying", true, false, false},
+		{"copying/owner", true, true, false},
+		{"copying/owner/tampered", true, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			codec := &inPlaceCodec{aeadCodec: *newAEADCodec(t)}
+			codec.tamper = tc.tamper
+			local := exchange.NewLocal(4, 1<<20, nil)
+			var tr exchange.Transport = local
+			switch {
+			case tc.copies && tc.owner:
+				tr = copyingOwningTransport{copyingTransport{local}}
+			case tc.copies:
+				tr = copyingTransport{local}
+			case tc.owner:
+				tr = owningTransport{local}
+			}
+			var c Collector
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			res, err := Run(ctx, windowedSpec(2), Options{
+				Sources:           map[string]Source{"events": GeneratorSource(n, 100, func(i int64, r *record.Record) error { event(i, r); return nil })},
+				Sinks:             map[string]Sink{"results": c.Sink()},
+				Transport:         tr,
+				Codec:             codec,
+				BatchSize:         100,
+				WatermarkInterval: -1, // a watermark frame after every batch
+			})
+			if tc.tamper {
+				if err == nil || !strings.Contains(err.Error(), "opening frame") {
+					t.Fatalf("tampered run: err = %v, want a frame that fails to open", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := rows(c.Records()); !slices.Equal(got, want) {
+				t.Fatalf("got %d rows, want %d", len(got), len(want))
+			}
+			inPlace, appended := codec.sealedInPlace.Load(), codec.sealed.Load()
+			if inPlace < 100 || appended < 100 || inPlace+appended != res.Frames {
+				t.Fatalf("sealed %d frames in place and %d by Seal; the run sent %d (want both kinds, batches and watermarks)", inPlace, appended, res.Frames)
+			}
+			opened, openedInPlace := codec.opened.Load(), codec.openedInPlace.Load()
+			switch {
+			case opened+openedInPlace != res.Frames:
+				t.Fatalf("opened %d + %d in place frames; the run sent %d", opened, openedInPlace, res.Frames)
+			case tc.owner && opened != 0, !tc.owner && openedInPlace != 0:
+				t.Fatalf("receivers own frames: %v, but %d frames were opened by Open and %d in place", tc.owner, opened, openedInPlace)
+			}
+		})
+	}
+}

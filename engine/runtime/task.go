@@ -266,6 +266,12 @@ func (st *subtask) runInputs(ctx context.Context) error {
 		queue []exchange.Event
 	)
 	st.blocked, st.ended = make([]bool, len(chans)), make([]bool, len(chans))
+	// Frames the transport hands over in buffers of their own are opened
+	// in those buffers, not copied into opened.
+	inPlace, _ := st.o.Codec.(InPlaceCodec)
+	if fo, ok := st.o.Transport.(FrameOwner); !ok || !fo.ReceiverOwnsFrames() {
+		inPlace = nil
+	}
 	for {
 		var ev exchange.Event
 		if len(queue) > 0 {
@@ -301,7 +307,13 @@ func (st *subtask) runInputs(ctx context.Context) error {
 		} else {
 			ch.seq++
 			hdr := FrameHeader{Job: st.o.JobID, Edge: ch.e.id, From: ch.from, To: st.idx, Seq: ch.seq}
-			plain, err := st.o.Codec.Open(hdr, opened[:0], ev.Frame)
+			var plain []byte
+			var err error
+			if inPlace != nil {
+				plain, err = inPlace.OpenInPlace(hdr, ev.Frame)
+			} else {
+				plain, err = st.o.Codec.Open(hdr, opened[:0], ev.Frame)
+			}
 			if err != nil {
 				return fmt.Errorf("opening frame %s: %w", hdr, err)
 			}
@@ -490,6 +502,10 @@ type tailEmitter struct {
 	edges []*outEdge
 	reuse bool   // the transport copies frames, so frame buffers are reused
 	wm    []byte // plaintext watermark frame buffer
+	// inPlace seals batch frames where they are encoded, after off bytes of
+	// room (when the codec is an InPlaceCodec).
+	inPlace InPlaceCodec
+	off     int
 	// Source tasks coalesce watermarks (see Options.WatermarkInterval).
 	coalesce  bool
 	lastWM    time.Time // when a watermark was last sent
@@ -500,6 +516,9 @@ type tailEmitter struct {
 func (t *tailEmitter) open(ctx context.Context) error {
 	if c, ok := t.st.o.Transport.(interface{ CopiesFrames() bool }); ok {
 		t.reuse = c.CopiesFrames()
+	}
+	if c, ok := t.st.o.Codec.(InPlaceCodec); ok {
+		t.inPlace, t.off = c, c.SealOffset()
 	}
 	for _, e := range t.st.t.out {
 		fan, err := exchange.OpenFanout(ctx, t.st.o.Transport, t.st.o.JobID, e.id, t.st.idx, e.to.parallelism)
@@ -597,16 +616,45 @@ func (t *tailEmitter) flushTarget(oe *outEdge, to int) {
 		return
 	}
 	if oe.plain == nil {
-		oe.plain = make([]byte, 0, max(oe.hint+oe.hint/8, 64*len(b.batch.Records)))
+		oe.plain = make([]byte, t.off, max(oe.hint+oe.hint/8, t.off+64*len(b.batch.Records)))
 	}
-	frame, err := appendBatchFrame(oe.plain[:0], oe.e.schema, &b.batch)
+	// With an InPlaceCodec the frame is encoded after the room the codec
+	// seals it in (whatever those bytes hold is overwritten).
+	frame, err := appendBatchFrame(oe.plain[:t.off], oe.e.schema, &b.batch)
 	b.reset()
 	oe.plain, oe.hint = frame, len(frame)
 	if err != nil {
 		t.st.fail(fmt.Errorf("node %q: encoding a batch for edge %d: %w", t.st.t.nodes[t.node].Node.ID, oe.e.id, err))
 		return
 	}
+	if t.inPlace != nil {
+		t.sendInPlace(oe, to, frame)
+		return
+	}
 	t.send(oe, to, frame, &oe.plain)
+}
+
+// sendInPlace seals the batch frame buf[t.off:], which lives in oe.plain, in
+// place and sends it to consumer subtask to. Over a transport that copies
+// frames the buffer (grown, if sealing grew it) is kept for the next frame;
+// otherwise it is handed to the consumer.
+func (t *tailEmitter) sendInPlace(oe *outEdge, to int, buf []byte) {
+	if t.st.err != nil {
+		return
+	}
+	oe.seqs[to]++
+	hdr := FrameHeader{Job: t.st.o.JobID, Edge: oe.e.id, From: t.st.idx, To: to, Seq: oe.seqs[to]}
+	sealed, err := t.inPlace.SealInPlace(hdr, buf)
+	if err != nil {
+		t.st.fail(fmt.Errorf("sealing frame %s: %w", hdr, err))
+		return
+	}
+	if t.reuse {
+		oe.plain = sealed[:0]
+	} else {
+		oe.plain = nil
+	}
+	t.transmit(oe, to, sealed)
 }
 
 // ctx is the context emitters block on: the run's.
@@ -638,8 +686,13 @@ func (t *tailEmitter) send(oe *outEdge, to int, plain []byte, plainBuf *[]byte) 
 	case !t.reuse && inPlain:
 		*plainBuf = nil
 	}
+	t.transmit(oe, to, sealed)
+}
+
+// transmit sends the sealed frame to consumer subtask to and counts it.
+func (t *tailEmitter) transmit(oe *outEdge, to int, sealed []byte) {
 	t.st.sendBegins() // backpressure: time blocked on credits (metrics.go)
-	err = oe.fan.Send(t.st.ctx(), to, sealed)
+	err := oe.fan.Send(t.st.ctx(), to, sealed)
 	t.st.sendEnded()
 	if err != nil {
 		t.st.fail(err)
