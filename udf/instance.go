@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/udf/sdk"
@@ -211,16 +212,15 @@ func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("udf %s (module %s): call on a batch of %d records: canceled: %w", in.fn.Name, in.m.Digest, n, err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, in.m.r.cfg.BatchTimeout)
-	defer cancel()
+	timeout := in.m.r.cfg.BatchTimeout
 	// Calls use CallWithStack so the per-call slices are reused.
 	if uint32(size) > in.bufLen {
 		grow := uint32(size) + uint32(size)/4 // room to grow
 		in.params[0] = uint64(grow)
-		stop := in.wd.arm(cctx)
-		err := in.alloc.CallWithStack(cctx, in.params[:1])
-		if fired := in.wd.disarm(stop); err != nil {
-			return in.fail(cctx, "allocate input", n, fired, err)
+		in.wd.armCall(ctx, timeout)
+		err := in.alloc.CallWithStack(ctx, in.params[:1])
+		if fired, expired := in.wd.disarmCall(); err != nil {
+			return in.fail(expiredCtx(ctx, expired), "allocate input", n, fired, err)
 		}
 		in.buf, in.bufLen = uint32(in.params[0]), grow
 	}
@@ -228,21 +228,21 @@ func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([
 	// Write the request in place: the view is valid until the guest runs.
 	dst, ok := in.mem.Read(ptr, uint32(size))
 	if !ok {
-		return in.fail(cctx, "write input", n, false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, size, in.mem.Size()))
+		return in.fail(ctx, "write input", n, false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, size, in.mem.Size()))
 	}
 	if err := write(dst); err != nil {
 		return err
 	}
 	in.params[0], in.params[1] = uint64(ptr), size
-	stop := in.wd.arm(cctx)
-	err := in.call.CallWithStack(cctx, in.params[:2])
-	if fired := in.wd.disarm(stop); err != nil {
-		return in.fail(cctx, "call", n, fired, err)
+	in.wd.armCall(ctx, timeout)
+	err := in.call.CallWithStack(ctx, in.params[:2])
+	if fired, expired := in.wd.disarmCall(); err != nil {
+		return in.fail(expiredCtx(ctx, expired), "call", n, fired, err)
 	}
 	res := in.params[0]
 	resp, ok := in.mem.Read(uint32(res>>32), uint32(res))
 	if !ok {
-		return in.fail(cctx, "read output", n, false, fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
+		return in.fail(ctx, "read output", n, false, fmt.Errorf("response at %d (%d bytes) is outside memory of %d bytes", res>>32, uint32(res), in.mem.Size()))
 	}
 	if err := decode(resp); err != nil {
 		if errors.Is(err, errSpeaksV1) {
@@ -253,6 +253,17 @@ func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([
 		return fmt.Errorf("udf %s (module %s): %w", in.fn.Name, in.m.Digest, err)
 	}
 	return nil
+}
+
+// expiredCtx returns ctx, or when the call's deadline expired a context
+// whose error says so (explain tells a deadline from a cancellation by it).
+func expiredCtx(ctx context.Context, expired bool) context.Context {
+	if !expired {
+		return ctx
+	}
+	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Time{})
+	cancel() // its Err stays DeadlineExceeded
+	return dctx
 }
 
 // fail closes the instance after a failed call, so the next call starts a
@@ -320,6 +331,7 @@ var (
 
 // Close frees the instance.
 func (in *Instance) Close(ctx context.Context) error {
+	in.wd.release()
 	if in.mod == nil {
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/tetratelabs/wazero/api"
 )
@@ -495,6 +496,15 @@ type watchdog struct {
 	global api.MutableGlobal
 	armed  bool
 	fired  bool
+
+	// For batch calls (armCall), reused across calls so a call allocates
+	// nothing: a context and an AfterFunc per call cost about as much as
+	// the rest of the host's per-call work.
+	timer    *time.Timer     // fires expire at the call's deadline
+	deadline time.Time       // the armed call's; zero when arm armed it
+	expired  bool            // the deadline passed during the armed call
+	hooked   context.Context // the context whose cancellation fires the watchdog
+	unhook   func() bool
 }
 
 // run calls f with the watchdog armed on ctx and reports whether it fired
@@ -532,6 +542,78 @@ func (w *watchdog) disarm(stop func() bool) (fired bool) {
 	}
 	w.mu.Unlock()
 	return fired
+}
+
+// armCall makes the watchdog interrupt the instance when ctx is done or
+// timeout has passed, until disarmCall. The deadline timer is reused, and
+// the hook on ctx stays registered while calls use the same ctx (an
+// operator's calls all use its task's), until release.
+func (w *watchdog) armCall(ctx context.Context, timeout time.Duration) {
+	if w.global == nil { // unbounded (benchmarks only)
+		return
+	}
+	if ctx != w.hooked {
+		w.release()
+		w.hooked = ctx
+		if ctx.Done() != nil {
+			w.unhook = context.AfterFunc(ctx, w.fire)
+		}
+	}
+	w.mu.Lock()
+	w.armed, w.fired, w.expired = true, false, false
+	w.deadline = time.Now().Add(timeout)
+	w.mu.Unlock()
+	if w.timer == nil {
+		w.timer = time.AfterFunc(timeout, w.expire)
+	} else {
+		w.timer.Reset(timeout)
+	}
+	if ctx.Err() != nil { // done before the call was armed: the hook has run
+		w.fire()
+	}
+}
+
+// disarmCall stops the watchdog armCall started and reports whether it
+// fired, and if so whether because the deadline passed. The interrupt
+// global is clear again when it returns.
+func (w *watchdog) disarmCall() (fired, expired bool) {
+	if w.global == nil {
+		return false, false
+	}
+	w.timer.Stop()
+	w.mu.Lock()
+	w.armed, w.deadline = false, time.Time{}
+	fired, expired = w.fired, w.expired
+	if fired {
+		w.global.Set(0)
+	}
+	w.mu.Unlock()
+	return fired, expired
+}
+
+// expire is the deadline timer's function. A late run (the timer fired as
+// its call ended) finds the watchdog disarmed, or armed for a later call
+// whose deadline has not passed, and does nothing.
+func (w *watchdog) expire() {
+	w.mu.Lock()
+	if w.armed && !w.deadline.IsZero() && !time.Now().Before(w.deadline) {
+		w.fired, w.expired = true, true
+		w.global.Set(1)
+	}
+	w.mu.Unlock()
+}
+
+// release removes the hook on the last call's context and stops the
+// deadline timer.
+func (w *watchdog) release() {
+	if w.unhook != nil {
+		w.unhook()
+		w.unhook = nil
+	}
+	w.hooked = nil
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 }
 
 func (w *watchdog) fire() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/engine/record"
+	"github.com/tetratelabs/wazero/api"
 )
 
 // TestDeadlineDuringGC runs a spinning guest on every P while the garbage
@@ -173,4 +174,86 @@ func countLoops(t *testing.T, wasm []byte) int {
 		p = r.p + size
 	}
 	return n
+}
+
+// fakeGlobal records what the watchdog sets.
+type fakeGlobal struct {
+	api.MutableGlobal
+	mu  sync.Mutex
+	v   uint64
+	set int
+}
+
+func (g *fakeGlobal) Set(v uint64) { g.mu.Lock(); g.v, g.set = v, g.set+1; g.mu.Unlock() }
+
+// TestWatchdogCallArming checks the reusable call watchdog: a late run of
+// an earlier call's deadline timer does not interrupt a later call, a
+// deadline that passes does, and a context done before the call was armed
+// interrupts it at once.
+func TestWatchdogCallArming(t *testing.T) {
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name          string
+		ctx           context.Context
+		timeout       time.Duration
+		during        func(w *watchdog)
+		fired, expire bool
+	}{
+		{"stale timer run", context.Background(), time.Hour, func(w *watchdog) { w.expire() }, false, false},
+		{"deadline passes", context.Background(), time.Millisecond, func(*watchdog) { time.Sleep(50 * time.Millisecond) }, true, true},
+		{"done before arming", canceled, time.Hour, func(*watchdog) {}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &fakeGlobal{}
+			w := &watchdog{global: g}
+			defer w.release()
+			w.armCall(tc.ctx, tc.timeout)
+			tc.during(w)
+			fired, expired := w.disarmCall()
+			if fired != tc.fired || expired != tc.expire {
+				t.Fatalf("fired, expired = %v, %v, want %v, %v", fired, expired, tc.fired, tc.expire)
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if g.v != 0 || (g.set > 0) != tc.fired {
+				t.Fatalf("interrupt global %d after %d sets; want clear, set only if fired", g.v, g.set)
+			}
+		})
+	}
+}
+
+// TestWatchdogAcrossCalls runs many quick calls on one context for longer
+// than the batch deadline (the deadline is per call), then stops a runaway
+// call by canceling that context, and another by the deadline.
+func TestWatchdogAcrossCalls(t *testing.T) {
+	r := newRuntime(t, Config{BatchTimeout: 200 * time.Millisecond})
+	wasm := abiModule(emptyRequestSize, insLoopForever)
+	m, err := r.Load(context.Background(), Digest(wasm), wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := m.Instantiate(context.Background(), Function{Name: "f", In: xSchema, Out: xSchema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out record.Batch
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+		if err := inst.Call(ctx, &record.Batch{}, &out); err != nil {
+			t.Fatalf("quick call: %v", err)
+		}
+	}
+	time.AfterFunc(20*time.Millisecond, cancel)
+	if err := inst.Call(ctx, &oneX, &out); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDeadline) {
+		t.Fatalf("runaway call, context canceled: %v, want context.Canceled", err)
+	}
+	if err := inst.Call(context.Background(), &oneX, &out); !errors.Is(err, ErrDeadline) {
+		t.Fatalf("runaway call on another context: %v, want ErrDeadline", err)
+	}
+	if err := inst.Call(context.Background(), &record.Batch{}, &out); err != nil {
+		t.Fatalf("call after the runaways: %v", err)
+	}
 }
