@@ -98,9 +98,8 @@ func (g *Geo) depth(p []string) int {
 	if i := slices.Index(p, g.Hub); i >= 0 {
 		return i
 	}
-	// The top of the known path is one link below the hub, unless it is
-	// a root Parents knows as such (no parent, and not the hub: a
-	// topology with another root; take it as the hub's neighbour too).
+	// A path that does not reach the hub: its top site counts as one
+	// link below the hub.
 	return len(p)
 }
 
