@@ -134,6 +134,20 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Unsubscribe()
+	// The orchestrator's hint that jobs changed (a rescale, a move away, a
+	// stop): look at the job list now rather than at the next status tick.
+	// Hints coalesce; the list itself comes over the pinned TLS connection.
+	hint := make(chan struct{}, 1)
+	hsub, err := w.cfg.NATS.Subscribe(api.SubjectJobsChanged, func(*nats.Msg) {
+		select {
+		case hint <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("worker: subscribing to %s: %w", api.SubjectJobsChanged, err)
+	}
+	defer hsub.Unsubscribe()
 	// Keys released before the subscription started.
 	if rs, err := w.ctl.FetchReleases(ctx, w.ID()); err == nil && len(rs) > 0 {
 		w.onReleases(ctx, rs)
@@ -146,6 +160,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		select {
 		case <-status.C:
 			w.publishStatus()
+			w.stopRemovedJobs(ctx)
+		case <-hint:
 			w.stopRemovedJobs(ctx)
 		case <-ctx.Done():
 			w.wg.Wait()

@@ -42,6 +42,7 @@ func (s *Server) CheckAdaptive(ctx context.Context) ([]*orchestrator.ScaleResult
 	if err := s.flush(ctx, ver); err != nil {
 		return res.Rescales, err
 	}
+	s.hintJobs(out)
 	return res.Rescales, nil
 }
 

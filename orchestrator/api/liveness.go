@@ -84,6 +84,7 @@ func (s *Server) CheckLiveness(ctx context.Context) ([]party.ID, error) {
 		releases []orchestrator.Release
 		ver      uint64
 		lost     []party.ID
+		outs     []*orchestrator.Output
 	)
 	for _, n := range silent {
 		reason := "not heard from since " + s.live.lastHeard(n).UTC().Format(time.RFC3339Nano) + " (timeout " + s.cfg.NodeTimeout.String() + ")"
@@ -100,6 +101,7 @@ func (s *Server) CheckLiveness(ctx context.Context) ([]party.ID, error) {
 		}
 		ver = v
 		lost = append(lost, n)
+		outs = append(outs, out)
 		s.logRescales(out)
 		s.relMu.Lock()
 		// A lost node's keys are not served again: it must re-attest.
@@ -125,6 +127,7 @@ func (s *Server) CheckLiveness(ctx context.Context) ([]party.ID, error) {
 		s.metrics.keyReleases.Add(float64(len(releases)))
 		s.deliver(releases, now)
 	}
+	s.hintJobs(outs...)
 	return lost, nil
 }
 

@@ -137,6 +137,12 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 		}
 	})
 	defer s.OnRelease(nil)
+	s.OnJobsChanged(func() {
+		if err := nc.Publish(SubjectJobsChanged, nil); err != nil {
+			s.log.Error("publishing the jobs-changed hint", "err", err)
+		}
+	})
+	defer s.OnJobsChanged(nil)
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("orchestrator: NATS control subscriptions: %w", err)
 	}

@@ -53,6 +53,7 @@ func (s *Server) CheckOverload(ctx context.Context) ([]string, error) {
 		moved    []string
 		releases []orchestrator.Release
 		ver      uint64
+		outs     []*orchestrator.Output
 	)
 	s.mu.Lock()
 	for _, ts := range over {
@@ -74,6 +75,7 @@ func (s *Server) CheckOverload(ctx context.Context) ([]string, error) {
 		}
 		ver = v
 		moved = append(moved, ts.Task)
+		outs = append(outs, out)
 		releases = append(releases, out.Releases...)
 		s.log.Warn("overloaded task moved up a tier", "job", ts.Job, "task", ts.Task, "reason", reason)
 	}
@@ -88,5 +90,6 @@ func (s *Server) CheckOverload(ctx context.Context) ([]string, error) {
 		s.metrics.keyReleases.Add(float64(len(releases)))
 		s.deliver(releases, now)
 	}
+	s.hintJobs(outs...)
 	return moved, nil
 }

@@ -99,6 +99,7 @@ type Server struct {
 	relMu    sync.Mutex
 	releases map[party.ID][]orchestrator.Release
 	notify   func(node party.ID, r []orchestrator.Release)
+	jobsHint func()
 
 	metrics *metrics
 	status  statusBook
@@ -398,6 +399,9 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 	}
 	s.metrics.statement(resp)
 	s.logRescales(out)
+	if err == nil {
+		s.hintJobs(out)
+	}
 	if out != nil && len(out.Releases) > 0 {
 		s.metrics.keyReleases.Add(float64(len(out.Releases)))
 		s.deliver(out.Releases, now)
