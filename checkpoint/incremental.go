@@ -296,9 +296,10 @@ func decodeIndex(id SnapshotID, b []byte, maxLen uint64) (*Index, error) {
 // and key groups that is still recoverable: the restored one, or the last
 // one accepted) already holds are referenced, not written again; the others
 // go into one new pack (object id.Object()+"#pack"). If compact is set, a
-// base pack that would keep less than half of its bytes in use has its
-// chunks written again, so the packs a restore reads stay within about twice
-// the snapshot; a checkpoint on the critical path (a restored run's first,
+// base pack that would keep less than three quarters of its bytes in use has
+// its chunks written again, so the packs a restore reads stay within about
+// 4/3 of the snapshot (what a restore, a migration's critical path, reads); a
+// checkpoint on the critical path (a restored run's first,
 // which a migration waits for) passes false and leaves that to the next. With no
 // base (or one of another job, task or range) the pack is the whole
 // snapshot. Then the index is written as object id.Object().
@@ -338,11 +339,11 @@ func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []b
 		}
 		off += n
 	}
-	// Base packs mostly unused are not kept alive for a few chunks: their
-	// chunks are written again.
+	// Base packs a quarter unused or more are not kept alive: their chunks
+	// are written again.
 	kept := map[int]int{} // base pack -> its index in x.Packs
 	for p := range len(livePacks(base)) {
-		if n, ok := live[p]; ok && (!compact || 2*n >= base.Packs[p].Length) {
+		if n, ok := live[p]; ok && (!compact || 4*n >= 3*base.Packs[p].Length) {
 			kept[p] = len(x.Packs)
 			x.Packs = append(x.Packs, base.Packs[p])
 		}

@@ -367,7 +367,7 @@ func TestReleaseKeepsReferencedPacks(t *testing.T) {
 }
 
 // TestIncrementalRewritesSparsePacks changes most of the state: the base
-// pack would keep less than half of its bytes in use, so its chunks are
+// pack would keep less than three quarters of its bytes in use, so its chunks are
 // written again and the new snapshot references only its own pack.
 func TestIncrementalRewritesSparsePacks(t *testing.T) {
 	e := newEnv(t, substrate.SyncRelaxed)
