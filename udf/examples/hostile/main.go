@@ -3,7 +3,7 @@
 // out; on other records both pass (meter, kwh) through. It shows what a Go
 // guest that runs away looks like to the host. probe reads the clock and the
 // random source, to show what the sandbox gives a guest without the clock
-// and random capabilities.
+// and random capabilities. churn allocates on every call, columnar.
 //
 // Build it as a WebAssembly reactor (see udf/examples/generate.go).
 package main
@@ -11,6 +11,7 @@ package main
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"strings"
 	"time"
 
 	"github.com/sealflow/sealflow/udf/sdk"
@@ -60,6 +61,24 @@ func probe(ptr, size uint32) uint64 {
 		}
 		out.Int(time.Now().UnixMilli())
 		out.Int(int64(binary.LittleEndian.Uint64(b[:])))
+		return nil
+	})
+}
+
+var garbage []byte
+
+// churn is a columnar function that allocates on every call: a copy of
+// each meter string and 64 KiB of garbage. Its memory must stay bounded
+// (the SDK lets the collector run once per call).
+//
+//go:wasmexport churn
+func churn(ptr, size uint32) uint64 {
+	return sdk.Columnar(ptr, size, []string{"meter"}, func(c *sdk.Columns) error {
+		meters, out := c.String("meter"), c.OutString("meter")
+		for i, m := range meters {
+			out[i] = strings.Clone(m) + "!"
+		}
+		garbage = make([]byte, 64<<10)
 		return nil
 	})
 }
