@@ -71,16 +71,8 @@ func (s *Server) watchAdaptive(ctx context.Context) {
 	if s.adaptiveEvery() < 0 {
 		return
 	}
-	t := time.NewTicker(s.adaptiveEvery())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.CheckAdaptive(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("checking adaptive operators", "err", err)
-			}
-		}
-	}
+	s.every(ctx, s.adaptiveEvery(), periodic{"checking adaptive operators", func(ctx context.Context) error {
+		_, err := s.CheckAdaptive(ctx)
+		return err
+	}})
 }

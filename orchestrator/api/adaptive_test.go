@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/orchestrator/api"
@@ -46,17 +45,7 @@ func TestAdaptiveRescaleDeferredByCooldown(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	})
 	ctx := context.Background()
-	edgeA, _ := party.Generate(party.RoleWorker, "edge-a", nil)
-	if _, err := cc.Admit(ctx, edgeA, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := e.verify(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := client.New(tr)
-	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
-	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
+	_, c, owner := edgeAndOwner(t, e, op, cc)
 	prov, _ := party.Generate(party.RoleProvider, "grid", nil)
 	if _, err := c.Submit(ctx, prov, orchestrator.TypePartyRegister, orchestrator.RegisterParty{Identity: orchestrator.Identity{Identity: prov.Identity()}}); err != nil {
 		t.Fatal(err)

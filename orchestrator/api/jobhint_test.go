@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sealflow/sealflow/client"
 	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
@@ -36,17 +35,7 @@ func TestJobsChangedHint(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	edge, _ := party.Generate(party.RoleWorker, "edge-a", nil)
-	if _, err := cc.Admit(ctx, edge, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := e.verify(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := client.New(tr)
-	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
-	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
+	_, c, owner := edgeAndOwner(t, e, op, cc)
 	hinted(false, "registering a stream")
 	deployOneTask(t, c, owner, "balance/main", "edge")
 	hinted(true, "a deploy")

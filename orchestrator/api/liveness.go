@@ -137,19 +137,37 @@ func (s *Server) watchLiveness(ctx context.Context) {
 	if s.cfg.NodeTimeout < 0 {
 		return
 	}
-	every := max(s.cfg.NodeTimeout/4, 10*time.Millisecond)
-	t := time.NewTicker(every)
+	s.every(ctx, max(s.cfg.NodeTimeout/4, 10*time.Millisecond),
+		periodic{"checking node liveness", func(ctx context.Context) error {
+			_, err := s.CheckLiveness(ctx)
+			return err
+		}},
+		periodic{"checking task overload", func(ctx context.Context) error {
+			_, err := s.CheckOverload(ctx)
+			return err
+		}})
+}
+
+// periodic is one of the orchestrator's own periodic checks: what it does,
+// for the log, and the check.
+type periodic struct {
+	what  string
+	check func(context.Context) error
+}
+
+// every runs the checks in order every d until ctx ends, logging failures.
+func (s *Server) every(ctx context.Context, d time.Duration, checks ...periodic) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := s.CheckLiveness(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("checking node liveness", "err", err)
-			}
-			if _, err := s.CheckOverload(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("checking task overload", "err", err)
+			for _, c := range checks {
+				if err := c.check(ctx); err != nil && ctx.Err() == nil {
+					s.log.Error(c.what, "err", err)
+				}
 			}
 		}
 	}

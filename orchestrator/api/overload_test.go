@@ -20,17 +20,7 @@ func TestOverloadedTaskMovesUpATier(t *testing.T) {
 	clock := &fakeClock{}
 	e, op, nc, cc := startWithOperator(t, func(c *api.Config) { c.Now, c.OverloadFor, c.NodeTimeout = clock.Now, 10*time.Second, -1 })
 	ctx := context.Background()
-	edge, _ := party.Generate(party.RoleWorker, "edge-a", nil)
-	if _, err := cc.Admit(ctx, edge, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := e.verify(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := client.New(tr)
-	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
-	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
+	edge, c, owner := edgeAndOwner(t, e, op, cc)
 	const task = "balance/src"
 	deployOneTask(t, c, owner, task, "edge", "regional")
 	reg, _ := party.Generate(party.RoleWorker, "regional-a", nil)
@@ -78,6 +68,25 @@ func TestOverloadedTaskMovesUpATier(t *testing.T) {
 	if keys == 0 {
 		t.Fatal("the regional node received none of the moved task's keys")
 	}
+}
+
+// edgeAndOwner admits worker edge-a (tier edge, region be), verifies the
+// orchestrator for a client, and registers owner alice with stream meter-a,
+// whose policy places it only in region be.
+func edgeAndOwner(t *testing.T, e *env, op *party.KeyFile, cc *api.ControlClient) (*party.KeyFile, *client.Client, *party.KeyFile) {
+	t.Helper()
+	edge, _ := party.Generate(party.RoleWorker, "edge-a", nil)
+	if _, err := cc.Admit(context.Background(), edge, e.plat.Issuer(), e.claims(op, "edge-a", "edge", "be")); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := e.verify(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := client.New(tr)
+	owner, _ := party.Generate(party.RoleOwner, "alice", nil)
+	registerWith(t, c, owner, "meter-a", `{"name": "belgium", "stage": "placement", "expr": "node.region == 'be'"}`)
+	return edge, c, owner
 }
 
 // registerWith registers kf and its stream with the given placement rules
