@@ -385,6 +385,56 @@ func (e *migEnv) task(name string) migTaskRef {
 	return migTaskRef{}
 }
 
+// restart is when a new run of the task started on a node, what it restored
+// and when its first output after the restore point came.
+type restart struct {
+	started          time.Time // the worker created the run's task
+	restoreCp        uint64    // the checkpoint it restored
+	snapBytes        int64     // that snapshot's size
+	getStart, getEnd time.Time // reading the snapshot
+	first            time.Time // JetStream time of its first output of a checkpoint > restoreCp
+}
+
+// awaitRestart waits until node runs a new run of the task (not old), then
+// for that run's restore (logged after since) and its first output.
+func (e *migEnv) awaitRestart(tb testing.TB, node string, old *worker.Task, since time.Time) restart {
+	tb.Helper()
+	var r restart
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if t := e.task(node).Task; t != nil && t != old {
+			r.started = time.Now()
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the task did not start on %s; worker warnings: %s", node, e.ev.problems())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.ev.wait(tb, "the new run's restore on "+node, 10*time.Minute, func() bool {
+		for _, l := range e.ev.logs {
+			if l.msg == "restoring from checkpoint" && l.node() == node && l.at.After(since) {
+				r.restoreCp = l.attrs["checkpoint"].Uint64()
+				r.snapBytes = l.attrs["bytes"].Int64()
+				r.getEnd = l.at
+				r.getStart = l.at.Add(-l.attrs["read"].Duration())
+				return true
+			}
+		}
+		return false
+	})
+	e.ev.wait(tb, "the new run's first output on "+node, 10*time.Minute, func() bool {
+		for _, msg := range e.ev.msgs {
+			if msg.cp > r.restoreCp {
+				r.first = msg.ts
+				return true
+			}
+		}
+		return false
+	})
+	return r
+}
+
 // runningOn returns the worker the task runs on now.
 func (e *migEnv) runningOn(tb testing.TB) string {
 	tb.Helper()
@@ -647,40 +697,10 @@ func (e *migEnv) migrate(tb testing.TB) *migration {
 		tb.Fatal(err)
 	}
 	m.accepted = time.Now()
-	// The destination's worker creates the task once the keys arrive.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if t := e.task(m.to).Task; t != nil && t != old {
-			m.started = time.Now()
-			break
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("the task did not start on %s; worker warnings: %s", m.to, e.ev.problems())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	// Its restore point, then its first output after it.
-	e.ev.wait(tb, "the destination's restore", 10*time.Minute, func() bool {
-		for _, l := range e.ev.logs {
-			if l.msg == "restoring from checkpoint" && l.node() == m.to && l.at.After(m.submit) {
-				m.restoreCp = l.attrs["checkpoint"].Uint64()
-				m.snapBytes = l.attrs["bytes"].Int64()
-				m.getEnd = l.at
-				m.getStart = l.at.Add(-l.attrs["read"].Duration())
-				return true
-			}
-		}
-		return false
-	})
-	e.ev.wait(tb, "the destination's first output", 10*time.Minute, func() bool {
-		for _, msg := range e.ev.msgs {
-			if msg.cp > m.restoreCp {
-				m.firstDst = msg.ts
-				return true
-			}
-		}
-		return false
-	})
+	// The destination's worker creates the task once the keys arrive; its
+	// restore point, then its first output after it.
+	rs := e.awaitRestart(tb, m.to, old, m.submit)
+	m.started, m.restoreCp, m.snapBytes, m.getStart, m.getEnd, m.firstDst = rs.started, rs.restoreCp, rs.snapBytes, rs.getStart, rs.getEnd, rs.first
 	// The commit sink's call is noted when it returns.
 	e.ev.wait(tb, "the destination's first commit", time.Minute, func() bool {
 		for _, c := range e.ev.commits {

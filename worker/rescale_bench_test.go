@@ -68,40 +68,9 @@ func (e *migEnv) rescale(tb testing.TB, op string, from, to int) *rescaling {
 		tb.Fatal(err)
 	}
 	r.accepted = time.Now()
-	// The worker stops the old run at its next status tick and starts the
-	// new one.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if t := e.task(r.node).Task; t != nil && t != old {
-			r.started = time.Now()
-			break
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("the task did not restart on %s; worker warnings: %s", r.node, e.ev.problems())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	e.ev.wait(tb, "the new run's restore", 10*time.Minute, func() bool {
-		for _, l := range e.ev.logs {
-			if l.msg == "restoring from checkpoint" && l.node() == r.node && l.at.After(r.submit) {
-				r.restoreCp = l.attrs["checkpoint"].Uint64()
-				r.snapBytes = l.attrs["bytes"].Int64()
-				r.getEnd = l.at
-				r.getStart = l.at.Add(-l.attrs["read"].Duration())
-				return true
-			}
-		}
-		return false
-	})
-	e.ev.wait(tb, "the new run's first output", 10*time.Minute, func() bool {
-		for _, msg := range e.ev.msgs {
-			if msg.cp > r.restoreCp {
-				r.firstNew = msg.ts
-				return true
-			}
-		}
-		return false
-	})
+	// The worker stops the old run and starts the new one.
+	rs := e.awaitRestart(tb, r.node, old, r.submit)
+	r.started, r.restoreCp, r.snapBytes, r.getStart, r.getEnd, r.firstNew = rs.started, rs.restoreCp, rs.snapBytes, rs.getStart, rs.getEnd, rs.first
 	e.ev.mu.Lock()
 	for _, msg := range e.ev.msgs {
 		if msg.cp <= r.restoreCp && msg.ts.After(r.lastOld) {
