@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -386,5 +388,51 @@ func runServiceStatus(ctx context.Context, args []string) error {
 			}
 			fmt.Fprintf(w, "  %-28s %-22s %-10s %12d %12d %10.0f %10.0f %10s %5.0f%%\n", t.Task, names[t.Node], t.State, t.RecordsIn, t.RecordsOut, t.InPerSecond, t.OutPerSecond, lag, 100*t.Backpressure)
 		}
+		for _, l := range scaleLines(j) {
+			fmt.Fprintln(w, "  "+l)
+		}
 	})
+}
+
+// scaleLines describes, one line per operator in task and operator order,
+// the parallelism overrides of a job (service scale) and the bounds of its
+// adaptive operators.
+func scaleLines(j api.JobView) []string {
+	type op struct{ task, node string }
+	var ops []op
+	seen := map[op]bool{}
+	for task, m := range j.Scale {
+		for node := range m {
+			ops = append(ops, op{task, node})
+			seen[op{task, node}] = true
+		}
+	}
+	for task, m := range j.Adaptive {
+		for node := range m {
+			if !seen[op{task, node}] {
+				ops = append(ops, op{task, node})
+			}
+		}
+	}
+	slices.SortFunc(ops, func(a, b op) int { return cmp.Or(cmp.Compare(a.task, b.task), cmp.Compare(a.node, b.node)) })
+	var out []string
+	for _, o := range ops {
+		l := fmt.Sprintf("scaled: task %s operator %s", o.task, o.node)
+		if p, ok := j.Scale[o.task][o.node]; ok {
+			l += fmt.Sprintf(" parallelism %d", p)
+		}
+		if a := j.Adaptive[o.task][o.node]; a != nil {
+			cd := time.Duration(a.Cooldown)
+			if cd == 0 {
+				cd = orchestrator.DefaultAdaptiveCooldown
+			}
+			l += fmt.Sprintf(" (adaptive %d..%d, cool-down %s", a.Min, a.Max, cd)
+			if !a.Last.IsZero() {
+				l += ", last rescaled " + a.Last.UTC().Format(time.RFC3339)
+			}
+			l += ")"
+		}
+		out = append(out, l)
+	}
+	return out
 }

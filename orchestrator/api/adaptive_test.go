@@ -75,6 +75,13 @@ func TestAdaptiveRescaleDeferredByCooldown(t *testing.T) {
 	if p := resp.Result.(map[string]any)["parallelism"]; p != float64(4) {
 		t.Fatalf("adaptive bounds set: parallelism %v, want 4", p)
 	}
+	var jobs []api.JobView
+	if err := c.Get(ctx, "/v1/jobs", &jobs); err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 1 || jobs[0].Adaptive[task]["win"] == nil || jobs[0].Adaptive[task]["win"].Max != 8 {
+		t.Fatalf("/v1/jobs does not show the adaptive bounds: %+v", jobs)
+	}
 	// Within the cool-down: the admission changes nothing yet.
 	edgeB, _ := party.Generate(party.RoleWorker, "edge-b", nil)
 	if _, err := cc.Admit(ctx, edgeB, e.plat.Issuer(), e.claims(op, "edge-b", "edge", "be")); err != nil {

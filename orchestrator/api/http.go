@@ -389,13 +389,16 @@ type JobView struct {
 	// the tasks' run generations (job.scale).
 	Scale       map[string]map[string]int `json:"scale,omitempty"`
 	Generations map[string]uint64         `json:"generations,omitempty"`
+	// Adaptive holds, by task then operator, the bounds of adaptive
+	// operators and when the orchestrator last rescaled them.
+	Adaptive map[string]map[string]*orchestrator.Adaptive `json:"adaptive,omitempty"`
 }
 
 // JobViews lists the deployed jobs.
 func JobViews(st *orchestrator.State) []JobView {
 	var out []JobView
 	for _, j := range st.Jobs {
-		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced, Deployed: j.Deployed, Scale: j.Scale, Generations: j.Generations})
+		out = append(out, JobView{ID: j.ID, Service: j.Service, Digest: j.Digest, Tasks: j.Tasks, Epoch: j.Epoch, Unplaced: j.Unplaced, Deployed: j.Deployed, Scale: j.Scale, Generations: j.Generations, Adaptive: j.Adaptive})
 	}
 	slices.SortFunc(out, func(a, b JobView) int { return cmpString(a.ID, b.ID) })
 	return out
