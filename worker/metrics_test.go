@@ -205,29 +205,9 @@ func (l *liveIO) CommitSink(ctx context.Context, s Stream, keys *seal.Keyring) (
 // sink backpressures the source, a fast one does not.
 func TestMetricsWatermarkLagAndBackpressure(t *testing.T) {
 	const lag = 3 * time.Second
-	tests := []struct {
-		name         string
-		io           *liveIO
-		minBP, maxBP float64
-	}{
-		{"slow sink", &liveIO{lag: lag, sinkWait: 20 * time.Millisecond}, 0.5, 1},
-		{"fast sink", &liveIO{lag: lag, pause: 5 * time.Millisecond}, 0, 0.1},
-	}
-	for _, tt := range tests {
+	for _, tt := range backpressureCases(lag) {
 		t.Run(tt.name, func(t *testing.T) {
-			spec := &jobspec.Spec{Name: "lagging", Schemas: map[string][]jobspec.Field{"ev": {{Name: "ts", Type: record.TypeInt}, {Name: "v", Type: record.TypeInt}}},
-				Nodes: []jobspec.Node{
-					{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "in", Schema: "ev", TimeField: "ts"}},
-					{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
-				}}
-			keys := seal.NewKeyring()
-			for _, scope := range []string{"in", "results"} {
-				if _, err := keys.AddSecret(scope, 1, bytes.Repeat([]byte{7}, 32)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			task := &Task{ID: "lagging/t", Job: "lagging", Spec: spec, Slot: orchestrator.TaskSlot{ID: "lagging/t", Reads: []string{"in"}, Writes: []string{"results"}},
-				keys: keys, io: tt.io, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			task := laggingTask(t, tt.io)
 			w := &Worker{tasks: map[string]*Task{task.ID: task}}
 			m := NewMetrics("edge-1")
 			m.Watch(w)
@@ -280,4 +260,40 @@ func TestMetricsWatermarkLagAndBackpressure(t *testing.T) {
 			}
 		})
 	}
+}
+
+// backpressureCase is a sink speed and the backpressure range it must give.
+type backpressureCase struct {
+	name         string
+	io           *liveIO
+	minBP, maxBP float64
+}
+
+// backpressureCases are a slow sink, which backpressures the source, and a
+// fast one, which does not; the source's event time trails wall time by lag.
+func backpressureCases(lag time.Duration) []backpressureCase {
+	return []backpressureCase{
+		{"slow sink", &liveIO{lag: lag, sinkWait: 20 * time.Millisecond}, 0.5, 1},
+		{"fast sink", &liveIO{lag: lag, pause: 5 * time.Millisecond}, 0, 0.1},
+	}
+}
+
+// laggingTask is a task whose source (one subtask) feeds a sink of two
+// subtasks over an exchange, on sealed streams in and results read and
+// written through sio.
+func laggingTask(t *testing.T, sio *liveIO) *Task {
+	t.Helper()
+	spec := &jobspec.Spec{Name: "lagging", Schemas: map[string][]jobspec.Field{"ev": {{Name: "ts", Type: record.TypeInt}, {Name: "v", Type: record.TypeInt}}},
+		Nodes: []jobspec.Node{
+			{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "in", Schema: "ev", TimeField: "ts"}},
+			{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
+		}}
+	keys := seal.NewKeyring()
+	for _, scope := range []string{"in", "results"} {
+		if _, err := keys.AddSecret(scope, 1, bytes.Repeat([]byte{7}, 32)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &Task{ID: "lagging/t", Job: "lagging", Spec: spec, Slot: orchestrator.TaskSlot{ID: "lagging/t", Reads: []string{"in"}, Writes: []string{"results"}},
+		keys: keys, io: sio, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }

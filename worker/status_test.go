@@ -13,12 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/sealflow/sealflow/engine/jobspec"
-	"github.com/sealflow/sealflow/engine/record"
-	"github.com/sealflow/sealflow/orchestrator"
 	"github.com/sealflow/sealflow/orchestrator/api"
 	"github.com/sealflow/sealflow/party"
-	"github.com/sealflow/sealflow/seal"
 	"github.com/sealflow/sealflow/substrate"
 )
 
@@ -46,29 +42,9 @@ func TestStatusReportCarriesOperators(t *testing.T) {
 	}
 	defer nc.Close()
 
-	tests := []struct {
-		name         string
-		io           *liveIO
-		minBP, maxBP float64
-	}{
-		{"slow sink", &liveIO{lag: lag, sinkWait: 20 * time.Millisecond}, 0.5, 1},
-		{"fast sink", &liveIO{lag: lag, pause: 5 * time.Millisecond}, 0, 0.1},
-	}
-	for _, tt := range tests {
+	for _, tt := range backpressureCases(lag) {
 		t.Run(tt.name, func(t *testing.T) {
-			spec := &jobspec.Spec{Name: "lagging", Schemas: map[string][]jobspec.Field{"ev": {{Name: "ts", Type: record.TypeInt}, {Name: "v", Type: record.TypeInt}}},
-				Nodes: []jobspec.Node{
-					{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "in", Schema: "ev", TimeField: "ts"}},
-					{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
-				}}
-			keys := seal.NewKeyring()
-			for _, scope := range []string{"in", "results"} {
-				if _, err := keys.AddSecret(scope, 1, bytes.Repeat([]byte{7}, 32)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			task := &Task{ID: "lagging/t", Job: "lagging", Spec: spec, Slot: orchestrator.TaskSlot{ID: "lagging/t", Reads: []string{"in"}, Writes: []string{"results"}},
-				keys: keys, io: tt.io, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			task := laggingTask(t, tt.io)
 			kf, err := party.Generate(party.RoleWorker, "edge-1", nil)
 			if err != nil {
 				t.Fatal(err)
