@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -186,17 +187,7 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 	fs := newFlags("service submit")
 	pf := addPartyFlags(fs)
 	nats := natsFlag(fs) // where modules' ciphertext is stored
-	if err := parseParty(fs, args, 1); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: give the manifest file: sealflow service submit --key F FILE.yaml", errUsage)
-	}
-	c, kf, err := pf.signer()
-	if err != nil {
-		return err
-	}
-	man, err := loadManifest(fs.Arg(0), partyResolver(ctx, c))
+	c, kf, man, err := manifestArg(ctx, fs, pf, args, "give the manifest file: sealflow service submit --key F FILE.yaml")
 	if err != nil {
 		return err
 	}
@@ -222,6 +213,28 @@ func runServiceSubmit(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "each owner runs: sealflow owner approve --stream S --service %s\n", res.Digest)
 		}
 	})
+}
+
+// manifestArg parses a command's party flags and its one argument, a
+// manifest file, and returns the signing client, the key and the manifest
+// (provider names resolved to ids); usage says what to give when the
+// argument is missing.
+func manifestArg(ctx context.Context, fs *flag.FlagSet, pf *partyFlags, args []string, usage string) (*client.Client, *party.KeyFile, *orchestrator.Manifest, error) {
+	if err := parseParty(fs, args, 1); err != nil {
+		return nil, nil, nil, err
+	}
+	if fs.NArg() != 1 {
+		return nil, nil, nil, fmt.Errorf("%w: %s", errUsage, usage)
+	}
+	c, kf, err := pf.signer()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	man, err := loadManifest(fs.Arg(0), partyResolver(ctx, c))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, kf, man, nil
 }
 
 // submitManifest signs and submits the manifest loaded from path, with its

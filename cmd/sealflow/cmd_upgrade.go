@@ -26,17 +26,7 @@ func runServiceUpgrade(ctx context.Context, args []string) error {
 	nats := natsFlag(fs)
 	jobFlag := fs.String("job", "", "the job to upgrade (default: the service id)")
 	wf := addWaitFlags(fs)
-	if err := parseParty(fs, args, 1); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: give the new version's manifest: sealflow service upgrade --key F FILE.yaml", errUsage)
-	}
-	c, kf, err := pf.signer()
-	if err != nil {
-		return err
-	}
-	man, err := loadManifest(fs.Arg(0), partyResolver(ctx, c))
+	c, kf, man, err := manifestArg(ctx, fs, pf, args, "give the new version's manifest: sealflow service upgrade --key F FILE.yaml")
 	if err != nil {
 		return err
 	}
