@@ -491,10 +491,15 @@ func (m *Machine) submitService(now time.Time, st *party.Statement, issuer *part
 	if old, ok := m.st.Services[man.ID]; ok && old.Digest != svc.Digest && man.Version <= old.Manifest.Version {
 		return refuse("service.version", "service %s version %d is submitted already with another manifest; a new manifest needs a higher version", man.ID, old.Manifest.Version)
 	}
-	m.st.Services[man.ID] = svc
 	if m.st.Versions == nil {
 		m.st.Versions = map[string]*Service{}
 	}
+	// A state saved before versions were kept has only the latest version
+	// of a service: keep it before replacing it, since jobs may run it.
+	if old, ok := m.st.Services[man.ID]; ok && m.st.Versions[old.Digest] == nil {
+		m.st.Versions[old.Digest] = old
+	}
+	m.st.Services[man.ID] = svc
 	m.st.Versions[svc.Digest] = svc
 	m.storeCodeKey(man.ID, sub.CodeKey)
 	m.storeCodeKey(svc.Digest, sub.CodeKey)

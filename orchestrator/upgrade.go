@@ -206,6 +206,7 @@ func (m *Machine) rollback(now time.Time, st *party.Statement, issuer *party.Ide
 // savepoint spName, which it takes first when take is set. Nothing changes
 // when it fails.
 func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spName string, take bool, out *Output) (*UpgradeResult, error) {
+	logged := len(out.Entries)
 	if take {
 		if _, err := m.takeSavepoint(now, job, from, spName, out); err != nil {
 			return nil, err
@@ -217,7 +218,7 @@ func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spNa
 		m.st.Jobs[job.ID] = job
 		if take {
 			delete(m.st.Savepoints, spName)
-			out.Entries = out.Entries[:len(out.Entries)-1] // the savepoint.taken entry
+			out.Entries = out.Entries[:logged] // what the savepoint logged
 		}
 		return nil, err
 	}

@@ -148,3 +148,23 @@ func TestUpgradeApprovedByPolicy(t *testing.T) {
 		t.Fatalf("the job runs %s after an upgrade the policy approves, want %s", short(got), short(v2))
 	}
 }
+
+// TestOlderStateKeepsRunningVersion: a state saved before every version was
+// kept (Versions lacks the running one) still reads a job with the version
+// it runs after a newer one is submitted.
+func TestOlderStateKeepsRunningVersion(t *testing.T) {
+	w := newWorld(t, nil)
+	w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	if _, err := w.node("edge-1", "edge", "be"); err != nil {
+		t.Fatal(err)
+	}
+	d1 := w.must(grid, TypeServiceSubmit, manifest("svc", "meter-a")).Result.(map[string]any)["digest"].(string)
+	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d1})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	delete(w.m.st.Versions, d1) // as a state saved before versions were kept
+	submitVersion(w, grid, 2, nil)
+	if got := w.m.jobService(w.m.State().Jobs["svc"]); got == nil || got.Digest != d1 {
+		t.Fatalf("the job running version 1 reads %+v after version 2 was submitted", got)
+	}
+}
