@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -368,7 +369,7 @@ func ServiceViews(st *orchestrator.State) []*orchestrator.Service {
 		if c := cmpString(a.Manifest.ID, b.Manifest.ID); c != 0 {
 			return c
 		}
-		return int(a.Manifest.Version - b.Manifest.Version)
+		return cmp.Compare(a.Manifest.Version, b.Manifest.Version)
 	})
 	return out
 }

@@ -399,12 +399,13 @@ func (s *Server) Submit(ctx context.Context, signed []byte) (*Response, error) {
 	}
 	s.metrics.statement(resp)
 	s.logRescales(out)
-	if err == nil {
-		s.hintJobs(out)
-	}
 	if out != nil && len(out.Releases) > 0 {
 		s.metrics.keyReleases.Add(float64(len(out.Releases)))
 		s.deliver(out.Releases, now)
+	}
+	if err == nil {
+		// After the keys: a worker that looks at once finds them.
+		s.hintJobs(out)
 	}
 	if !resp.OK {
 		s.log.Info("statement refused", "type", resp.Type, "rule", resp.Rule, "error", resp.Error)
