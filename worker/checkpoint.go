@@ -77,7 +77,7 @@ func (c *taskCheckpoints) setup(ctx context.Context, t *Task) (*runtime.Checkpoi
 		}
 		start := time.Now()
 		data, x, err := c.store.GetSnapshot(ctx, id, digest, t.keys)
-		if checkpoint.RuleOf(err) == checkpoint.RuleMissing {
+		if checkpoint.RuleOf(err) == checkpoint.RuleMissing && id.Writer != "" {
 			// A snapshot stored before object names carried their writer.
 			legacy := id
 			legacy.Writer = ""

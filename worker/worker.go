@@ -250,12 +250,14 @@ func (w *Worker) stopRemovedJobs(ctx context.Context) {
 			// restores the task's last checkpoint.
 			t.stop("stopped: rescaled")
 			w.log.Info("task rescaled: restarting it from its last checkpoint", "task", id, "generation", j.Generations[id])
-			go func() {
+			// Counted in w.wg, so Run does not return (and close the
+			// UDF runtime) while the new run is being started.
+			w.wg.Go(func() {
 				t.wait()
 				if err := w.start(ctx, t.Job, id); err != nil {
 					w.log.Error("rescaled task did not start", "task", id, "err", err)
 				}
-			}()
+			})
 			continue
 		default:
 			continue
@@ -432,10 +434,8 @@ func (w *Worker) start(ctx context.Context, jobID, taskID string) error {
 	}
 	// The provider's rescalings of this task's operators (job.scale).
 	for node, p := range jv.Scale[taskID] {
-		for i := range spec.Nodes {
-			if spec.Nodes[i].ID == node {
-				spec.Nodes[i].Parallelism = p
-			}
+		if n := spec.Node(node); n != nil {
+			n.Parallelism = p
 		}
 	}
 	code, err := w.codeFor(ctx, svc, jobID, spec)
