@@ -158,7 +158,7 @@ type ColumnarDecoder struct {
 // out gets the output records of schema outS, and d.Reads the input fields
 // the function declares it reads. A guest error wraps ErrGuest; every
 // offset and value is checked against resp.
-func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *record.Schema, out *record.Batch) error {
+func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *record.Schema, out *record.Batch) (err error) {
 	out.Records = out.Records[:0]
 	if len(resp) == 0 {
 		return fmt.Errorf("empty response (want a status byte)")
@@ -224,16 +224,19 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 		return err
 	}
 	// The fields the function reads: what the next request carries.
+	// They take effect only once the whole response passed its checks: a
+	// rejected response changes nothing.
 	if nr := le.Uint32(resp[16:]); nr == sdk.ReadsAll {
-		d.Reads = nil
+		defer func() {
+			if err == nil {
+				d.Reads = nil
+			}
+		}()
 	} else {
 		if nr > uint32(nin) || dirEnd+4*uint64(nr) > size {
 			return fmt.Errorf("response lists %d read fields (input has %d) past its end", nr, nin)
 		}
-		r := d.Reads[:0]
-		for range nin {
-			r = append(r, false)
-		}
+		r := make([]bool, nin)
 		for k := range uint64(nr) {
 			j := le.Uint32(resp[dirEnd+4*k:])
 			if j >= uint32(nin) {
@@ -241,7 +244,11 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 			}
 			r[j] = true
 		}
-		d.Reads = r
+		defer func() {
+			if err == nil {
+				d.Reads = r
+			}
+		}()
 	}
 	kept := n
 	if keep != nil {

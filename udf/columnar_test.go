@@ -2,6 +2,7 @@ package udf
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -217,10 +218,15 @@ func TestDecodeColumnarRejects(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := tc.mutate(append([]byte(nil), good...))
-			var dec ColumnarDecoder
+			// A rejected response leaves the declared reads as they were.
+			before := []bool{true, true, false, true}
+			dec := ColumnarDecoder{Reads: slices.Clone(before)}
 			err := dec.Decode(resp, recs, colIn, colOut, &record.Batch{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Decode = %v, want an error containing %q", err, tc.want)
+			}
+			if !slices.Equal(dec.Reads, before) {
+				t.Fatalf("a rejected response changed the declared reads to %v", dec.Reads)
 			}
 		})
 	}
