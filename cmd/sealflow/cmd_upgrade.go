@@ -36,21 +36,23 @@ func runServiceUpgrade(ctx context.Context, args []string) error {
 	}
 	p := newProgress(pf.json)
 	p.Step("submitting version %d of service %s", man.Version, man.ID)
+	// Submitting the same manifest again is accepted (run the command
+	// again once the owners approved); another manifest at a version
+	// already submitted is refused, and the job must not move to whatever
+	// the latest version is instead of FILE.
 	r, err := submitManifest(ctx, c, kf, fs.Arg(0), man, *nats)
-	var re *client.RefusedError
-	if err != nil && !(errors.As(err, &re) && re.Rule == "service.version") {
+	if err != nil {
 		p.Stop()
 		return err
 	}
 	var sub struct {
 		Digest string `json:"digest"`
 	}
-	if err == nil {
-		if err := decodeResult(r, &sub); err != nil {
-			p.Stop()
-			return err
-		}
+	if err := decodeResult(r, &sub); err != nil {
+		p.Stop()
+		return err
 	}
+	var re *client.RefusedError
 	p.Step("asking the orchestrator to move job %s to version %d", job, man.Version)
 	r, err = submitStatement(ctx, c, kf, orchestrator.TypeJobUpgrade, orchestrator.UpgradeRequest{Job: job, Digest: sub.Digest})
 	p.Stop()
