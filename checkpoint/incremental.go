@@ -410,7 +410,10 @@ func (s *Store) PutIncremental(ctx context.Context, id SnapshotID, plaintext []b
 	if err != nil {
 		return Digest{}, nil, err
 	}
-	sealed, _ := io.ReadAll(sr) // sealReader fails only with io.EOF
+	sealed, err := io.ReadAll(sr)
+	if err != nil {
+		return Digest{}, nil, fmt.Errorf("checkpoint: sealing pack of %s: %w", id, err)
+	}
 	sr.sum.Sum(pr.Digest[:0])
 	x.Packs = append(x.Packs, pr)
 	packErr := make(chan error, 1)
