@@ -71,13 +71,12 @@ func (m *Machine) scale(now time.Time, st *party.Statement, issuer *party.Identi
 	if err != nil {
 		return refuse("scale.task", "task %s: %v", b.Task, err)
 	}
+	maxP, err := scalable(r, b.Task, b.Operator)
+	if err != nil {
+		return err
+	}
 	info := r.Nodes[b.Operator]
-	maxP := min(r.Spec.MaxParallelism, state.MaxMaxParallelism)
 	switch {
-	case info == nil:
-		return refuse("scale.operator", "task %s runs no operator %q", b.Task, b.Operator)
-	case info.Node.Kind == jobspec.KindSource || info.Node.Kind == jobspec.KindSink:
-		return refuse("scale.operator", "operator %q is a %s: sources and sinks keep their parallelism (it is their streams' partitioning)", b.Operator, info.Node.Kind)
 	case b.Adaptive != nil && b.Parallelism != 0:
 		return refuse("scale.parallelism", "a job.scale statement sets either a parallelism or adaptive bounds, not both")
 	case b.Adaptive != nil && (b.Adaptive.Min < 1 || b.Adaptive.Max < b.Adaptive.Min || b.Adaptive.Max > maxP):
@@ -124,6 +123,21 @@ func (m *Machine) scale(now time.Time, st *party.Statement, issuer *party.Identi
 	out.Result = m.rescale(now, job, b.Task, b.Operator, from, target, b.Adaptive, avail, "adaptive bounds set by the provider", out)
 	a.Last = now.UTC()
 	return nil
+}
+
+// scalable checks that operator op of task (whose JobSpec resolved to r)
+// may be rescaled, refusing by scale.operator when the task runs no such
+// operator or it is a source or a sink, and returns the largest parallelism
+// it may run at (the job's key groups).
+func scalable(r *jobspec.Resolved, task, op string) (int, error) {
+	info := r.Nodes[op]
+	switch {
+	case info == nil:
+		return 0, refuse("scale.operator", "task %s runs no operator %q", task, op)
+	case info.Node.Kind == jobspec.KindSource || info.Node.Kind == jobspec.KindSink:
+		return 0, refuse("scale.operator", "operator %q is a %s: sources and sinks keep their parallelism (it is their streams' partitioning)", op, info.Node.Kind)
+	}
+	return min(r.Spec.MaxParallelism, state.MaxMaxParallelism), nil
 }
 
 // rescale sets the parallelism of operator op of task to p (from from),

@@ -2,8 +2,10 @@ package orchestrator
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
@@ -37,6 +39,22 @@ type Previous struct {
 	Digest    string `json:"digest"`
 	Version   int64  `json:"version"`
 	Savepoint string `json:"savepoint"`
+	// Scale and Adaptive are the operator overrides (job.scale) the job
+	// had at the upgrade: a rollback restores them with the version.
+	Scale    map[string]map[string]int       `json:"scale,omitempty"`
+	Adaptive map[string]map[string]*Adaptive `json:"adaptive,omitempty"`
+}
+
+// DroppedOverride is an operator override (job.scale) that did not carry
+// into the version a job moved to, and why.
+type DroppedOverride struct {
+	Task     string `json:"task"`
+	Operator string `json:"operator"`
+	// Parallelism is the fixed parallelism dropped (zero when the operator
+	// had none); Adaptive the adaptive bounds dropped, if any.
+	Parallelism int             `json:"parallelism,omitempty"`
+	Adaptive    *AdaptiveBounds `json:"adaptive,omitempty"`
+	Reason      string          `json:"reason"`
 }
 
 // UpgradeResult is the Output.Result of job.upgrade and job.rollback.
@@ -48,6 +66,14 @@ type UpgradeResult struct {
 	ToDigest    string              `json:"to_digest"`
 	Savepoint   string              `json:"savepoint"`
 	Tasks       map[string]party.ID `json:"tasks"`
+	// Scale and Adaptive are the operator overrides (job.scale) the job
+	// runs with in the new version: those of the version it left whose task
+	// and operator the new version still has (for a rollback, those the
+	// version had before the upgrade). Dropped are the others, each with
+	// its reason.
+	Scale    map[string]map[string]int            `json:"scale,omitempty"`
+	Adaptive map[string]map[string]AdaptiveBounds `json:"adaptive,omitempty"`
+	Dropped  []DroppedOverride                    `json:"dropped_overrides,omitempty"`
 }
 
 // stateful reports whether nodes of kind keep state a savepoint carries
@@ -226,13 +252,120 @@ func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spNa
 		clear(job.Keys[k])
 	}
 	next := m.st.Jobs[job.ID]
+	// The operator overrides: an upgrade carries the running ones, a
+	// rollback restores those the version had before the upgrade.
+	scale, adaptive := job.Scale, job.Adaptive
 	if take {
-		next.Previous = &Previous{Digest: from.Digest, Version: from.Manifest.Version, Savepoint: spName}
+		next.Previous = &Previous{Digest: from.Digest, Version: from.Manifest.Version, Savepoint: spName, Scale: job.Scale, Adaptive: job.Adaptive}
+	} else {
+		scale, adaptive = job.Previous.Scale, job.Previous.Adaptive
 	}
+	var dropped []DroppedOverride
+	next.Scale, next.Adaptive, dropped = carryOverrides(scale, adaptive, to)
 	out.Entries = append(out.Entries, sub.Entries...)
 	out.Releases = append(out.Releases, sub.Releases...)
-	return &UpgradeResult{Job: job.ID, FromVersion: from.Manifest.Version, ToVersion: to.Manifest.Version, FromDigest: from.Digest,
-		ToDigest: to.Digest, Savepoint: spName, Tasks: next.Tasks}, nil
+	res := &UpgradeResult{Job: job.ID, FromVersion: from.Manifest.Version, ToVersion: to.Manifest.Version, FromDigest: from.Digest,
+		ToDigest: to.Digest, Savepoint: spName, Tasks: next.Tasks, Scale: next.Scale, Dropped: dropped}
+	for task, ops := range next.Adaptive {
+		if res.Adaptive == nil {
+			res.Adaptive = map[string]map[string]AdaptiveBounds{}
+		}
+		res.Adaptive[task] = map[string]AdaptiveBounds{}
+		for op, a := range ops {
+			res.Adaptive[task][op] = a.AdaptiveBounds
+		}
+	}
+	return res, nil
+}
+
+// carryOverrides returns the operator overrides (job.scale: fixed
+// parallelism and adaptive bounds, by task then operator) that carry into
+// version to: those whose task the new version still has, running an
+// operator of the same id that job.scale may rescale (not a source or a
+// sink), within the new version's key groups. The others are returned as
+// dropped, with the reason, in task then operator order. The maps returned
+// are new; an adaptive operator keeps its last change, so its cool-down
+// goes on.
+func carryOverrides(scale map[string]map[string]int, adaptive map[string]map[string]*Adaptive, to *Service) (map[string]map[string]int, map[string]map[string]*Adaptive, []DroppedOverride) {
+	type key struct{ task, op string }
+	var keys []key
+	seen := map[key]bool{}
+	add := func(task, op string) {
+		if k := (key{task, op}); !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for task, ops := range scale {
+		for op := range ops {
+			add(task, op)
+		}
+	}
+	for task, ops := range adaptive {
+		for op := range ops {
+			add(task, op)
+		}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if c := cmp.Compare(a.task, b.task); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.op, b.op)
+	})
+	slots := map[string]*TaskSlot{}
+	for i := range to.Manifest.Tasks {
+		slots[to.Manifest.Tasks[i].ID] = &to.Manifest.Tasks[i]
+	}
+	var (
+		newScale    map[string]map[string]int
+		newAdaptive map[string]map[string]*Adaptive
+		dropped     []DroppedOverride
+	)
+	for _, k := range keys {
+		p, fixed := scale[k.task][k.op]
+		a := adaptive[k.task][k.op]
+		why := ""
+		if slot := slots[k.task]; slot == nil {
+			why = fmt.Sprintf("version %d has no task %s", to.Manifest.Version, k.task)
+		} else if r, err := resolveStage(to.Manifest.StageSpec(slot)); err != nil {
+			why = fmt.Sprintf("task %s of version %d: %v", k.task, to.Manifest.Version, err)
+		} else if maxP, err := scalable(r, k.task, k.op); err != nil {
+			why = fmt.Sprintf("in version %d: %v", to.Manifest.Version, err)
+		} else if fixed && p > maxP {
+			why = fmt.Sprintf("parallelism %d is beyond the %d key groups of version %d", p, maxP, to.Manifest.Version)
+		} else if a != nil && a.Max > maxP {
+			why = fmt.Sprintf("adaptive bounds %d..%d reach beyond the %d key groups of version %d", a.Min, a.Max, maxP, to.Manifest.Version)
+		}
+		if why != "" {
+			d := DroppedOverride{Task: k.task, Operator: k.op, Parallelism: p, Reason: why}
+			if a != nil {
+				b := a.AdaptiveBounds
+				d.Adaptive = &b
+			}
+			dropped = append(dropped, d)
+			continue
+		}
+		if fixed {
+			if newScale == nil {
+				newScale = map[string]map[string]int{}
+			}
+			if newScale[k.task] == nil {
+				newScale[k.task] = map[string]int{}
+			}
+			newScale[k.task][k.op] = p
+		}
+		if a != nil {
+			if newAdaptive == nil {
+				newAdaptive = map[string]map[string]*Adaptive{}
+			}
+			if newAdaptive[k.task] == nil {
+				newAdaptive[k.task] = map[string]*Adaptive{}
+			}
+			c := *a
+			newAdaptive[k.task][k.op] = &c
+		}
+	}
+	return newScale, newAdaptive, dropped
 }
 
 // latestAll returns every task's restore point.

@@ -3,7 +3,11 @@ package orchestrator
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
 	"github.com/sealflow/sealflow/party"
@@ -166,5 +170,132 @@ func TestOlderStateKeepsRunningVersion(t *testing.T) {
 	submitVersion(w, grid, 2, nil)
 	if got := w.m.jobService(w.m.State().Jobs["svc"]); got == nil || got.Digest != d1 {
 		t.Fatalf("the job running version 1 reads %+v after version 2 was submitted", got)
+	}
+}
+
+// overrideManifest is a one-task service at the edge whose task filters
+// readings (a stateless "f", when filter is set) and sums them per household
+// in a keyed window ("win"), at version v.
+func overrideManifest(v int64, filter bool) Manifest {
+	b := jobspec.New("svc").Schema("meter", jobspec.String("house"), jobspec.Float("kwh"), jobspec.Int("ts"))
+	s := b.Source("meter-a", "meter", jobspec.EventTime("ts", time.Second))
+	if filter {
+		s = s.Filter("kwh > 0").As("f")
+	}
+	s.KeyBy("house").Window(jobspec.Tumbling(5*time.Second), jobspec.Sum("kwh", "kwh")).As("win").Sink("svc-out")
+	spec, err := b.MustBuild().JSON()
+	if err != nil {
+		panic(err)
+	}
+	d, _ := b.MustBuild().Digest()
+	return Manifest{ID: "svc", Version: v, JobDigest: d, Inputs: []string{"meter-a"}, Outputs: []string{"svc-out"},
+		Tasks: []TaskSlot{{ID: "svc/main", Tiers: []string{"edge"}, Reads: []string{"meter-a"}, Writes: []string{"svc-out"}}}, Spec: spec}
+}
+
+// TestUpgradeCarriesOverrides: the operator overrides set by job.scale (a
+// fixed parallelism, adaptive bounds) carry into the new version when it
+// still runs the operator in the same task; one it no longer runs is dropped
+// and the logged upgrade says why; a rollback restores the overrides the
+// old version had.
+func TestUpgradeCarriesOverrides(t *testing.T) {
+	const task = "svc/main"
+	fixed := func(op string, p int) ScaleRequest {
+		return ScaleRequest{Job: "svc", Task: task, Operator: op, Parallelism: p}
+	}
+	adaptive := func(op string, lo, hi int) ScaleRequest {
+		return ScaleRequest{Job: "svc", Task: task, Operator: op, Adaptive: &AdaptiveBounds{Min: lo, Max: hi}}
+	}
+	cases := []struct {
+		name         string
+		set          []ScaleRequest // on version 1
+		keepFilter   bool           // whether version 2 still runs "f"
+		wantScale    map[string]int // after the upgrade
+		wantAdaptive []string       // adaptive operators after the upgrade
+		wantDropped  []string       // operators dropped, with a reason
+		wantBefore   map[string]int // the overrides of version 1, back after the rollback
+	}{
+		{name: "fixed parallelism carries", set: []ScaleRequest{fixed("win", 3), fixed("f", 2)}, keepFilter: true,
+			wantScale: map[string]int{"win": 3, "f": 2}, wantBefore: map[string]int{"win": 3, "f": 2}},
+		// edge-1 offers 4 slots: bounds 1..2 run the window at 2.
+		{name: "adaptive bounds carry", set: []ScaleRequest{adaptive("win", 1, 2)}, keepFilter: true,
+			wantScale: map[string]int{"win": 2}, wantAdaptive: []string{"win"}, wantBefore: map[string]int{"win": 2}},
+		{name: "an operator the new version does not run is dropped", set: []ScaleRequest{fixed("win", 3), adaptive("f", 1, 2)}, keepFilter: false,
+			wantScale: map[string]int{"win": 3}, wantDropped: []string{"f"}, wantBefore: map[string]int{"win": 3, "f": 2}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			alice, _ := w.owner("alice", "meter-a", edgeOnlyBE)
+			grid := w.provider("grid")
+			edge, err := w.nodeSlots("edge-1", "edge", "be", 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := w.must(grid, TypeServiceSubmit, overrideManifest(1, true)).Result.(map[string]any)["digest"].(string)
+			w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+			w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+			for _, s := range c.set {
+				w.must(grid, TypeJobScale, s)
+			}
+			before := w.m.State().Jobs["svc"]
+			bounds := map[string]*Adaptive{}
+			for op, a := range before.Adaptive[task] {
+				c := *a
+				bounds[op] = &c
+			}
+			a := ack(task, 3, "m3")
+			a.Generation = before.Generations[task]
+			w.must(edge, TypeCheckpointAck, a)
+			d2 := w.must(grid, TypeServiceSubmit, overrideManifest(2, c.keepFilter)).Result.(map[string]any)["digest"].(string)
+			w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d2})
+			res := w.must(grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"}).Result.(*UpgradeResult)
+			job := w.m.State().Jobs["svc"]
+			if job.Digest != d2 {
+				t.Fatalf("the job runs %s, want version 2", short(job.Digest))
+			}
+			if !maps.Equal(job.Scale[task], c.wantScale) || !maps.Equal(res.Scale[task], c.wantScale) {
+				t.Fatalf("after the upgrade: scale %v (result %v), want %v", job.Scale[task], res.Scale[task], c.wantScale)
+			}
+			if got := slices.Sorted(maps.Keys(job.Adaptive[task])); !slices.Equal(got, c.wantAdaptive) {
+				t.Fatalf("after the upgrade: adaptive operators %v, want %v", got, c.wantAdaptive)
+			}
+			for _, op := range c.wantAdaptive {
+				if got, want := job.Adaptive[task][op], bounds[op]; got == nil || got.AdaptiveBounds != want.AdaptiveBounds || !got.Last.Equal(want.Last) {
+					t.Fatalf("after the upgrade: adaptive %s is %+v, want %+v (its bounds and last change)", op, got, want)
+				}
+			}
+			var dropped []string
+			for _, dr := range res.Dropped {
+				if !strings.Contains(dr.Reason, "runs no operator") {
+					t.Fatalf("dropped %+v: the reason does not say the operator is gone", dr)
+				}
+				dropped = append(dropped, dr.Operator)
+			}
+			if !slices.Equal(dropped, c.wantDropped) {
+				t.Fatalf("dropped %v, want %v", dropped, c.wantDropped)
+			}
+			logged := w.logged("job.upgraded")
+			if len(logged) != 1 {
+				t.Fatalf("%d job.upgraded entries, want 1", len(logged))
+			}
+			var body UpgradeResult
+			if err := json.Unmarshal(logged[0].Body, &body); err != nil || len(body.Dropped) != len(c.wantDropped) {
+				t.Fatalf("the logged upgrade names dropped overrides %+v (%v), want %v", body.Dropped, err, c.wantDropped)
+			}
+			// The rollback restores what version 1 ran with.
+			w.must(grid, TypeJobRollback, RollbackRequest{Job: "svc"})
+			job = w.m.State().Jobs["svc"]
+			if job.Digest != d || !maps.Equal(job.Scale[task], c.wantBefore) {
+				t.Fatalf("after the rollback: digest %s, scale %v, want version 1 with %v", short(job.Digest), job.Scale[task], c.wantBefore)
+			}
+			for op, want := range bounds {
+				if got := job.Adaptive[task][op]; got == nil || got.AdaptiveBounds != want.AdaptiveBounds {
+					t.Fatalf("after the rollback: adaptive %s is %+v, want %+v", op, got, want)
+				}
+			}
+			if len(job.Adaptive[task]) != len(bounds) {
+				t.Fatalf("after the rollback: adaptive operators %v, want %v", job.Adaptive[task], bounds)
+			}
+		})
 	}
 }
