@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -71,6 +72,32 @@ func AvailableSlots(t TaskSlot, on string, nodes []Candidate, check PlacementChe
 	return n
 }
 
+// takeSlots takes n slots off the free slots of nodes that task t, which
+// runs on node on, may use (as AvailableSlots counts them): first on its own
+// node, then on the others in their order, never below zero. An adaptive
+// task's operators run at up to their parallelism on the capacity of those
+// nodes, so the next adaptive task of a pass must not count it again.
+func takeSlots(t TaskSlot, on string, n int, nodes []Candidate, check PlacementCheck) {
+	take := func(c *Candidate) {
+		if k := min(n, max(c.Free, 0)); k > 0 {
+			c.Free -= k
+			n -= k
+		}
+	}
+	if i := slices.IndexFunc(nodes, func(c Candidate) bool { return c.ID == on }); i >= 0 {
+		take(&nodes[i])
+	}
+	for i := range nodes {
+		if n <= 0 {
+			return
+		}
+		if ok, _ := slotFits(t, nodes[i]); !ok || nodes[i].ID == on || check(t, nodes[i]) != nil {
+			continue
+		}
+		take(&nodes[i])
+	}
+}
+
 // AdaptiveTarget returns the parallelism an adaptive operator should run at
 // when available slots are available to its task: available, clamped to
 // [b.Min, b.Max].
@@ -114,18 +141,29 @@ func (m *Machine) parallelismOf(job *Job, slot TaskSlot, op string) (int, bool) 
 // slots available to its task, within its bounds) differs from the one it
 // runs at, unless its cool-down has not passed since its last change; why
 // says what changed (a node admitted, drained, ...). A task that is not
-// placed is left as it is. It returns the rescales, in job, task, operator
-// order.
+// placed is left as it is. The tasks share the free slots: they are served
+// in job, task id order, and each takes the slots its operators run at after
+// the pass (beyond the one it holds) off the free slots the next ones count,
+// so two adaptive tasks never count the same free slot. It returns the
+// rescales, in job, task, operator order.
 func (m *Machine) adapt(now time.Time, why string, out *Output) []*ScaleResult {
 	var res []*ScaleResult
 	tasks := m.jobTasks(func(j *Job, t string) bool { return len(j.Adaptive[t]) > 0 && j.Tasks[t] != "" })
 	if len(tasks) == 0 {
 		return nil
 	}
+	slices.SortStableFunc(tasks, func(a, b jobTask) int {
+		if c := cmp.Compare(a.job.ID, b.job.ID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.task, b.task)
+	})
 	cands := m.candidates(now)
 	for _, jt := range tasks {
 		svc := m.jobService(jt.job)
-		avail := AvailableSlots(jt.slot, string(jt.job.Tasks[jt.task]), cands, m.placementCheck(svc))
+		on, check := string(jt.job.Tasks[jt.task]), m.placementCheck(svc)
+		avail := AvailableSlots(jt.slot, on, cands, check)
+		held := 1 // the slot the task holds, counted as used already
 		ops := make([]string, 0, len(jt.job.Adaptive[jt.task]))
 		for op := range jt.job.Adaptive[jt.task] {
 			ops = append(ops, op)
@@ -139,13 +177,16 @@ func (m *Machine) adapt(now time.Time, why string, out *Output) []*ScaleResult {
 			}
 			target := AdaptiveTarget(avail, a.AdaptiveBounds)
 			if !AdaptDue(cur, target, a.Last, now, a.cooldown()) {
+				held = max(held, cur)
 				continue
 			}
+			held = max(held, target)
 			bounds := a.AdaptiveBounds
 			r := m.rescale(now, jt.job, jt.task, op, cur, target, &bounds, avail, adaptiveReason(why, avail, bounds), out)
 			a.Last = now.UTC()
 			res = append(res, r)
 		}
+		takeSlots(jt.slot, on, held-1, cands, check)
 	}
 	return res
 }

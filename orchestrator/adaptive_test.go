@@ -2,6 +2,8 @@ package orchestrator
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -246,5 +248,78 @@ func TestAdaptiveStateSurvivesRestore(t *testing.T) {
 	a := m.State().Jobs["svc"].Adaptive["svc/main"]["win"]
 	if a == nil || a.Min != 1 || a.Max != 4 || time.Duration(a.Cooldown) != time.Minute || !a.Last.Equal(w.now) {
 		t.Fatalf("restored adaptive state %+v", a)
+	}
+}
+
+// TestAdaptiveTasksShareFreeSlots: adaptive tasks that count the same free
+// slots share them in one pass, served in job, task id order (not the
+// manifest's order): each takes what its operators run at off the free
+// slots the next one counts.
+func TestAdaptiveTasksShareFreeSlots(t *testing.T) {
+	twoTasks := adaptiveManifest("svc", "meter-a")
+	twoTasks.Tasks = []TaskSlot{
+		{ID: "svc/z", Tiers: []string{"edge"}, Reads: []string{"meter-a"}, Writes: []string{"svc-out"}},
+		{ID: "svc/a", Tiers: []string{"edge"}, Reads: []string{"meter-a"}, Writes: []string{"svc-out"}},
+	}
+	type jt struct{ job, task string }
+	cases := []struct {
+		name   string
+		slots  int
+		mans   []Manifest
+		bounds AdaptiveBounds
+		want   map[jt]int // the window's parallelism after the pass
+	}{
+		// 4 slots, 2 held by the tasks: 2 free. svc-a takes both.
+		{name: "two jobs on one node: the first job takes the free slots", slots: 4,
+			mans: []Manifest{adaptiveManifest("svc-b", "meter-a"), adaptiveManifest("svc-a", "meter-a")}, bounds: AdaptiveBounds{Min: 1, Max: 8},
+			want: map[jt]int{{"svc-a", "svc-a/main"}: 3, {"svc-b", "svc-b/main"}: 1}},
+		{name: "two tasks of a job: served by task id, not manifest order", slots: 4,
+			mans: []Manifest{twoTasks}, bounds: AdaptiveBounds{Min: 1, Max: 8},
+			want: map[jt]int{{"svc", "svc/a"}: 3, {"svc", "svc/z"}: 1}},
+		// 8 slots, 6 free: svc-a takes 2 (max 3), svc-b still finds 4.
+		{name: "enough slots for both", slots: 8,
+			mans: []Manifest{adaptiveManifest("svc-a", "meter-a"), adaptiveManifest("svc-b", "meter-a")}, bounds: AdaptiveBounds{Min: 1, Max: 3},
+			want: map[jt]int{{"svc-a", "svc-a/main"}: 3, {"svc-b", "svc-b/main"}: 3}},
+		{name: "the minimum holds even without free slots", slots: 3,
+			mans: []Manifest{adaptiveManifest("svc-a", "meter-a"), adaptiveManifest("svc-b", "meter-a")}, bounds: AdaptiveBounds{Min: 2, Max: 8},
+			want: map[jt]int{{"svc-a", "svc-a/main"}: 2, {"svc-b", "svc-b/main"}: 2}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			alice, _ := w.owner("alice", "meter-a", edgeOnlyBE)
+			grid := w.provider("grid")
+			if _, err := w.nodeSlots("edge-1", "edge", "be", c.slots); err != nil {
+				t.Fatal(err)
+			}
+			for _, man := range c.mans {
+				d := w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+				w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+				w.must(grid, TypeJobDeploy, Deploy{Service: man.ID})
+			}
+			b := c.bounds
+			b.Cooldown = Duration(10 * time.Second)
+			keys := slices.SortedFunc(maps.Keys(c.want), func(a, b jt) int { return strings.Compare(a.job+" "+a.task, b.job+" "+b.task) })
+			for _, k := range keys {
+				w.must(grid, TypeJobScale, ScaleRequest{Job: k.job, Task: k.task, Operator: "win", Adaptive: &b})
+			}
+			w.now = w.now.Add(10 * time.Second)
+			w.collect(w.m.Adapt(w.now, "periodic check"))
+			total := 0
+			for k, want := range c.want {
+				job := w.m.State().Jobs[k.job]
+				got, _ := w.m.parallelismOf(job, TaskSlot{ID: k.task}, "win")
+				if p, ok := job.Scale[k.task]["win"]; ok {
+					got = p
+				}
+				if got != want {
+					t.Errorf("%s %s: parallelism %d, want %d", k.job, k.task, got, want)
+				}
+				total += got
+			}
+			if total > max(c.slots, len(c.want)*c.bounds.Min) {
+				t.Errorf("the adaptive tasks run %d subtasks on %d slots", total, c.slots)
+			}
+		})
 	}
 }
