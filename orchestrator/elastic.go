@@ -341,13 +341,58 @@ func tierRank(t TaskSlot, tier string) int {
 	return 0
 }
 
+// ReliefHold is how long a task moved off an overloaded node (RelieveTask)
+// is kept from moving back to that node by rebalancePreferred, which would
+// otherwise send it back as soon as any node is admitted, since the node it
+// left now has a free slot of its preferred tier.
+//
+// It is a hold and not "until the node's load falls below the threshold"
+// because the machine's overload model has no node load to wait on: the API
+// server judges overload per task, from the backpressure in the signed status
+// reports of the node the task runs on, and keeps those reports as
+// operational data, neither persisted nor logged. Once the task has left,
+// no report says how it would fare on that node again. A hold needs only the
+// time the machine is given, so it stays deterministic and survives a restart
+// (Job.Relieved is persisted). Ten minutes is twenty times the default
+// Config.OverloadFor of the API server: a task that is overloaded again after
+// coming back moves at most once per hold plus OverloadFor.
+const ReliefHold = 10 * time.Minute
+
+// held reports whether task of job may not move back to node yet, at now,
+// because it was relieved from it less than ReliefHold ago.
+func (j *Job) held(task string, node party.ID, now time.Time) bool {
+	at, ok := j.Relieved[task][node]
+	return ok && now.Sub(at) < ReliefHold
+}
+
+// expireRelief forgets the reliefs of job whose hold has passed at now.
+func (j *Job) expireRelief(now time.Time) {
+	for task, nodes := range j.Relieved {
+		for node := range nodes {
+			if !j.held(task, node, now) {
+				delete(nodes, node)
+			}
+		}
+		if len(nodes) == 0 {
+			delete(j.Relieved, task)
+		}
+	}
+	if len(j.Relieved) == 0 {
+		j.Relieved = nil
+	}
+}
+
 // rebalancePreferred moves tasks that run on a less preferred tier than
 // their first choice (because a node left or was overloaded) back to a node
 // of a more preferred tier that every owner's policy accepts, when one has a
-// free slot: the operator offered capacity again. Each job whose tasks moved
-// gets a new exchange epoch.
+// free slot: the operator offered capacity again. A node a task was relieved
+// from as overloaded is not a destination for it until ReliefHold has
+// passed. Each job whose tasks moved gets a new exchange epoch.
 func (m *Machine) rebalancePreferred(now time.Time, reason string, out *Output) {
 	moved := map[string]*Job{}
+	for _, j := range m.st.Jobs {
+		j.expireRelief(now)
+	}
 	for _, jt := range m.jobTasks(func(j *Job, task string) bool { return j.Tasks[task] != "" }) {
 		cur := m.st.Nodes[jt.job.Tasks[jt.task]]
 		if cur == nil || tierRank(jt.slot, cur.Location.Tier) == 0 {
@@ -358,7 +403,7 @@ func (m *Machine) rebalancePreferred(now time.Time, reason string, out *Output) 
 		check := m.placementCheck(svc)
 		var better []Candidate
 		for _, c := range m.candidates(now) {
-			if tierRank(jt.slot, c.Tier) < rank && slices.Contains(jt.slot.Tiers, c.Tier) {
+			if tierRank(jt.slot, c.Tier) < rank && slices.Contains(jt.slot.Tiers, c.Tier) && !jt.job.held(jt.task, party.ID(c.ID), now) {
 				better = append(better, c)
 			}
 		}
@@ -394,7 +439,8 @@ type RelieveResult struct {
 // reports); it refuses by relieve.no-tier when the task may run on no other
 // tier, and by the refusing rule when no node of a higher tier qualifies.
 // The task comes back to its preferred tier when a node of that tier is
-// admitted (rebalancePreferred).
+// admitted (rebalancePreferred), but not to the node it was relieved from
+// before ReliefHold has passed.
 func (m *Machine) RelieveTask(now time.Time, jobID, task, reason string) (*Output, error) {
 	out := &Output{Type: EntryTaskMigrated}
 	job, ok := m.st.Jobs[jobID]
@@ -427,6 +473,13 @@ func (m *Machine) RelieveTask(now time.Time, jobID, task, reason string) (*Outpu
 	if err != nil {
 		return out, err
 	}
+	if job.Relieved == nil {
+		job.Relieved = map[string]map[party.ID]time.Time{}
+	}
+	if job.Relieved[task] == nil {
+		job.Relieved[task] = map[party.ID]time.Time{}
+	}
+	job.Relieved[task][mv.From] = now.UTC()
 	if err := m.advanceExchange(now, job, "task "+task+" relieved", out); err != nil {
 		return out, err
 	}

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"testing"
+	"time"
 
 	"github.com/sealflow/sealflow/party"
 	"github.com/sealflow/sealflow/seal"
@@ -210,5 +211,71 @@ func TestTasksMoveUpATierAndBack(t *testing.T) {
 	w.must(grid, TypeJobDeploy, Deploy{Service: "edgeonly"})
 	if _, err := w.m.RelieveTask(w.now, "edgeonly", man2.Tasks[0].ID, "overloaded"); ruleOf(err) != "relieve.no-tier" {
 		t.Fatalf("relieving an edge-only task: %v, want relieve.no-tier", err)
+	}
+}
+
+// TestRelievedTaskNotBackOnItsOverloadedNode: a task relieved from an
+// overloaded edge node does not move back to that node when a node is
+// admitted (the node it left has a free slot of its preferred tier) until
+// ReliefHold has passed; another edge node takes it meanwhile, and the hold
+// survives a restart of the machine.
+func TestRelievedTaskNotBackOnItsOverloadedNode(t *testing.T) {
+	w := newWorld(t, nil)
+	w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	ids := map[string]party.ID{}
+	admit := func(name, tier, region string) {
+		kf, err := w.node(name, tier, region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[name] = kf.ID()
+	}
+	admit("edge-1", "edge", "be")
+	admit("reg-1", "regional", "be")
+	man := manifest("svc", "meter-a")
+	man.Tasks[0].Tiers = []string{"edge", "regional"}
+	src := man.Tasks[0].ID
+	d := w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+	w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	relieve := func() {
+		out, err := w.m.RelieveTask(w.now, "svc", src, "backpressure 0.97")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.collect(out)
+	}
+	restart := func() {
+		data, err := w.m.MarshalState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.m, err = Restore(data, w.self, w.m.verifiers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		name string
+		wait time.Duration // before the step
+		do   func()
+		want string // the node the task runs on after the step ("regional": any regional node)
+	}{
+		{name: "deployed at the edge", do: func() {}, want: "edge-1"},
+		{name: "relieved up to the regional node", do: relieve, want: "regional"},
+		{name: "a node admitted within the hold: not back to edge-1", wait: time.Minute, do: func() { admit("edge-nl", "edge", "nl") }, want: "regional"},
+		{name: "after a restart, still held", do: func() { restart(); admit("reg-2", "regional", "be") }, want: "regional"},
+		{name: "another edge node within the hold takes it", do: func() { admit("edge-2", "edge", "be") }, want: "edge-2"},
+		{name: "relieved from edge-2 too", do: relieve, want: "regional"},
+		{name: "both edge nodes held", wait: ReliefHold - 2*time.Minute, do: func() { admit("reg-3", "regional", "be") }, want: "regional"},
+		{name: "edge-1's hold passed: back to the edge", wait: 2 * time.Minute, do: func() { admit("reg-4", "regional", "be") }, want: "edge-1"},
+	}
+	for _, s := range steps {
+		w.now = w.now.Add(s.wait)
+		s.do()
+		got := w.m.State().Jobs["svc"].Tasks[src]
+		if ok := got == ids[s.want] || s.want == "regional" && w.m.State().Nodes[got].Location.Tier == "regional"; !ok {
+			t.Fatalf("%s: the task runs on %s (%s), want %s", s.name, got.Short(), w.m.State().Nodes[got].Location.Tier, s.want)
+		}
 	}
 }

@@ -239,7 +239,11 @@ type Job struct {
 	// parallelism follows the available slots within the provider's bounds
 	// (job.scale with adaptive bounds; see adaptive.go).
 	Adaptive map[string]map[string]*Adaptive `json:"adaptive,omitempty"`
-	Deployed time.Time                       `json:"deployed"`
+	// Relieved holds, by task then node, when the task was moved off that
+	// node as overloaded (RelieveTask): rebalancePreferred does not move it
+	// back there before ReliefHold has passed.
+	Relieved map[string]map[party.ID]time.Time `json:"relieved,omitempty"`
+	Deployed time.Time                         `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.
 	Recipients map[party.ID]bool `json:"recipients,omitempty"`
 }
