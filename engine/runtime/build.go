@@ -379,3 +379,35 @@ func (s *sinkOp) ProcessBatch(_ int, b *record.Batch, _ operator.Emitter) error 
 func (s *sinkOp) ProcessWatermark(int, int64, operator.Emitter) error { return nil }
 
 func (s *sinkOp) Finish(operator.Emitter) error { return nil }
+
+// newPrefilter returns the maxima pre-filter for the sending side of edge e,
+// or nil if e has none: a keyed exchange into a tumbling window aggregate
+// without allowed lateness whose only aggregate is max-rows of an int, bool
+// or string field (Nexmark q7's two stages). The filter drops records
+// certainly below their window's maximum before they are encoded and
+// sealed; it keeps no checkpointed state (see operator.MaxPrefilter for why
+// the window's results stay exact, across restores too).
+func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, error) {
+	if o.DisablePrefilter || e.part != hashed {
+		return nil, nil
+	}
+	n := e.to.nodes[0].Node
+	p := &n.Params
+	if n.Kind != jobspec.KindWindowAggregate || p.Window == nil || p.Window.Type != jobspec.WindowTumbling ||
+		p.Window.AllowedLatenessMs != 0 || len(p.Aggregates) != 1 || p.Aggregates[0].Fn != jobspec.AggMaxRows {
+		return nil, nil
+	}
+	field := e.schema.Index(p.Aggregates[0].Field)
+	if field < 0 {
+		return nil, nil
+	}
+	switch typ := e.schema.Fields[field].Type; typ {
+	case record.TypeInt, record.TypeBool, record.TypeString:
+		wdw, err := windowing(p.Window)
+		if err != nil {
+			return nil, err
+		}
+		return operator.NewMaxPrefilter(operator.MaxPrefilterConfig{Windowing: wdw, Field: field, Type: typ})
+	}
+	return nil, nil
+}

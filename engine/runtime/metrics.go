@@ -45,6 +45,7 @@ type liveStats struct {
 	// goroutine alone uses it.
 	inWM          []int64
 	frames, bytes atomic.Int64
+	prefiltered   atomic.Int64
 	// blocked is, while no exchange send is in progress, the time (ns)
 	// spent in sends so far; during a send, that time minus the send's
 	// start (unix ns), a negative number. One word, so a reader adding now
@@ -89,6 +90,7 @@ func (st *subtask) publish() {
 	}
 	l.frames.Store(st.frames)
 	l.bytes.Store(st.bytes)
+	l.prefiltered.Store(st.tail.prefiltered())
 }
 
 // watermarkPassed notes that node emitted wm, which the next node of the
@@ -184,6 +186,9 @@ type LiveTask struct {
 	// Frames and Bytes count the frames sent over exchanges and their
 	// sealed size.
 	Frames, Bytes int64
+	// Prefiltered counts the records the task's maxima pre-filters dropped
+	// instead of sending them (see Options.DisablePrefilter).
+	Prefiltered int64
 	// Blocked is the time the subtasks spent in exchange sends, which block
 	// while the consumer has no credit (or channel space) left: the
 	// backpressure the task meets. Sends in progress count up to At.
@@ -212,6 +217,7 @@ func (p *Probe) Read() Live {
 		lt := &l.Tasks[st.t.id]
 		lt.Frames += ls.frames.Load()
 		lt.Bytes += ls.bytes.Load()
+		lt.Prefiltered += ls.prefiltered.Load()
 		blocked := ls.blocked.Load()
 		if blocked < 0 { // a send in progress
 			blocked = max(blocked+now.UnixNano(), 0)

@@ -91,6 +91,10 @@ type Options struct {
 	// DisableChaining runs every node in its own task, so every edge is an
 	// exchange (for tests and measurements).
 	DisableChaining bool
+	// DisablePrefilter turns off the maxima pre-filters on the sending side
+	// of keyed exchanges into max-rows windows (see newPrefilter), so every
+	// record crosses the exchange (for tests and measurements).
+	DisablePrefilter bool
 	// TickInterval is how often sources tick their watermark generators for
 	// idleness detection; 100 ms if zero.
 	TickInterval time.Duration
@@ -145,6 +149,9 @@ type Result struct {
 	// Frames and Bytes count the frames sent over exchanges and their sealed
 	// size.
 	Frames, Bytes int64
+	// Prefiltered counts the records the maxima pre-filters of keyed
+	// exchanges dropped before sending them (see Options.DisablePrefilter).
+	Prefiltered int64
 	// Wall is how long the run took.
 	Wall time.Duration
 }
@@ -389,6 +396,7 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 		}
 		res.Frames += st.frames
 		res.Bytes += st.bytes
+		res.Prefiltered += st.tail.prefiltered()
 	}
 	res.Wall = time.Since(start)
 	return res, nil

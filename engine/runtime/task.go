@@ -493,6 +493,9 @@ type outEdge struct {
 	bufs   []batchBuf
 	seqs   []uint64
 	rr     int // rebalance target
+	// pre drops records certainly below their window's maximum before
+	// they are routed (nil: none; see newPrefilter).
+	pre *operator.MaxPrefilter
 }
 
 // tailEmitter routes what the chain's last op emits to the task's out edges.
@@ -521,13 +524,29 @@ func (t *tailEmitter) open(ctx context.Context) error {
 		t.inPlace, t.off = c, c.SealOffset()
 	}
 	for _, e := range t.st.t.out {
+		pre, err := newPrefilter(e, t.st.o)
+		if err != nil {
+			return fmt.Errorf("edge %d pre-filter: %w", e.id, err)
+		}
 		fan, err := exchange.OpenFanout(ctx, t.st.o.Transport, t.st.o.JobID, e.id, t.st.idx, e.to.parallelism)
 		if err != nil {
 			return err
 		}
-		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism})
+		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism, pre: pre})
 	}
 	return nil
+}
+
+// prefiltered returns the number of records the out edges' pre-filters
+// dropped.
+func (t *tailEmitter) prefiltered() int64 {
+	var n int64
+	for _, oe := range t.edges {
+		if oe.pre != nil {
+			n += oe.pre.Dropped()
+		}
+	}
+	return n
 }
 
 func (t *tailEmitter) Emit(r record.Record) {
@@ -539,7 +558,11 @@ func (t *tailEmitter) Emit(r record.Record) {
 			to = t.st.idx
 		case hashed:
 			maxP := t.st.p.spec.MaxParallelism
-			to = state.SubtaskFor(state.KeyGroup(oe.e.key(&r), maxP), oe.e.to.parallelism, maxP)
+			key := oe.e.key(&r)
+			if oe.pre != nil && !oe.pre.Keep(key, &r) {
+				continue
+			}
+			to = state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP)
 		case rebalance:
 			to = oe.rr
 		}
@@ -558,6 +581,11 @@ func (t *tailEmitter) EmitSide(name string, r record.Record) { t.st.side(t.node,
 
 func (t *tailEmitter) EmitWatermark(wm int64) {
 	t.st.watermarkPassed(t.node, wm)
+	for _, oe := range t.edges {
+		if oe.pre != nil {
+			oe.pre.Advance(wm)
+		}
+	}
 	if len(t.edges) == 0 {
 		return
 	}

@@ -1,0 +1,225 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/jobspec"
+	"github.com/sealflow/sealflow/engine/record"
+	"github.com/sealflow/sealflow/exchange"
+)
+
+// q7Window is the window of q7Spec: about 1000 test events, 140 per key.
+const q7Window = 1000
+
+// q7Spec is shaped like Nexmark q7 over the test events: the rows of
+// highest v per key and window, then per window the highest of those.
+func q7Spec(par int) *jobspec.Spec {
+	return &jobspec.Spec{
+		Name: "q7-shaped", Parallelism: par, MaxParallelism: 32,
+		Schemas: map[string][]jobspec.Field{"ev": eventsSchema},
+		Nodes: []jobspec.Node{
+			{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "events", Schema: "ev", TimeField: "ts", Watermark: &jobspec.Watermark{MaxOutOfOrdernessMs: 10}}},
+			{ID: "byk", Kind: jobspec.KindKeyBy, Inputs: []string{"src"}, Params: jobspec.Params{Keys: []string{"k"}}},
+			{ID: "top1", Kind: jobspec.KindWindowAggregate, Inputs: []string{"byk"}, Params: jobspec.Params{
+				Window:     &jobspec.Window{Type: jobspec.WindowTumbling, SizeMs: q7Window, StartField: "window_start", EndField: jobspec.OmitField},
+				Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggMaxRows, Field: "v"}}}},
+			{ID: "byw", Kind: jobspec.KindKeyBy, Inputs: []string{"top1"}, Params: jobspec.Params{Keys: []string{"window_start"}}},
+			{ID: "top2", Kind: jobspec.KindWindowAggregate, Inputs: []string{"byw"}, Params: jobspec.Params{
+				Window:     &jobspec.Window{Type: jobspec.WindowTumbling, SizeMs: q7Window, StartField: jobspec.OmitField, EndField: jobspec.OmitField},
+				Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggMaxRows, Field: "v"}}}},
+			{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"top2"}, Params: jobspec.Params{Stream: "results"}},
+		},
+	}
+}
+
+// expectQ7 computes q7Spec's result directly: per window, every event whose
+// v is the window's highest, as "id k v ts window_start", sorted.
+func expectQ7(n int64) []string {
+	best := map[int64]int64{}
+	var rec record.Record
+	for i := range n {
+		event(i, &rec)
+		start := rec.Values[3].I - rec.Values[3].I%q7Window
+		if v, ok := best[start]; !ok || rec.Values[2].I > v {
+			best[start] = rec.Values[2].I
+		}
+	}
+	var out []string
+	for i := range n {
+		event(i, &rec)
+		ts := rec.Values[3].I
+		start := ts - ts%q7Window
+		if rec.Values[2].I == best[start] {
+			out = append(out, fmt.Sprintf("%d %d %d %d %d", i, rec.Values[1].I, rec.Values[2].I, ts, start))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestPrefilterSameRowsFewerBytes runs the q7-shaped job with and without
+// the maxima pre-filters, chained and not, at several parallelisms: the
+// rows are the same (and the direct computation's), and far fewer records
+// and bytes cross the exchanges with the pre-filters.
+func TestPrefilterSameRowsFewerBytes(t *testing.T) {
+	const n = 30_000
+	want := expectQ7(n)
+	for _, tc := range []struct {
+		name    string
+		par     int
+		noChain bool
+		nats    bool
+	}{
+		{"chained/p1", 1, false, false},
+		{"chained/p3", 3, false, false},
+		{"unchained/p2", 2, true, false},
+		{"nats/p2", 2, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var results [2]*Result
+			for i, disable := range []bool{true, false} {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				var tr exchange.Transport
+				if tc.nats {
+					tr = natsTransport(t, 8)
+				}
+				var c Collector
+				res, err := Run(ctx, q7Spec(tc.par), Options{
+					Sources:          map[string]Source{"events": GeneratorSource(n, 256, func(i int64, r *record.Record) error { event(i, r); return nil })},
+					Sinks:            map[string]Sink{"results": c.Sink()},
+					Transport:        tr,
+					DisableChaining:  tc.noChain,
+					DisablePrefilter: disable,
+					BatchSize:        128,
+				})
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := rows(c.Records()); !slices.Equal(got, want) {
+					t.Fatalf("pre-filter disabled %v: %d rows, want %d; first got %q, first want %q", disable, len(got), len(want), got[:min(3, len(got))], want[:3])
+				}
+				results[i] = res
+			}
+			off, on := results[0], results[1]
+			if off.Prefiltered != 0 {
+				t.Errorf("disabled pre-filters dropped %d records", off.Prefiltered)
+			}
+			// Every event crosses into top1 without the pre-filter; with
+			// it, per source subtask, key and window, the first record and
+			// each one at or above the maximum so far.
+			inOff, inOn := off.Nodes["top1"].RecordsIn, on.Nodes["top1"].RecordsIn
+			if inOff != n || inOn > n/3 {
+				t.Errorf("top1 received %d records without the pre-filter (want %d) and %d with it (want at most %d)", inOff, n, inOn, n/3)
+			}
+			if on.Prefiltered < n-inOn {
+				t.Errorf("Prefiltered = %d, want at least the %d records top1 did not receive", on.Prefiltered, n-inOn)
+			}
+			// A test event takes at least 8 bytes in a frame (time and
+			// four ints), so each dropped record saves at least that.
+			if saved := off.Bytes - on.Bytes; saved < 8*on.Prefiltered {
+				t.Errorf("exchanged %d bytes with the pre-filter, %d without: saved %d, want at least 8 per dropped record (%d)", on.Bytes, off.Bytes, saved, on.Prefiltered)
+			}
+			t.Logf("exchanged %d → %d bytes, %d → %d frames; top1 in %d → %d; %d dropped", off.Bytes, on.Bytes, off.Frames, on.Frames, inOff, inOn, on.Prefiltered)
+		})
+	}
+}
+
+// TestPrefilterOnlyForMaxRows leaves keyed exchanges into other windows
+// alone: windowedSpec's count and sum see every record.
+func TestPrefilterOnlyForMaxRows(t *testing.T) {
+	const n = 5000
+	var c Collector
+	res, err := Run(context.Background(), windowedSpec(2), Options{
+		Sources: map[string]Source{"events": GeneratorSource(n, 256, func(i int64, r *record.Record) error { event(i, r); return nil })},
+		Sinks:   map[string]Sink{"results": c.Sink()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Prefiltered != 0 {
+		t.Fatalf("a pre-filter dropped %d records before a count and sum", res.Prefiltered)
+	}
+	if got, want := rows(c.Records()), expectWindowed(n); !slices.Equal(got, want) {
+		t.Fatalf("%d rows, want %d", len(got), len(want))
+	}
+}
+
+// TestPrefilterCheckpointRecovery fails the q7-shaped job twice after
+// checkpoints completed and restores it each time: the restored senders'
+// pre-filters start empty (they are not checkpointed), and the committed
+// output is still exactly the direct computation's.
+func TestPrefilterCheckpointRecovery(t *testing.T) {
+	const n = 30_000
+	want := expectQ7(n)
+	for _, tc := range []struct {
+		name    string
+		par     int
+		noChain bool
+	}{
+		{"chained/p2", 2, false},
+		{"unchained/p2", 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var (
+				out         txLog
+				store       persisted
+				ids         atomic.Uint64
+				prefiltered int64
+			)
+			failures := 0
+			for attempt := 0; ; attempt++ {
+				if attempt > 5 {
+					t.Fatal("no successful run after 5 attempts")
+				}
+				var completed atomic.Int32
+				var failed atomic.Bool
+				fail := func() error {
+					if failures < 2 && completed.Load() >= 2 && failed.CompareAndSwap(false, true) {
+						return errors.New("injected failure")
+					}
+					return nil
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				res, err := Run(ctx, q7Spec(tc.par), Options{
+					Sources:     map[string]Source{"events": rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond)},
+					CommitSinks: map[string]CommitSink{"results": out.commit},
+					Checkpoint: &Checkpointing{
+						Trigger:    trigger(ctx, &ids, 3*time.Millisecond),
+						Persist:    store.persist,
+						Restore:    store.get(),
+						OnComplete: func(uint64, int, time.Duration) { completed.Add(1) },
+					},
+					DisableChaining: tc.noChain,
+					BatchSize:       64,
+				})
+				cancel()
+				if err == nil {
+					prefiltered = res.Prefiltered
+					break
+				}
+				if !strings.Contains(err.Error(), "injected failure") {
+					t.Fatalf("attempt %d: %v", attempt, err)
+				}
+				failures++
+			}
+			if failures != 2 {
+				t.Fatalf("%d failures injected, want 2", failures)
+			}
+			if prefiltered == 0 {
+				t.Fatal("the restored run's pre-filters dropped nothing")
+			}
+			if got := rows(out.records()); !slices.Equal(got, want) {
+				t.Fatalf("committed output differs from the failure-free result: %d rows, want %d", len(got), len(want))
+			}
+		})
+	}
+}
