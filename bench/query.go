@@ -33,6 +33,9 @@ type QueryOptions struct {
 	// NoChain runs every operator in its own task, so every edge crosses a
 	// NATS exchange.
 	NoChain bool
+	// NoPrefilter turns off the maxima pre-filters of keyed exchanges
+	// (runtime.Options.DisablePrefilter), to measure what they save.
+	NoPrefilter bool
 	// InFlightAuctions and ActivePeople override the generator's
 	// NumInFlightAuctions (the number of auctions bids go to: the keys of
 	// q5) and NumActivePeople; 0 keeps the Nexmark defaults.
@@ -123,7 +126,7 @@ func RunQuery(ctx context.Context, o QueryOptions) (Summary, error) {
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: o.Query, QueryOptions: nexmark.QueryOptions{Parallelism: o.Parallelism},
 		Input:  nexmark.Input{Events: o.Events, Config: cfg},
-		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, DisableChaining: o.NoChain}, Row: row,
+		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, DisableChaining: o.NoChain, DisablePrefilter: o.NoPrefilter}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
 	cpu1, rss := Rusage()

@@ -93,6 +93,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	ooo := fs.Duration("max-out-of-order", 0, "how far event time may go backwards in a source partition before records are late (for --input files not in time order)")
 	pace := fs.Int64("pace", 0, "emit generated events at this many events per second of wall-clock time (also the event-time rate) and report result latency; 0: as fast as possible")
 	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
+	noPrefilter := fs.Bool("no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q7), without the sending side's maxima pre-filter")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -208,7 +209,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	in.Start = start
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par, MaxOutOfOrderness: *ooo}, Input: in,
-		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain}, Row: row,
+		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain, DisablePrefilter: *noPrefilter}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
 	cpu1, rss := rusage()
