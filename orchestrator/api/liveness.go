@@ -132,7 +132,7 @@ func (s *Server) CheckLiveness(ctx context.Context) ([]party.ID, error) {
 }
 
 // watchLiveness runs CheckLiveness every quarter of NodeTimeout until ctx
-// ends.
+// ends. The overload check has its own ticker (watchOverload).
 func (s *Server) watchLiveness(ctx context.Context) {
 	if s.cfg.NodeTimeout < 0 {
 		return
@@ -140,10 +140,6 @@ func (s *Server) watchLiveness(ctx context.Context) {
 	s.every(ctx, max(s.cfg.NodeTimeout/4, 10*time.Millisecond),
 		periodic{"checking node liveness", func(ctx context.Context) error {
 			_, err := s.CheckLiveness(ctx)
-			return err
-		}},
-		periodic{"checking task overload", func(ctx context.Context) error {
-			_, err := s.CheckOverload(ctx)
 			return err
 		}})
 }

@@ -151,6 +151,7 @@ func (s *Server) ServeNATS(ctx context.Context, nc *nats.Conn) error {
 	lctx, lcancel := context.WithCancel(ctx)
 	lwg := sync.WaitGroup{}
 	lwg.Go(func() { s.watchLiveness(lctx) })
+	lwg.Go(func() { s.watchOverload(lctx) })
 	lwg.Go(func() { s.watchAdaptive(lctx) })
 	defer lwg.Wait()
 	defer lcancel()

@@ -24,12 +24,34 @@ func (s *Server) overloadFor() time.Duration {
 	return s.cfg.OverloadFor
 }
 
+// overloadEvery is how often watchOverload checks: a quarter of
+// OverloadFor, between 10 ms and a second.
+func (s *Server) overloadEvery() time.Duration {
+	return min(max(s.overloadFor()/4, 10*time.Millisecond), time.Second)
+}
+
+// watchOverload runs CheckOverload every overloadEvery until ctx ends,
+// unless OverloadFor is negative. It has its own ticker: it ran on the
+// liveness ticker, so turning the liveness check off (a negative
+// NodeTimeout) turned overload relief off too.
+func (s *Server) watchOverload(ctx context.Context) {
+	if s.overloadFor() < 0 {
+		return
+	}
+	s.every(ctx, s.overloadEvery(), periodic{"checking task overload", func(ctx context.Context) error {
+		_, err := s.CheckOverload(ctx)
+		return err
+	}})
+}
+
 // CheckOverload moves each task whose workers' signed status reports have
 // shown backpressure of at least OverloadBackpressure for OverloadFor to the
 // next tier its slot allows (edge → regional, say), on a node every owner's
 // policy accepts (orchestrator.Machine.RelieveTask). A task that cannot move
 // is left where it is, and its overload counts afresh. It returns the tasks
 // moved. The task comes back when a node of its preferred tier is admitted.
+// ServeNATS runs it periodically (watchOverload); tests call it with an
+// injected clock.
 func (s *Server) CheckOverload(ctx context.Context) ([]string, error) {
 	if s.overloadFor() < 0 {
 		return nil, nil
@@ -57,6 +79,11 @@ func (s *Server) CheckOverload(ctx context.Context) ([]string, error) {
 	)
 	s.mu.Lock()
 	for _, ts := range over {
+		if j := s.m.State().Jobs[ts.Job]; j == nil || j.Tasks[ts.Task] != ts.Node {
+			// Moved since it reported (by a check that ran at the same
+			// time, say): the report is not about where it runs now.
+			continue
+		}
 		reason := fmt.Sprintf("backpressure %.2f since %s", ts.Backpressure, ts.overSince.UTC().Format(time.RFC3339))
 		out, err := s.m.RelieveTask(now, ts.Job, ts.Task, reason)
 		s.status.mu.Lock()

@@ -54,20 +54,22 @@ func TestOverloadedTaskMovesUpATier(t *testing.T) {
 	for range 6 {
 		report(0.96)
 	}
+	// ServeNATS checks on its own ticker too: either moves the task, and
+	// the regional node receives its keys.
 	moved, err := e.srv.CheckOverload(ctx)
-	if err != nil || len(moved) != 1 || moved[0] != task {
-		t.Fatalf("sustained overload moved %v (%v), want [%s]", moved, err, task)
+	if err != nil || len(moved) > 1 || len(moved) == 1 && moved[0] != task || !releasedTask(e.srv, reg.ID(), task) {
+		t.Fatalf("sustained overload moved %v (%v), want [%s], its keys released to the regional node", moved, err, task)
 	}
-	// The regional node received the task's keys.
-	var keys int
-	for _, r := range e.srv.Releases(reg.ID()) {
+}
+
+// releasedTask reports whether srv released keys of task to node.
+func releasedTask(srv *api.Server, node party.ID, task string) bool {
+	for _, r := range srv.Releases(node) {
 		if r.Task == task {
-			keys++
+			return true
 		}
 	}
-	if keys == 0 {
-		t.Fatal("the regional node received none of the moved task's keys")
-	}
+	return false
 }
 
 // edgeAndOwner admits worker edge-a (tier edge, region be), verifies the
@@ -105,5 +107,56 @@ func registerWith(t *testing.T, c *client.Client, kf *party.KeyFile, stream, rul
 	rand.Read(key)
 	if err := c.UploadStreamKey(ctx, kf, stream, 1, key); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOverloadReliefRunsWithoutLiveness: ServeNATS relieves an overloaded
+// task on its own ticker, whichever other periodic checks are turned off
+// (the overload check ran on the liveness ticker, so a negative NodeTimeout
+// turned it off too).
+func TestOverloadReliefRunsWithoutLiveness(t *testing.T) {
+	cases := []struct {
+		name      string
+		nodeTO    time.Duration
+		adaptEach time.Duration
+	}{
+		{"liveness off", -1, 0},
+		{"liveness and adaptive checks off", -1, -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			clock := &fakeClock{}
+			e, op, nc, cc := startWithOperator(t, func(cfg *api.Config) {
+				cfg.Now, cfg.OverloadFor, cfg.NodeTimeout, cfg.AdaptiveEvery = clock.Now, 40*time.Millisecond, c.nodeTO, c.adaptEach
+			})
+			ctx := context.Background()
+			edge, cl, owner := edgeAndOwner(t, e, op, cc)
+			const task = "balance/src"
+			deployOneTask(t, cl, owner, task, "edge", "regional")
+			reg, _ := party.Generate(party.RoleWorker, "regional-a", nil)
+			if _, err := cc.Admit(ctx, reg, e.plat.Issuer(), e.claims(op, "regional-a", "regional", "be")); err != nil {
+				t.Fatal(err)
+			}
+			// Two reports 2 s apart (on the reporting worker's clock)
+			// above the threshold: overloaded for longer than OverloadFor.
+			for range 2 {
+				at := clock.advance(2 * time.Second)
+				b, err := party.Sign(edge, api.TypeTaskStatus, api.StatusReport{Tasks: []api.TaskReport{{Job: "balance", Task: task, State: "running", Backpressure: 0.96}}}, time.Minute, at)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := nc.Publish(api.StatusSubject(edge.ID()), b); err != nil {
+					t.Fatal(err)
+				}
+				heardAfter(t, e.srv, edge.ID(), at)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for !releasedTask(e.srv, reg.ID(), task) {
+				if time.Now().After(deadline) {
+					t.Fatal("the overloaded task was not moved by the server's periodic check")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
 	}
 }
