@@ -267,8 +267,10 @@ func TestRelievedTaskNotBackOnItsOverloadedNode(t *testing.T) {
 		{name: "after a restart, still held", do: func() { restart(); admit("reg-2", "regional", "be") }, want: "regional"},
 		{name: "another edge node within the hold takes it", do: func() { admit("edge-2", "edge", "be") }, want: "edge-2"},
 		{name: "relieved from edge-2 too", do: relieve, want: "regional"},
-		{name: "both edge nodes held", wait: ReliefHold - 2*time.Minute, do: func() { admit("reg-3", "regional", "be") }, want: "regional"},
-		{name: "edge-1's hold passed: back to the edge", wait: 2 * time.Minute, do: func() { admit("reg-4", "regional", "be") }, want: "edge-1"},
+		// edge-1 was relieved a minute (and a few statements) before
+		// edge-2: its hold passes first.
+		{name: "both edge nodes held", wait: ReliefHold - 3*time.Minute, do: func() { admit("reg-3", "regional", "be") }, want: "regional"},
+		{name: "edge-1's hold passed, edge-2's not: back to edge-1", wait: 2 * time.Minute, do: func() { admit("reg-4", "regional", "be") }, want: "edge-1"},
 	}
 	for _, s := range steps {
 		w.now = w.now.Add(s.wait)
