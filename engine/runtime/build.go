@@ -380,34 +380,90 @@ func (s *sinkOp) ProcessWatermark(int, int64, operator.Emitter) error { return n
 
 func (s *sinkOp) Finish(operator.Emitter) error { return nil }
 
-// newPrefilter returns the maxima pre-filter for the sending side of edge e,
-// or nil if e has none: a keyed exchange into a tumbling window aggregate
+// newPrefilter returns the maxima pre-filter for the sending side of edge e
+// and the key function it groups e's records by, or nil if e has none. A
+// pre-filter goes on an edge whose records reach a tumbling window aggregate
 // without allowed lateness whose only aggregate is max-rows of an int, bool
-// or string field (Nexmark q7's two stages). The filter drops records
-// certainly below their window's maximum before they are encoded and
-// sealed; it keeps no checkpointed state (see operator.MaxPrefilter for why
-// the window's results stay exact, across restores too).
-func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, error) {
-	if o.DisablePrefilter || e.part != hashed {
-		return nil, nil
+// or string field (Nexmark q7's two stages), either over e itself, a keyed
+// exchange, or over a forward path of key-by nodes and maps that only copy
+// fields, each its input's only consumer, chained or over forward edges, and
+// then a keyed exchange into the window (q7 with every edge an exchange:
+// source → project → key-by → window). Along such a path each record of e
+// becomes exactly one record with the same time and copied values, in
+// order, so dropping it on e is dropping it before the window. The filter
+// drops records certainly below their window's maximum before they are
+// encoded and sealed; it keeps no checkpointed state (see
+// operator.MaxPrefilter for why the window's results stay exact, across
+// restores too).
+func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, operator.KeyFunc, error) {
+	if o.DisablePrefilter {
+		return nil, nil, nil
 	}
-	n := e.to.nodes[0].Node
-	p := &n.Params
-	if n.Kind != jobspec.KindWindowAggregate || p.Window == nil || p.Window.Type != jobspec.WindowTumbling ||
+	// idx maps the fields of the records followed to e's fields.
+	idx := make([]int, len(e.schema.Fields))
+	for i := range idx {
+		idx[i] = i
+	}
+	last := e // the edge the records followed cross last
+	for t, i := e.to, 0; last.part == forward; {
+		info := t.nodes[i]
+		switch n := info.Node; n.Kind {
+		case jobspec.KindKeyBy:
+		case jobspec.KindMap:
+			next := make([]int, len(n.Params.Fields))
+			for k, f := range n.Params.Fields {
+				j := info.In[0].Index(f.Expr)
+				if j < 0 {
+					return nil, nil, nil // computed, not copied
+				}
+				next[k] = idx[j]
+			}
+			idx = next
+		default:
+			return nil, nil, nil
+		}
+		if len(info.Consumers) != 1 {
+			return nil, nil, nil
+		}
+		if i+1 < len(t.nodes) {
+			i++
+			continue
+		}
+		if len(t.out) != 1 {
+			return nil, nil, nil
+		}
+		last, t, i = t.out[0], t.out[0].to, 0
+	}
+	if last.part != hashed {
+		return nil, nil, nil
+	}
+	w := last.to.nodes[0]
+	p := &w.Node.Params
+	if w.Node.Kind != jobspec.KindWindowAggregate || p.Window == nil || p.Window.Type != jobspec.WindowTumbling ||
 		p.Window.AllowedLatenessMs != 0 || len(p.Aggregates) != 1 || p.Aggregates[0].Fn != jobspec.AggMaxRows {
-		return nil, nil
+		return nil, nil, nil
 	}
-	field := e.schema.Index(p.Aggregates[0].Field)
-	if field < 0 {
-		return nil, nil
+	field := last.schema.Index(p.Aggregates[0].Field)
+	group, err := indexes(last.schema, w.GroupBy)
+	if field < 0 || err != nil {
+		return nil, nil, nil
 	}
+	key := e.key
+	if last != e {
+		for k, g := range group {
+			group[k] = idx[g]
+		}
+		key = operator.KeyOf(group...)
+	}
+	field = idx[field]
 	switch typ := e.schema.Fields[field].Type; typ {
 	case record.TypeInt, record.TypeBool, record.TypeString:
 		wdw, err := windowing(p.Window)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return operator.NewMaxPrefilter(operator.MaxPrefilterConfig{Windowing: wdw, Field: field, Type: typ})
+		f, err := operator.NewMaxPrefilter(operator.MaxPrefilterConfig{Windowing: wdw, Field: field, Type: typ})
+		return f, key, err
 	}
-	return nil, nil
+	return nil, nil, nil
 }

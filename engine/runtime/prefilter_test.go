@@ -19,15 +19,17 @@ import (
 // q7Window is the window of q7Spec: about 1000 test events, 140 per key.
 const q7Window = 1000
 
-// q7Spec is shaped like Nexmark q7 over the test events: the rows of
-// highest v per key and window, then per window the highest of those.
+// q7Spec is shaped like Nexmark q7 over the test events: a projection that
+// reorders the fields (v, k, id, ts), then the rows of highest v per key and
+// window, then per window the highest of those.
 func q7Spec(par int) *jobspec.Spec {
 	return &jobspec.Spec{
 		Name: "q7-shaped", Parallelism: par, MaxParallelism: 32,
 		Schemas: map[string][]jobspec.Field{"ev": eventsSchema},
 		Nodes: []jobspec.Node{
 			{ID: "src", Kind: jobspec.KindSource, Params: jobspec.Params{Stream: "events", Schema: "ev", TimeField: "ts", Watermark: &jobspec.Watermark{MaxOutOfOrdernessMs: 10}}},
-			{ID: "byk", Kind: jobspec.KindKeyBy, Inputs: []string{"src"}, Params: jobspec.Params{Keys: []string{"k"}}},
+			{ID: "proj", Kind: jobspec.KindMap, Inputs: []string{"src"}, Params: jobspec.Params{Fields: []jobspec.Projection{{Name: "v"}, {Name: "k"}, {Name: "id"}, {Name: "ts"}}}},
+			{ID: "byk", Kind: jobspec.KindKeyBy, Inputs: []string{"proj"}, Params: jobspec.Params{Keys: []string{"k"}}},
 			{ID: "top1", Kind: jobspec.KindWindowAggregate, Inputs: []string{"byk"}, Params: jobspec.Params{
 				Window:     &jobspec.Window{Type: jobspec.WindowTumbling, SizeMs: q7Window, StartField: "window_start", EndField: jobspec.OmitField},
 				Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggMaxRows, Field: "v"}}}},
@@ -41,7 +43,7 @@ func q7Spec(par int) *jobspec.Spec {
 }
 
 // expectQ7 computes q7Spec's result directly: per window, every event whose
-// v is the window's highest, as "id k v ts window_start", sorted.
+// v is the window's highest, as "v k id ts window_start", sorted.
 func expectQ7(n int64) []string {
 	best := map[int64]int64{}
 	var rec record.Record
@@ -58,7 +60,7 @@ func expectQ7(n int64) []string {
 		ts := rec.Values[3].I
 		start := ts - ts%q7Window
 		if rec.Values[2].I == best[start] {
-			out = append(out, fmt.Sprintf("%d %d %d %d %d", i, rec.Values[1].I, rec.Values[2].I, ts, start))
+			out = append(out, fmt.Sprintf("%d %d %d %d %d", rec.Values[2].I, rec.Values[1].I, i, ts, start))
 		}
 	}
 	sort.Strings(out)
@@ -119,6 +121,13 @@ func TestPrefilterSameRowsFewerBytes(t *testing.T) {
 			inOff, inOn := off.Nodes["top1"].RecordsIn, on.Nodes["top1"].RecordsIn
 			if inOff != n || inOn > n/3 {
 				t.Errorf("top1 received %d records without the pre-filter (want %d) and %d with it (want at most %d)", inOff, n, inOn, n/3)
+			}
+			if tc.noChain {
+				// The pre-filter sits on the source's edge already: the
+				// projection and the key-by copy the fields it compares.
+				if in := on.Nodes["proj"].RecordsIn; in > n/3 || off.Nodes["proj"].RecordsIn != n {
+					t.Errorf("proj received %d records with the pre-filter, %d without; want at most %d and %d", in, off.Nodes["proj"].RecordsIn, n/3, n)
+				}
 			}
 			if on.Prefiltered < n-inOn {
 				t.Errorf("Prefiltered = %d, want at least the %d records top1 did not receive", on.Prefiltered, n-inOn)
@@ -219,6 +228,83 @@ func TestPrefilterCheckpointRecovery(t *testing.T) {
 			}
 			if got := rows(out.records()); !slices.Equal(got, want) {
 				t.Fatalf("committed output differs from the failure-free result: %d rows, want %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+// TestPrefilterPlacement lists the edges of q7Spec's plans, and of variants
+// that must not be pre-filtered, that get a pre-filter.
+func TestPrefilterPlacement(t *testing.T) {
+	node := func(s *jobspec.Spec, id string) *jobspec.Node {
+		for i := range s.Nodes {
+			if s.Nodes[i].ID == id {
+				return &s.Nodes[i]
+			}
+		}
+		t.Fatalf("no node %q", id)
+		return nil
+	}
+	for _, tc := range []struct {
+		name    string
+		noChain bool
+		disable bool
+		change  func(s *jobspec.Spec)
+		want    []string // edges as "last node of the producing task→consumer head"
+	}{
+		{name: "chained", want: []string{"byk→top1", "byw→top2"}},
+		{name: "every edge", noChain: true, want: []string{"src→proj", "proj→byk", "byk→top1", "top1→byw", "byw→top2"}},
+		{name: "disabled", noChain: true, disable: true},
+		{name: "computed field", noChain: true, want: []string{"proj→byk", "byk→top1", "top1→byw", "byw→top2"}, change: func(s *jobspec.Spec) {
+			node(s, "proj").Params.Fields[0].Expr = "v + 0"
+		}},
+		{name: "filter on the path", noChain: true, want: []string{"keep→byk", "byk→top1", "top1→byw", "byw→top2"}, change: func(s *jobspec.Spec) {
+			s.Nodes = append(s.Nodes, jobspec.Node{ID: "keep", Kind: jobspec.KindFilter, Inputs: []string{"proj"}, Params: jobspec.Params{Expr: "k != 3"}})
+			node(s, "byk").Inputs = []string{"keep"}
+		}},
+		// proj's other consumer gets its records by an edge of its own.
+		{name: "second consumer", noChain: true, want: []string{"proj→byk", "byk→top1", "top1→byw", "byw→top2"}, change: func(s *jobspec.Spec) {
+			s.Nodes = append(s.Nodes, jobspec.Node{ID: "raw", Kind: jobspec.KindSink, Inputs: []string{"proj"}, Params: jobspec.Params{Stream: "raw"}})
+		}},
+		{name: "allowed lateness", want: []string{"byw→top2"}, change: func(s *jobspec.Spec) {
+			node(s, "top1").Params.Window.AllowedLatenessMs = 5
+		}},
+		{name: "float field", want: []string{"byk→top1"}, change: func(s *jobspec.Spec) {
+			// top2 maximizes the float window start; top1 stays on v.
+			node(s, "top2").Params.Aggregates[0].Field = "f"
+			node(s, "byw").Inputs = []string{"tofloat"}
+			s.Nodes = append(s.Nodes, jobspec.Node{ID: "tofloat", Kind: jobspec.KindMap, Inputs: []string{"top1"}, Params: jobspec.Params{Fields: []jobspec.Projection{
+				{Name: "v"}, {Name: "window_start"}, {Name: "f", Expr: "double(v)"}}}})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := q7Spec(1)
+			if tc.change != nil {
+				tc.change(s)
+			}
+			r, err := s.Resolve()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := newPlan(r, tc.noChain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range p.edges {
+				f, key, err := newPrefilter(e, &Options{DisablePrefilter: tc.disable})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (f == nil) != (key == nil) {
+					t.Fatalf("edge %d: pre-filter %v with key function %v", e.id, f != nil, key != nil)
+				}
+				if f != nil {
+					got = append(got, e.from.nodes[len(e.from.nodes)-1].Node.ID+"→"+e.to.nodes[0].Node.ID)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("pre-filtered edges %q, want %q", got, tc.want)
 			}
 		})
 	}

@@ -494,8 +494,10 @@ type outEdge struct {
 	seqs   []uint64
 	rr     int // rebalance target
 	// pre drops records certainly below their window's maximum before
-	// they are routed (nil: none; see newPrefilter).
-	pre *operator.MaxPrefilter
+	// they are routed (nil: none; see newPrefilter); preKey is the key it
+	// groups by, the window's (on a keyed exchange, e.key).
+	pre    *operator.MaxPrefilter
+	preKey operator.KeyFunc
 }
 
 // tailEmitter routes what the chain's last op emits to the task's out edges.
@@ -524,7 +526,7 @@ func (t *tailEmitter) open(ctx context.Context) error {
 		t.inPlace, t.off = c, c.SealOffset()
 	}
 	for _, e := range t.st.t.out {
-		pre, err := newPrefilter(e, t.st.o)
+		pre, preKey, err := newPrefilter(e, t.st.o)
 		if err != nil {
 			return fmt.Errorf("edge %d pre-filter: %w", e.id, err)
 		}
@@ -532,7 +534,7 @@ func (t *tailEmitter) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism, pre: pre})
+		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism, pre: pre, preKey: preKey})
 	}
 	return nil
 }
@@ -555,6 +557,9 @@ func (t *tailEmitter) Emit(r record.Record) {
 		var to int
 		switch oe.e.part {
 		case forward:
+			if oe.pre != nil && !oe.pre.Keep(oe.preKey(&r), &r) {
+				continue
+			}
 			to = t.st.idx
 		case hashed:
 			maxP := t.st.p.spec.MaxParallelism
