@@ -258,8 +258,12 @@ func BenchmarkABIFloor(b *testing.B) {
 // BenchmarkColumnarHost measures the host's per-record work in a columnar
 // call of the cost map at batch 256, without the guest: encoding the
 // columns the function reads (times and kwh) and decoding its response
-// (meter and kwh passed from the input, cost read from the response). The
-// response is the SDK's own (sdk.ServeColumnar run natively).
+// (meter and kwh passed from the input, cost read from the response) into
+// a batch ("decode", Instance.Call) or record by record to an emitter
+// ("decode-each", Instance.CallEach, what Operator uses). The encoding
+// checks every input value's type, so the decoders, as an Instance's, do
+// not check passed values again. The response is the SDK's own
+// (sdk.ServeColumnar run natively).
 func BenchmarkColumnarHost(b *testing.B) {
 	batch := record.Batch{Records: readings(benchBatch)}
 	header := sdk.AppendColumnarHeader(nil, meterKWh, costOut)
@@ -290,7 +294,7 @@ func BenchmarkColumnarHost(b *testing.B) {
 		})
 	})
 	b.Run("decode", func(b *testing.B) {
-		var dec ColumnarDecoder
+		dec := ColumnarDecoder{typed: true} // as an Instance's: encode checked the input
 		var out record.Batch
 		measure(b, benchBatch, func() {
 			if err := dec.Decode(resp, batch.Records, meterKWh, costOut, &out); err != nil {
@@ -299,6 +303,18 @@ func BenchmarkColumnarHost(b *testing.B) {
 		})
 		if len(out.Records) != benchBatch || out.Records[5].Values[2].F != batch.Records[5].Values[1].F*0.25 {
 			b.Fatalf("decoded %d records, record 5 = %v", len(out.Records), out.Records[5].Values)
+		}
+	})
+	b.Run("decode-each", func(b *testing.B) {
+		dec := ColumnarDecoder{typed: true}
+		var d discard
+		measure(b, benchBatch, func() {
+			if err := dec.DecodeEach(resp, batch.Records, meterKWh, costOut, &d); err != nil {
+				b.Fatal(err)
+			}
+		})
+		if d.n != b.N*benchBatch {
+			b.Fatalf("emitted %d records, want %d", d.n, b.N*benchBatch)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/udf/sdk"
 )
@@ -34,15 +35,22 @@ type columnarState struct {
 func align8(n uint64) uint64 { return (n + 7) &^ 7 }
 
 // columnarSize returns the size of the columnar request for b, checking
-// that its records match schema s.
+// that its records match schema s: their number of values and every
+// value's type (so a decoder with typed set need not check passed values).
 func columnarSize(header []byte, s *record.Schema, reads []bool, b *record.Batch) (uint64, error) {
 	n := uint64(len(b.Records))
 	nin := len(s.Fields)
 	size := align8(uint64(len(header)) + sdk.ReqDirSize + sdk.ReqFieldSize*uint64(nin))
 	size += 8 * n // times
 	for i := range b.Records {
-		if len(b.Records[i].Values) != nin {
-			return 0, fmt.Errorf("record %d has %d values, the schema %d fields", i, len(b.Records[i].Values), nin)
+		vals := b.Records[i].Values
+		if len(vals) != nin {
+			return 0, fmt.Errorf("record %d has %d values, the schema %d fields", i, len(vals), nin)
+		}
+		for j := range vals {
+			if t := vals[j].T; t != s.Fields[j].Type && t != record.TypeNull {
+				return 0, fmt.Errorf("record %d: field %q is %s, the schema says %s", i, s.Fields[j].Name, t, s.Fields[j].Type)
+			}
 		}
 	}
 	for j, f := range s.Fields {
@@ -146,20 +154,169 @@ func encodeColumnar(dst []byte, header []byte, s *record.Schema, reads []bool, b
 // ColumnarDecoder decodes columnar responses (untrusted bytes, see ABI.md),
 // reusing its buffers: the records it decodes are valid until its next
 // Decode. The zero value is ready to use.
+//
+// A response is checked whole before any record is built: every offset,
+// length, count and flag byte against the response, every passed field
+// against the input records. Building the records then cannot fail, so
+// DecodeEach emits either every output record or none.
 type ColumnarDecoder struct {
 	// Reads flags the input fields the function declared it reads in
 	// the last decoded response (nil: all).
 	Reads []bool
-	vals  []record.Value
-	plan  []outPlan
+	spare []bool // the other buffer for Reads
+	// typed says the caller checked every input record against the
+	// input schema (columnarSize does), so passed values need no check.
+	typed bool
+
+	vals []record.Value // the output values, kept (or a block) × fields
+
+	// The checked response: its records, how many are kept, the keep
+	// flags (nil: all) and output times (nil: the input's), written
+	// columns and passed fields.
+	n, kept int
+	keep    []byte
+	times   []byte
+	cols    []outPlan
+	prefix  int         // output fields 0..prefix-1 pass input fields 0..prefix-1
+	pass    []passField // the other passed fields
 }
+
+// passField is an output field dst passed from input field src, of type t.
+type passField struct {
+	dst, src int
+	t        record.Type
+}
+
+// outPlan is one written output field, a checked column of the response.
+type outPlan struct {
+	j     int    // the output field
+	kind  int    // planInt, planFloat, planBool, planString
+	col   []byte // the column's data (planString: its offsets)
+	nulls []byte // null flags, or nil
+	first uint32 // planString: the first offset
+	str   string // planString: the column's bytes
+}
+
+const (
+	planInt = iota
+	planFloat
+	planBool
+	planString
+)
 
 // Decode decodes the response to a call on the records ins of schema inS:
 // out gets the output records of schema outS, and d.Reads the input fields
 // the function declares it reads. A guest error wraps ErrGuest; every
 // offset and value is checked against resp.
-func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *record.Schema, out *record.Batch) (err error) {
+func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *record.Schema, out *record.Batch) error {
 	out.Records = out.Records[:0]
+	if err := d.check(resp, ins, inS, outS); err != nil {
+		return err
+	}
+	nout, kept := len(outS.Fields), d.kept
+	total := kept * nout
+	if cap(d.vals) < total {
+		d.vals = make([]record.Value, total)
+	}
+	vs := d.vals[:total]
+	if cap(out.Records) < kept {
+		out.Records = make([]record.Record, kept)
+	}
+	recs := out.Records[:kept]
+	r := 0
+	for i := range d.n {
+		if d.keep != nil && d.keep[i] == 0 {
+			continue
+		}
+		row := vs[r*nout : (r+1)*nout : (r+1)*nout]
+		in := &ins[i]
+		d.fill(row, i, in.Values)
+		recs[r] = record.Record{Time: d.time(i, in), Values: row}
+		r++
+	}
+	out.Records = recs
+	return nil
+}
+
+// DecodeEach checks the response as Decode does, then passes each output
+// record in order to out.Emit, building each in one reused row: a record
+// (its values) is valid only until Emit returns. On an error it emits
+// nothing. This is what a map operator needs (operator.Emitter's receiver
+// copies what it keeps) without building the whole output batch.
+func (d *ColumnarDecoder) DecodeEach(resp []byte, ins []record.Record, inS, outS *record.Schema, out operator.Emitter) error {
+	if err := d.check(resp, ins, inS, outS); err != nil {
+		return err
+	}
+	nout := len(outS.Fields)
+	if cap(d.vals) < nout {
+		d.vals = make([]record.Value, nout)
+	}
+	row := d.vals[:nout:nout]
+	for i := range d.n {
+		if d.keep != nil && d.keep[i] == 0 {
+			continue
+		}
+		in := &ins[i]
+		// fill, inlined, with the common columns' cases.
+		if m := d.prefix; m > 0 {
+			row, vals := row[:m], in.Values[:m]
+			for k := range row {
+				row[k] = vals[k]
+			}
+		}
+		for _, p := range d.pass {
+			row[p.dst] = in.Values[p.src]
+		}
+		for k := range d.cols {
+			p := &d.cols[k]
+			switch {
+			case p.nulls != nil:
+				d.fillCol(row, p, i)
+			case p.kind == planFloat:
+				row[p.j] = record.Value{T: record.TypeFloat, F: math.Float64frombits(le.Uint64(p.col[8*i:]))}
+			case p.kind == planInt:
+				row[p.j] = record.Value{T: record.TypeInt, I: int64(le.Uint64(p.col[8*i:]))}
+			default:
+				d.fillCol(row, p, i)
+			}
+		}
+		out.Emit(record.Record{Time: d.time(i, in), Values: row})
+	}
+	return nil
+}
+
+// time returns output record i's event time.
+func (d *ColumnarDecoder) time(i int, in *record.Record) int64 {
+	if d.times != nil {
+		return int64(le.Uint64(d.times[8*i:]))
+	}
+	return in.Time
+}
+
+// fill sets row to output record i, of input values vals, from the
+// checked response.
+func (d *ColumnarDecoder) fill(row []record.Value, i int, vals []record.Value) {
+	// Output fields 0..prefix-1 are input fields 0..prefix-1 (a map that
+	// adds fields); the other passed fields are listed.
+	if m := d.prefix; m > 0 {
+		row, vals := row[:m], vals[:m]
+		for k := range row {
+			row[k] = vals[k]
+		}
+	}
+	for _, p := range d.pass {
+		row[p.dst] = vals[p.src]
+	}
+	for k := range d.cols {
+		d.fillCol(row, &d.cols[k], i)
+	}
+}
+
+// check checks the whole response to a call on ins and prepares d to build
+// its records. d.Reads changes only
+// when the response passes.
+func (d *ColumnarDecoder) check(resp []byte, ins []record.Record, inS, outS *record.Schema) (err error) {
+	d.n, d.kept, d.keep, d.times, d.cols, d.pass, d.prefix = 0, 0, nil, nil, d.cols[:0], d.pass[:0], 0
 	if len(resp) == 0 {
 		return fmt.Errorf("empty response (want a status byte)")
 	}
@@ -214,7 +371,6 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 	}
 	var times []byte
 	if off := le.Uint32(resp[8:]); off != 0 {
-		var err error
 		if times, err = column("times", "", off, 8*uint64(n)); err != nil {
 			return err
 		}
@@ -226,29 +382,23 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 	// The fields the function reads: what the next request carries.
 	// They take effect only once the whole response passed its checks: a
 	// rejected response changes nothing.
-	if nr := le.Uint32(resp[16:]); nr == sdk.ReadsAll {
-		defer func() {
-			if err == nil {
-				d.Reads = nil
-			}
-		}()
-	} else {
+	var reads []bool // nil: all
+	if nr := le.Uint32(resp[16:]); nr != sdk.ReadsAll {
 		if nr > uint32(nin) || dirEnd+4*uint64(nr) > size {
 			return fmt.Errorf("response lists %d read fields (input has %d) past its end", nr, nin)
 		}
-		r := make([]bool, nin)
+		if cap(d.spare) < nin {
+			d.spare = make([]bool, nin)
+		}
+		reads = d.spare[:nin]
+		clear(reads)
 		for k := range uint64(nr) {
 			j := le.Uint32(resp[dirEnd+4*k:])
 			if j >= uint32(nin) {
 				return fmt.Errorf("response lists read field %d, the input has %d", j, nin)
 			}
-			r[j] = true
+			reads[j] = true
 		}
-		defer func() {
-			if err == nil {
-				d.Reads = r
-			}
-		}()
 	}
 	kept := n
 	if keep != nil {
@@ -257,24 +407,24 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 			kept += int(k)
 		}
 	}
-	// Check every output column, then fill the records row by row.
-	if cap(d.plan) < nout {
-		d.plan = make([]outPlan, nout)
-	}
-	plan := d.plan[:nout]
+	// Check every output column.
+	cols, pass := d.cols, d.pass
 	for j, f := range outS.Fields {
 		e := sdk.RespDirSize + sdk.RespFieldSize*j
 		src, dataOff, nullsOff := le.Uint32(resp[e:]), le.Uint32(resp[e+4:]), le.Uint32(resp[e+8:])
-		p := &plan[j]
-		*p = outPlan{}
 		if src != 0 { // passed from input field src-1
 			k := src - 1
 			if k >= uint32(nin) || inS.Fields[k].Type != f.Type || dataOff != 0 || nullsOff != 0 {
 				return fmt.Errorf("output field %q: passes input field %d, which is not an input field of type %s (or has data)", f.Name, src-1, f.Type)
 			}
-			p.kind, p.src, p.t = planPass, int(k), f.Type
+			if int(k) == j && d.prefix == j {
+				d.prefix++
+			} else {
+				pass = append(pass, passField{dst: j, src: int(k), t: f.Type})
+			}
 			continue
 		}
+		p := outPlan{j: j}
 		if p.nulls, err = flags("null flags of output field ", f.Name, nullsOff); err != nil {
 			return err
 		}
@@ -319,74 +469,56 @@ func (d *ColumnarDecoder) Decode(resp []byte, ins []record.Record, inS, outS *re
 		default:
 			return fmt.Errorf("output field %q has type %s", f.Name, f.Type)
 		}
+		cols = append(cols, p)
 	}
-	total := kept * nout
-	if cap(d.vals) < total {
-		d.vals = make([]record.Value, total)
-	}
-	vs := d.vals[:total]
-	if cap(out.Records) < kept {
-		out.Records = make([]record.Record, kept)
-	}
-	recs := out.Records[:kept]
-	r := 0
-	for i := range n {
-		if keep != nil && keep[i] == 0 {
-			continue
-		}
-		in := &ins[i]
-		t := in.Time
-		if times != nil {
-			t = int64(le.Uint64(times[8*i:]))
-		}
-		row := vs[r*nout : (r+1)*nout : (r+1)*nout]
-		recs[r] = record.Record{Time: t, Values: row}
-		r++
-		for j := range plan {
-			p := &plan[j]
-			if p.nulls != nil && p.nulls[i] != 0 {
-				row[j] = record.Value{}
+	d.cols, d.pass = cols, pass
+	// The passed values must be of their output fields' types, unless
+	// the caller checked the input records.
+	if !d.typed && (d.prefix > 0 || len(pass) > 0) {
+		for i := range n {
+			if keep != nil && keep[i] == 0 {
 				continue
 			}
-			switch p.kind {
-			case planPass:
-				v := &in.Values[p.src]
-				if v.T != p.t && v.T != record.TypeNull {
-					return fmt.Errorf("output field %q: input record %d has a %s value", outS.Fields[j].Name, i, v.T)
+			vals := ins[i].Values
+			if len(vals) != nin {
+				return fmt.Errorf("input record %d has %d values, the schema %d fields", i, len(vals), nin)
+			}
+			for k := range d.prefix {
+				if v := vals[k].T; v != inS.Fields[k].Type && v != record.TypeNull {
+					return fmt.Errorf("output field %q: input record %d has a %s value", outS.Fields[k].Name, i, v)
 				}
-				row[j] = *v
-			case planFloat:
-				row[j] = record.Value{T: record.TypeFloat, F: math.Float64frombits(le.Uint64(p.col[8*i:]))}
-			case planInt:
-				row[j] = record.Value{T: record.TypeInt, I: int64(le.Uint64(p.col[8*i:]))}
-			case planBool:
-				row[j] = record.Value{T: record.TypeBool, I: int64(p.col[i])}
-			case planString:
-				a, b := le.Uint32(p.col[4*i:])-p.first, le.Uint32(p.col[4*i+4:])-p.first
-				row[j] = record.Value{T: record.TypeString, S: p.str[a:b]}
+			}
+			for _, p := range pass {
+				if v := vals[p.src].T; v != p.t && v != record.TypeNull {
+					return fmt.Errorf("output field %q: input record %d has a %s value", outS.Fields[p.dst].Name, i, v)
+				}
 			}
 		}
 	}
-	out.Records = recs
+	d.n, d.kept, d.keep, d.times = n, kept, keep, times
+	if reads == nil {
+		d.Reads = nil
+	} else {
+		d.Reads, d.spare = reads, d.Reads
+	}
 	return nil
 }
 
-// outPlan says how to fill one output field: passed from an input field,
-// or read from a checked column of the response.
-type outPlan struct {
-	kind  int
-	src   int         // planPass: the input field
-	t     record.Type // planPass: its type
-	col   []byte      // the column's data (planString: its offsets)
-	nulls []byte      // null flags, or nil
-	first uint32      // planString: the first offset
-	str   string      // planString: the column's bytes
+// fillCol sets row's value of the written column p for record i.
+func (d *ColumnarDecoder) fillCol(row []record.Value, p *outPlan, i int) {
+	if p.nulls != nil && p.nulls[i] != 0 {
+		row[p.j] = record.Value{}
+		return
+	}
+	switch p.kind {
+	case planFloat:
+		row[p.j] = record.Value{T: record.TypeFloat, F: math.Float64frombits(le.Uint64(p.col[8*i:]))}
+	case planInt:
+		row[p.j] = record.Value{T: record.TypeInt, I: int64(le.Uint64(p.col[8*i:]))}
+	case planBool:
+		row[p.j] = record.Value{T: record.TypeBool, I: int64(p.col[i])}
+	case planString:
+		a, b := le.Uint32(p.col[4*i:])-p.first, le.Uint32(p.col[4*i+4:])-p.first
+		row[p.j] = record.Value{T: record.TypeString, S: p.str[a:b]}
+	}
 }
-
-const (
-	planPass = iota
-	planInt
-	planFloat
-	planBool
-	planString
-)

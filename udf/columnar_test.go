@@ -77,6 +77,21 @@ func colWant(in []record.Record) []record.Record {
 	return out
 }
 
+// collect is an operator.Emitter keeping copies of the records emitted
+// (the emitter reuses their storage).
+type collect struct{ recs []record.Record }
+
+func (c *collect) Emit(r record.Record) {
+	c.recs = append(c.recs, record.Record{Time: r.Time, Values: slices.Clone(r.Values)})
+}
+func (c *collect) EmitSide(string, record.Record) {}
+func (c *collect) EmitWatermark(int64)            {}
+
+// sameRecords reports whether a and b hold equal records.
+func sameRecords(a, b []record.Record) bool {
+	return slices.EqualFunc(a, b, func(x, y record.Record) bool { return x.Time == y.Time && equalValues(x.Values, y.Values) })
+}
+
 // colCall encodes b as the host does, serves it with fn and decodes the
 // answer.
 func colCall(t *testing.T, dec *ColumnarDecoder, b *record.Batch, reads []string, fn sdk.ColumnarFunc, out *record.Batch) (req []byte, err error) {
@@ -161,9 +176,15 @@ func TestColumnarFunctionErrors(t *testing.T) {
 // goodColumnarResponse returns a valid response of colFunc to colRecords(n)
 // (a copy: the SDK reuses its buffer).
 func goodColumnarResponse(t testing.TB, n int) ([]byte, []record.Record) {
+	return servedResponse(t, n, colOut, colReads, colFunc)
+}
+
+// servedResponse returns fn's response (a copy) to colRecords(n) for
+// output schema out.
+func servedResponse(t testing.TB, n int, out *record.Schema, reads []string, fn sdk.ColumnarFunc) ([]byte, []record.Record) {
 	recs := colRecords(n)
 	b := record.Batch{Records: recs}
-	header := sdk.AppendColumnarHeader(nil, colIn, colOut)
+	header := sdk.AppendColumnarHeader(nil, colIn, out)
 	size, err := columnarSize(header, colIn, nil, &b)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +193,54 @@ func goodColumnarResponse(t testing.TB, n int) ([]byte, []record.Record) {
 	if err := encodeColumnar(req, header, colIn, nil, &b); err != nil {
 		t.Fatal(err)
 	}
-	return append([]byte(nil), sdk.ServeColumnar(req, colReads, colFunc)...), recs
+	return append([]byte(nil), sdk.ServeColumnar(req, reads, fn)...), recs
+}
+
+// colOutAdd is a map adding a field to its input (the input fields are
+// passed in place, the decoder's prefix case); colAdd computes it: up =
+// upper(s), dropping every third record.
+var colOutAdd = &record.Schema{Fields: append(slices.Clone(colIn.Fields), record.Field{Name: "up", Type: record.TypeString})}
+
+func colAdd(c *sdk.Columns) error {
+	ss, up, keep := c.String("s"), c.OutString("up"), c.Keep()
+	for k := range c.Len() {
+		up[k] = strings.ToUpper(ss[k])
+		keep[k] = k%3 != 2
+	}
+	return nil
+}
+
+// TestColumnarAddField decodes a map that adds a field, with Decode and
+// DecodeEach, with and without the caller's type check.
+func TestColumnarAddField(t *testing.T) {
+	resp, recs := servedResponse(t, 9, colOutAdd, []string{"s"}, colAdd)
+	var want []record.Record
+	for k, r := range recs {
+		if k%3 != 2 {
+			want = append(want, record.Record{Time: r.Time, Values: append(slices.Clone(r.Values), record.String(strings.ToUpper(r.Values[2].S)))})
+		}
+	}
+	for _, typed := range []bool{false, true} {
+		dec := ColumnarDecoder{typed: typed}
+		var out record.Batch
+		if err := dec.Decode(resp, recs, colIn, colOutAdd, &out); err != nil || !sameRecords(out.Records, want) {
+			t.Fatalf("typed=%v: Decode = %v, %v, want %v", typed, err, out.Records, want)
+		}
+		if dec.prefix != len(colIn.Fields) {
+			t.Fatalf("typed=%v: passed prefix %d, want %d", typed, dec.prefix, len(colIn.Fields))
+		}
+		var d collect
+		if err := dec.DecodeEach(resp, recs, colIn, colOutAdd, &d); err != nil || !sameRecords(d.recs, want) {
+			t.Fatalf("typed=%v: DecodeEach = %v, %v, want %v", typed, err, d.recs, want)
+		}
+	}
+	bad := slices.Clone(recs)
+	bad[3].Values = []record.Value{record.Int(1), record.Bool(true), record.String(""), record.Bool(false)}
+	var dec ColumnarDecoder
+	var d collect
+	if err := dec.DecodeEach(resp, bad, colIn, colOutAdd, &d); err == nil || !strings.Contains(err.Error(), `output field "f": input record 3 has a bool value`) || len(d.recs) != 0 {
+		t.Fatalf("a mistyped passed value: %v after %d records, want it named and none emitted", err, len(d.recs))
+	}
 }
 
 // TestDecodeColumnarRejects corrupts a valid response in ways a hostile or
@@ -228,6 +296,10 @@ func TestDecodeColumnarRejects(t *testing.T) {
 			if !slices.Equal(dec.Reads, before) {
 				t.Fatalf("a rejected response changed the declared reads to %v", dec.Reads)
 			}
+			var d collect
+			if err := dec.DecodeEach(resp, recs, colIn, colOut, &d); err == nil || err.Error() != dec.Decode(resp, recs, colIn, colOut, &record.Batch{}).Error() || len(d.recs) != 0 {
+				t.Fatalf("DecodeEach = %v after emitting %d records, want Decode's error and none", err, len(d.recs))
+			}
 		})
 	}
 	var dec ColumnarDecoder
@@ -246,15 +318,36 @@ func FuzzDecodeColumnar(f *testing.F) {
 	for _, n := range []int{0, 1, 8} {
 		good, _ := goodColumnarResponse(f, n)
 		f.Add(good, uint8(n))
+		add, _ := servedResponse(f, n, colOutAdd, []string{"s"}, colAdd)
+		f.Add(add, uint8(n)|0x80)
 	}
 	f.Add([]byte{sdk.StatusError, 'x'}, uint8(1))
 	f.Add([]byte{sdk.StatusVersion, 1}, uint8(1))
 	f.Fuzz(func(t *testing.T, resp []byte, n uint8) {
+		// n's top bit picks the output schema: colOut passes fields
+		// to other places, colOutAdd in place.
+		colOut := colOut
+		if n&0x80 != 0 {
+			colOut = colOutAdd
+		}
 		recs := colRecords(int(n % 16))
-		var dec ColumnarDecoder
+		var dec, each ColumnarDecoder
 		var out record.Batch
-		if err := dec.Decode(resp, recs, colIn, colOut, &out); err != nil {
+		var d collect
+		err := dec.Decode(resp, recs, colIn, colOut, &out)
+		// DecodeEach accepts what Decode accepts and emits the same
+		// records, or nothing.
+		if errEach := each.DecodeEach(resp, recs, colIn, colOut, &d); (err == nil) != (errEach == nil) {
+			t.Fatalf("Decode: %v, DecodeEach: %v", err, errEach)
+		}
+		if err != nil {
+			if len(d.recs) != 0 {
+				t.Fatalf("DecodeEach emitted %d records of a rejected response", len(d.recs))
+			}
 			return
+		}
+		if !sameRecords(d.recs, out.Records) || !slices.Equal(dec.Reads, each.Reads) {
+			t.Fatalf("DecodeEach emitted %v, Decode decoded %v", d.recs, out.Records)
 		}
 		if len(out.Records) > len(recs) {
 			t.Fatalf("%d output records from %d inputs", len(out.Records), len(recs))
@@ -279,14 +372,34 @@ func FuzzDecodeColumnar(f *testing.F) {
 }
 
 // TestColumnarPassChecksType checks that a passed field the request did not
-// carry (so its encoding did not check it) is still checked against the
-// output schema.
+// carry (so its encoding did not write it) is still checked against the
+// output schema: by the encoder's size pass, which checks every input
+// value (what an Instance relies on), and by a decoder whose caller did
+// not check the input records.
 func TestColumnarPassChecksType(t *testing.T) {
 	recs := colRecords(3)
 	recs[1].Values[1] = record.String("not a float") // f, passed, not read
 	dec := ColumnarDecoder{Reads: []bool{true, false, true, true}}
 	_, err := colCall(t, &dec, &record.Batch{Records: recs}, colReads, colFunc, &record.Batch{})
-	if err == nil || !strings.Contains(err.Error(), `output field "f": input record 1 has a string value`) {
-		t.Fatalf("err = %v, want the mistyped passed value named", err)
+	if err == nil || !strings.Contains(err.Error(), `record 1: field "f" is string, the schema says float`) {
+		t.Fatalf("encoding: err = %v, want the mistyped value named", err)
+	}
+	good, _ := goodColumnarResponse(t, 3)
+	for _, typed := range []bool{false, true} {
+		dec := ColumnarDecoder{typed: typed}
+		err := dec.Decode(good, recs, colIn, colOut, &record.Batch{})
+		if typed {
+			if err != nil {
+				t.Fatalf("a decoder told the input is checked: %v", err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), `output field "f": input record 1 has a string value`) {
+			t.Fatalf("decoding: err = %v, want the mistyped passed value named", err)
+		}
+		var d collect
+		if err := dec.DecodeEach(good, recs, colIn, colOut, &d); err == nil || len(d.recs) != 0 {
+			t.Fatalf("DecodeEach: err = %v after emitting %d records, want an error and none", err, len(d.recs))
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealflow/sealflow/engine/operator"
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/udf/sdk"
 	"github.com/tetratelabs/wazero"
@@ -47,6 +48,7 @@ type Instance struct {
 	// and its size: requests that fit reuse it without a call.
 	buf, bufLen uint32
 	dec         record.Decoder
+	out         record.Batch // CallEach's version 1 output
 	// columnar: the function is called with the columnar ABI (version
 	// 2); cleared when it answers that it speaks version 1.
 	columnar bool
@@ -94,6 +96,7 @@ func (m *Module) Instantiate(ctx context.Context, fn Function) (*Instance, error
 	in.fn.Allow = slices.Clone(fn.Allow)
 	in.header = sdk.AppendRequestHeader(nil, fn.In, fn.Out)
 	in.col.header = sdk.AppendColumnarHeader(nil, fn.In, fn.Out)
+	in.col.dec.typed = true // columnarSize checks every input value
 	version, err := in.start(ctx)
 	if err != nil {
 		return nil, err
@@ -158,6 +161,28 @@ func (in *Instance) start(ctx context.Context) (version uint64, err error) {
 // replaced by a fresh one at the next Call, losing any state the guest kept.
 func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch) error {
 	out.Records = out.Records[:0]
+	return in.run(ctx, b, out, nil)
+}
+
+// CallEach runs the function on batch b as Call does, and passes each
+// output record in order to emit.Emit instead of collecting them: a record's
+// storage is reused once Emit returns (operator.Emitter's contract), so a
+// columnar function's output is never built as a whole batch. On an error
+// nothing is emitted.
+func (in *Instance) CallEach(ctx context.Context, b *record.Batch, emit operator.Emitter) error {
+	if err := in.run(ctx, b, &in.out, emit); err != nil {
+		return err
+	}
+	for i := range in.out.Records { // a version 1 function's output
+		emit.Emit(in.out.Records[i])
+	}
+	return nil
+}
+
+// run makes a call for Call (each nil: decode into out) or CallEach
+// (columnar output to each; a version 1 function's into out).
+func (in *Instance) run(ctx context.Context, b *record.Batch, out *record.Batch, each operator.Emitter) error {
+	out.Records = out.Records[:0]
 	if in.mod == nil {
 		in.Restarts++
 		in.m.r.cfg.Logger.Info("udf: restarting instance after a failed call", "module", in.m.Digest, "function", in.fn.Name, "restarts", in.Restarts)
@@ -167,7 +192,7 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 	}
 	in.stderr.Reset() // errors quote what the guest wrote during this call
 	if in.columnar {
-		err := in.callColumnar(ctx, b, out)
+		err := in.callColumnar(ctx, b, out, each)
 		if !errors.Is(err, errSpeaksV1) {
 			return err
 		}
@@ -186,8 +211,9 @@ func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch
 	})
 }
 
-// callColumnar makes the call in the columnar ABI.
-func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *record.Batch) error {
+// callColumnar makes the call in the columnar ABI, decoding into out, or
+// when each is not nil emitting to it.
+func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *record.Batch, each operator.Emitter) error {
 	size, err := columnarSize(in.col.header, in.fn.In, in.col.dec.Reads, b)
 	if err != nil {
 		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
@@ -198,6 +224,9 @@ func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *reco
 		}
 		return nil
 	}, func(resp []byte) error {
+		if each != nil {
+			return in.col.dec.DecodeEach(resp, b.Records, in.fn.In, in.fn.Out, each)
+		}
 		return in.col.dec.Decode(resp, b.Records, in.fn.In, in.fn.Out, out)
 	})
 }

@@ -17,7 +17,6 @@ import (
 type Operator struct {
 	ctx  context.Context
 	inst *Instance
-	out  record.Batch
 }
 
 // NewOperator returns an operator calling inst. ctx bounds every call (the
@@ -31,13 +30,7 @@ func (o *Operator) ProcessBatch(_ int, b *record.Batch, out operator.Emitter) er
 	if b.Len() == 0 {
 		return nil
 	}
-	if err := o.inst.Call(o.ctx, b, &o.out); err != nil {
-		return err
-	}
-	for i := range o.out.Records {
-		out.Emit(o.out.Records[i])
-	}
-	return nil
+	return o.inst.CallEach(o.ctx, b, out)
 }
 
 // ProcessWatermark passes wm downstream.
