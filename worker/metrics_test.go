@@ -168,6 +168,8 @@ func TestMetricsServe(t *testing.T) {
 // batches), and whose sinks take sinkWait per batch.
 type liveIO struct {
 	lag, pause, sinkWait time.Duration
+	// desc makes each batch's values decrease instead of increase.
+	desc bool
 }
 
 func (l *liveIO) Source(ctx context.Context, s Stream, keys *seal.Keyring, reject RejectFunc) (runtime.Source, error) {
@@ -177,7 +179,11 @@ func (l *liveIO) Source(ctx context.Context, s Stream, keys *seal.Keyring, rejec
 			b.Reset()
 			ts := time.Now().Add(-l.lag).UnixMilli()
 			for j := range int64(64) {
-				b.Records = append(b.Records, record.Record{Values: []record.Value{record.Int(ts), record.Int(i*64 + j)}})
+				v := i*64 + j
+				if l.desc {
+					v = -v
+				}
+				b.Records = append(b.Records, record.Record{Values: []record.Value{record.Int(ts), record.Int(v)}})
 			}
 			if err := emit(&b); err != nil {
 				return err
@@ -296,4 +302,55 @@ func laggingTask(t *testing.T, sio *liveIO) *Task {
 	}
 	return &Task{ID: "lagging/t", Job: "lagging", Spec: spec, Slot: orchestrator.TaskSlot{ID: "lagging/t", Reads: []string{"in"}, Writes: []string{"results"}},
 		keys: keys, io: sio, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
+// TestMetricsPrefilteredRecords runs a task whose source feeds, over a keyed
+// exchange, a tumbling window keeping each key's highest values: the
+// exchange's maxima pre-filter drops the source's falling values, and the
+// metrics count what it dropped.
+func TestMetricsPrefilteredRecords(t *testing.T) {
+	task := laggingTask(t, &liveIO{pause: time.Millisecond, desc: true})
+	task.Spec.Nodes = []jobspec.Node{
+		task.Spec.Nodes[0],
+		{ID: "byts", Kind: jobspec.KindKeyBy, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Keys: []string{"ts"}}},
+		{ID: "top", Kind: jobspec.KindWindowAggregate, Inputs: []string{"byts"}, Parallelism: 2, Params: jobspec.Params{
+			Window:     &jobspec.Window{Type: jobspec.WindowTumbling, SizeMs: 1000, StartField: "window_start", EndField: jobspec.OmitField},
+			Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggMaxRows, Field: "v"}}}},
+		{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"top"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
+	}
+	w := &Worker{tasks: map[string]*Task{task.ID: task}}
+	m := NewMetrics("edge-1")
+	m.Watch(w)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- task.run(ctx) }()
+	defer func() {
+		task.stop("stopped: test over")
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("task: %v", err)
+		}
+	}()
+	labels := map[string]string{"sealflow_job": "lagging", "task": "lagging/t", "node": "edge-1"}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if s := task.State(); strings.HasPrefix(s, "failed") {
+			t.Fatal(s)
+		}
+		if task.probe.Load() == nil {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		sent := value(t, m.Registry(), "sealflow_worker_operator_records_out_total", map[string]string{"operator": "src"})
+		dropped := value(t, m.Registry(), "sealflow_worker_prefiltered_records_total", labels)
+		// Each batch of 64 shares one key and falls: all but its first
+		// record are below what the filter already sent.
+		if sent >= 64*20 && dropped >= sent/2 && dropped < sent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: source sent %v records, pre-filter dropped %v; want more than half dropped", sent, dropped)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
