@@ -64,7 +64,9 @@ func (d *discard) EmitWatermark(int64)            {}
 // "builtin-go" is operator.Map with the tariff written in Go;
 // "builtin-cel" is operator.Map with the CEL projection the runtime builds
 // for a map node (meter, kwh, kwh * 0.25). The trivial map kwh * 0.25 is
-// also "udf-flat" (cost_flat, columnar) and "builtin-go-flat".
+// also "udf-flat" (cost_flat, columnar, the Go guest), "udf-flat-c" (the
+// same function written in C against the ABI, examples/flat_c) and
+// "builtin-go-flat".
 func BenchmarkMap(b *testing.B) {
 	builtinGo := func(b *testing.B) operator.Operator {
 		op, err := operator.NewMap(operator.MapConfig{Fn: func(dst []record.Value, r *record.Record) ([]record.Value, error) {
@@ -103,10 +105,7 @@ func BenchmarkMap(b *testing.B) {
 		return op
 	}
 	udfOp := func(fn string, unbounded bool) func(b *testing.B) operator.Operator {
-		return func(b *testing.B) operator.Operator {
-			r := newRuntime(b, Config{unbounded: unbounded}) // the shared cache: compiled once
-			return NewOperator(context.Background(), instance(b, r, "cost", Function{Name: fn, In: meterKWh, Out: costOut}))
-		}
+		return moduleOp("cost", fn, unbounded)
 	}
 	for _, kind := range []struct {
 		name string
@@ -119,6 +118,7 @@ func BenchmarkMap(b *testing.B) {
 		{"builtin-go", builtinGo},
 		{"builtin-cel", builtinCEL},
 		{"udf-flat", udfOp("cost_flat", false)},
+		{"udf-flat-c", moduleOp("flat_c", "cost_flat", false)},
 		{"builtin-go-flat", builtinGoFlat},
 	} {
 		for _, n := range []int{64, benchBatch, 1024} {
@@ -136,6 +136,15 @@ func BenchmarkMap(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// moduleOp returns a constructor of an operator calling fn of the example
+// module.
+func moduleOp(module, fn string, unbounded bool) func(b *testing.B) operator.Operator {
+	return func(b *testing.B) operator.Operator {
+		r := newRuntime(b, Config{unbounded: unbounded}) // the shared cache: compiled once
+		return NewOperator(context.Background(), instance(b, r, module, Function{Name: fn, In: meterKWh, Out: costOut}))
 	}
 }
 
@@ -199,15 +208,18 @@ func BenchmarkWarmStart(b *testing.B) {
 }
 
 // BenchmarkUDFBatchSize shows how the per-call cost is amortized: the cost
-// module's per-record and columnar functions called on batches of 0 to 1024
-// records.
+// module's per-record and columnar functions, and the C guest's trivial map
+// ("c_cost_flat": its empty call is mostly the host's per-call work),
+// called on batches of 0 to 1024 records.
 func BenchmarkUDFBatchSize(b *testing.B) {
 	r := newRuntime(b, Config{})
-	for _, fn := range []string{"cost", "cost_columnar"} {
-		inst := instance(b, r, "cost", Function{Name: fn, In: meterKWh, Out: costOut})
+	for _, f := range []struct{ module, fn, name string }{
+		{"cost", "cost", "cost"}, {"cost", "cost_columnar", "cost_columnar"}, {"flat_c", "cost_flat", "c_cost_flat"},
+	} {
+		inst := instance(b, r, f.module, Function{Name: f.fn, In: meterKWh, Out: costOut})
 		for _, n := range []int{0, 1, 16, 256, 1024} {
 			batch := record.Batch{Records: readings(max(n, 1))[:n]}
-			b.Run(fmt.Sprintf("%s/%d", fn, n), func(b *testing.B) {
+			b.Run(fmt.Sprintf("%s/%d", f.name, n), func(b *testing.B) {
 				var out record.Batch
 				measure(b, n, func() {
 					if err := inst.Call(context.Background(), &batch, &out); err != nil {

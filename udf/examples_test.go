@@ -36,7 +36,11 @@ func example(t testing.TB, name string) []byte {
 	if b, ok := exampleWasm.Load(name); ok {
 		return b.([]byte)
 	}
-	b, err := os.ReadFile(filepath.Join("examples", "testdata", name+".wasm"))
+	path := filepath.Join("examples", "testdata", name+".wasm")
+	if name == "flat_c" { // built with clang, not go generate
+		path = filepath.Join("examples", "flat_c", "flat.wasm")
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("read example %s (run go generate ./udf/examples): %v", name, err)
 	}
@@ -116,6 +120,61 @@ func TestExampleCost(t *testing.T) {
 				t.Fatalf("%s: sends input fields %v, want only kwh", tc.fn, inst.col.dec.Reads)
 			}
 		})
+	}
+}
+
+// TestExampleFlatC runs the trivial map written in C against the columnar
+// ABI without an SDK (examples/flat_c): the sandbox admits it under the
+// same rules (it imports nothing), its output equals the Go guest's
+// cost_flat on the same batches, through Call and through the operator,
+// and after the first call only kwh crosses into the module.
+func TestExampleFlatC(t *testing.T) {
+	r := newRuntime(t, Config{})
+	fn := Function{Name: "cost_flat", In: meterKWh, Out: costOut}
+	c := instance(t, r, "flat_c", fn)
+	if !c.columnar {
+		t.Fatal("the C module is not called in the columnar ABI")
+	}
+	if imps := c.m.compiled.ImportedFunctions(); len(imps) != 0 {
+		t.Fatalf("the C module imports %d functions, want none", len(imps))
+	}
+	goGuest := instance(t, r, "cost", fn)
+	recs := readings(1000)
+	got := runBatches(t, c, recs, 256)
+	checkCost(t, recs, got, true)
+	if want := runBatches(t, goGuest, recs, 256); !sameRecords(got, want) {
+		t.Fatal("the C guest's output differs from the Go guest's")
+	}
+	if len(c.col.dec.Reads) != 2 || c.col.dec.Reads[0] || !c.col.dec.Reads[1] {
+		t.Fatalf("sends input fields %v, want only kwh", c.col.dec.Reads)
+	}
+	var d collect
+	op := NewOperator(context.Background(), c)
+	few := readings(300)
+	if err := op.ProcessBatch(0, &record.Batch{Records: few}, &d); err != nil {
+		t.Fatal(err)
+	}
+	checkCost(t, few, d.recs, true)
+
+	// A null kwh gives a null cost; other outputs are passed by name.
+	nulls := readings(10)
+	nulls[3].Values[1] = record.Value{}
+	swapped := &record.Schema{Fields: []record.Field{costOut.Fields[2], costOut.Fields[0]}}
+	out := runBatches(t, instance(t, r, "flat_c", Function{Name: "cost_flat", In: meterKWh, Out: swapped}), nulls, 10)
+	for i, o := range out {
+		want := []record.Value{record.Float(nulls[i].Values[1].F * 0.25), nulls[i].Values[0]}
+		if i == 3 {
+			want[0] = record.Value{}
+		}
+		if !equalValues(o.Values, want) {
+			t.Fatalf("record %d = %v, want %v", i, o.Values, want)
+		}
+	}
+
+	// A schema it cannot serve is an error of the call, saying why.
+	bad := instance(t, r, "flat_c", Function{Name: "cost_flat", In: meterKWh, Out: meterKWh})
+	if err := bad.Call(context.Background(), &record.Batch{Records: recs[:4]}, &record.Batch{}); !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "output has no field cost") {
+		t.Fatalf("output without cost: %v, want the guest's error", err)
 	}
 }
 
