@@ -223,6 +223,46 @@ func TestWatchdogCallArming(t *testing.T) {
 	}
 }
 
+// TestWatchdogTimerKeptAcrossCalls checks the timer a call leaves pending:
+// when it fires for that call's deadline during a later call, it does not
+// interrupt the later call but sets itself again, and interrupts it at its
+// own deadline.
+func TestWatchdogTimerKeptAcrossCalls(t *testing.T) {
+	g := &fakeGlobal{}
+	w := &watchdog{global: g}
+	defer w.release()
+	ctx := context.Background()
+	w.armCall(ctx, 30*time.Millisecond)
+	if fired, _ := w.disarmCall(); fired {
+		t.Fatal("a quick call was interrupted")
+	}
+	start := time.Now()
+	w.armCall(ctx, 300*time.Millisecond) // the first call's timer is still set, for ~30 ms
+	time.Sleep(100 * time.Millisecond)
+	w.mu.Lock()
+	early, pending := w.fired, w.pending
+	w.mu.Unlock()
+	if early && time.Since(start) < 300*time.Millisecond {
+		t.Fatal("the earlier call's timer interrupted the later call")
+	}
+	if !pending {
+		t.Fatal("the timer did not set itself again for the armed call's deadline")
+	}
+	for time.Since(start) < 2*time.Second {
+		w.mu.Lock()
+		fired := w.fired
+		w.mu.Unlock()
+		if fired {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fired, expired := w.disarmCall()
+	if !fired || !expired || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("fired, expired = %v, %v after %v, want the deadline of 300ms to interrupt the call", fired, expired, time.Since(start))
+	}
+}
+
 // TestWatchdogAcrossCalls runs many quick calls on one context for longer
 // than the batch deadline (the deadline is per call), then stops a runaway
 // call by canceling that context, and another by the deadline.
