@@ -469,20 +469,34 @@ func beginColumnar(req []byte, reads []string) (*Columns, error) {
 		}
 		cols.reads = r
 	}
+	// Reset the per-call state in place, field by field: assigning whole
+	// Columns, inCol and outCol values rewrites every slice they hold, and
+	// in Go's wasm code each pointer written costs a write-barrier check
+	// and the struct copies calls; that made up most of an empty call.
 	c := &cols
-	reused := c.fields
-	*c = Columns{in: in, out: out, req: req, n: n, reads: c.reads, fields: reused[:0], outs: c.outs[:0]}
+	c.in, c.out, c.req, c.n = in, out, req, n
+	if c.err != nil {
+		c.err = nil
+	}
+	if c.outTime != nil {
+		c.outTime = nil
+	}
+	if c.keep != nil {
+		c.keep = nil
+	}
 	if n > 0 {
 		c.times = unsafe.Slice((*int64)(unsafe.Pointer(&req[timesOff])), n)
 	} else {
 		c.times = []int64{}
 	}
-	for j := 0; j < nin; j++ {
+	if len(c.fields) != nin {
+		c.fields = make([]inCol, nin)
+	}
+	for j := range c.fields {
 		e := body + ReqDirSize + ReqFieldSize*j
-		f := inCol{flags: le.Uint32(req[e:]), data: le.Uint32(req[e+4:]), nulls: le.Uint32(req[e+8:])}
-		if j < cap(reused) {
-			f.strs = reused[:cap(reused)][j].strs
-		}
+		f := &c.fields[j]
+		f.flags, f.data, f.nulls = le.Uint32(req[e:]), le.Uint32(req[e+4:]), le.Uint32(req[e+8:])
+		f.strsDone = false
 		if f.flags&ColFlagPresent != 0 {
 			w := uint64(8)
 			switch in.Fields[j].Type {
@@ -499,17 +513,17 @@ func beginColumnar(req []byte, reads []string) (*Columns, error) {
 				return nil, errShortRequest
 			}
 		}
-		c.fields = append(c.fields, f)
 	}
 	// Lay out the response: directory, then per output field its data
 	// and null flags, then times and keep, all 8-aligned.
 	size := RespDirSize + RespFieldSize*nout + 4*len(colReadsIx)
 	size = (size + 7) &^ 7
-	for j := 0; j < nout; j++ {
-		var o outCol
-		if j < cap(c.outs) {
-			o.strs = c.outs[:cap(c.outs)][j].strs
-		}
+	if len(c.outs) != nout {
+		c.outs = make([]outCol, nout)
+	}
+	for j := range c.outs {
+		o := &c.outs[j]
+		o.set, o.usedN, o.strsReady = false, false, false
 		w := 8
 		if out.Fields[j].Type == record.TypeBool {
 			w = 1
@@ -520,7 +534,6 @@ func beginColumnar(req []byte, reads []string) (*Columns, error) {
 		}
 		o.nulls = uint32(size)
 		size += (n + 7) &^ 7
-		c.outs = append(c.outs, o)
 	}
 	colTimesOff = uint32(size)
 	size += 8 * n
