@@ -3,12 +3,9 @@ package confidential
 import (
 	"context"
 	"fmt"
-	goruntime "runtime"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/sealflow/sealflow/engine/record"
 	"github.com/sealflow/sealflow/engine/runtime"
@@ -45,16 +42,18 @@ func BenchmarkNexmarkSealedVsPlaintext(b *testing.B) {
 			var wall [2]time.Duration // plaintext, sealed
 			var bytes [2]int64
 			var cpu [2]time.Duration
-			var codecTime atomic.Int64
+			var codecTime time.Duration
 			run := func(i int, sealed bool) {
 				job := fmt.Sprintf("bench-%s-%d-%v", q, i, sealed)
 				var codec runtime.FrameCodec = runtime.IdentityCodec{}
+				var timed TimedCodec
 				if sealed {
 					c, err := NewEphemeralExchangeCodec(job)
 					if err != nil {
 						b.Fatal(err)
 					}
-					codec = &timedCodec{c: c, spent: &codecTime}
+					timed = NewTimedCodec(c)
+					codec = timed
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				cpu0 := cpuTime()
@@ -75,6 +74,9 @@ func BenchmarkNexmarkSealedVsPlaintext(b *testing.B) {
 				wall[k] += res.Wall
 				cpu[k] += cpuTime() - cpu0
 				bytes[k] += res.Bytes
+				if timed != nil {
+					codecTime += timed.Spent()
+				}
 			}
 			b.ResetTimer()
 			for i := range b.N {
@@ -94,8 +96,8 @@ func BenchmarkNexmarkSealedVsPlaintext(b *testing.B) {
 			// The CPU time spent inside Seal and Open, against the sealed runs'
 			// CPU time: the share of the work that sealing is, which is its
 			// throughput cost when the pipeline is CPU-bound.
-			b.ReportMetric(float64(codecTime.Load())/float64(benchEvents*b.N), "codec-ns/ev")
-			b.ReportMetric(float64(codecTime.Load())/float64(cpu[1].Nanoseconds()), "codec-share")
+			b.ReportMetric(float64(codecTime.Nanoseconds())/float64(benchEvents*b.N), "codec-ns/ev")
+			b.ReportMetric(float64(codecTime.Nanoseconds())/float64(cpu[1].Nanoseconds()), "codec-share")
 			b.ReportMetric(float64(bytes[1])/float64(benchEvents*b.N), "sealed-bytes/ev")
 			b.ReportMetric(float64(bytes[1]-bytes[0])/float64(max(bytes[0], 1)), "byte-overhead")
 		})
@@ -137,52 +139,6 @@ func BenchmarkExchangeCodec(b *testing.B) {
 			}
 		})
 	}
-}
-
-// timedCodec estimates the CPU time spent in its codec's Seal and Open: it
-// measures one call in timedEvery (the clock is a system call that would
-// otherwise cost as much as sealing a small frame) and adds it, scaled, to
-// spent.
-type timedCodec struct {
-	c     runtime.FrameCodec
-	spent *atomic.Int64
-	calls atomic.Int64
-}
-
-const timedEvery = 8
-
-func (t *timedCodec) Seal(h runtime.FrameHeader, dst, p []byte) ([]byte, error) {
-	if t.calls.Add(1)%timedEvery != 0 {
-		return t.c.Seal(h, dst, p)
-	}
-	goruntime.LockOSThread()
-	defer goruntime.UnlockOSThread()
-	start := threadCPU()
-	out, err := t.c.Seal(h, dst, p)
-	t.spent.Add(timedEvery * int64(threadCPU()-start))
-	return out, err
-}
-
-func (t *timedCodec) Open(h runtime.FrameHeader, dst, s []byte) ([]byte, error) {
-	if t.calls.Add(1)%timedEvery != 0 {
-		return t.c.Open(h, dst, s)
-	}
-	goruntime.LockOSThread()
-	defer goruntime.UnlockOSThread()
-	start := threadCPU()
-	out, err := t.c.Open(h, dst, s)
-	t.spent.Add(timedEvery * int64(threadCPU()-start))
-	return out, err
-}
-
-// threadCPU returns the CPU time of the calling OS thread
-// (CLOCK_THREAD_CPUTIME_ID): time the thread was descheduled does not count,
-// which matters on a shared machine.
-func threadCPU() time.Duration {
-	var ts syscall.Timespec
-	const clockThreadCPUTime = 3
-	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTime, uintptr(unsafe.Pointer(&ts)), 0)
-	return time.Duration(ts.Nano())
 }
 
 // BenchmarkIngestSealedVsPlaintext publishes meter readings through a

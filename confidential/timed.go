@@ -1,0 +1,115 @@
+package confidential
+
+import (
+	goruntime "runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/sealflow/sealflow/engine/runtime"
+)
+
+// TimedEvery is how often a TimedCodec measures a call: one Seal or Open (or
+// SealInPlace, OpenInPlace) in TimedEvery, the first of each run of
+// TimedEvery calls, counting TimedEvery times its thread CPU time. The clock
+// is a system call that would otherwise cost as much as sealing a small
+// frame.
+const TimedEvery = 8
+
+// TimedCodec is a runtime.FrameCodec that estimates the CPU time spent in
+// the codec it wraps: sealing's share of a run's work, measured within the
+// run. NewTimedCodec returns one.
+type TimedCodec interface {
+	runtime.FrameCodec
+	// Spent returns the estimated CPU time spent so far in the wrapped
+	// codec's Seal and Open (and their in-place forms): the thread CPU
+	// time of the sampled calls, scaled by TimedEvery. It is zero where the
+	// thread CPU clock is not available (outside Linux).
+	Spent() time.Duration
+	// Calls returns the number of calls made so far, timed or not.
+	Calls() int64
+}
+
+// NewTimedCodec wraps c in a TimedCodec. The wrapper implements
+// runtime.InPlaceCodec exactly when c does, forwarding its in-place methods,
+// so the runtime seals and opens in place as it would with c itself. It is
+// safe for concurrent use if c is.
+//
+// A sampled call runs locked to its OS thread and reads that thread's CPU
+// clock (CLOCK_THREAD_CPUTIME_ID) before and after: time the thread was
+// descheduled does not count, which matters on a shared machine.
+func NewTimedCodec(c runtime.FrameCodec) TimedCodec {
+	t := &timedCodec{c: c}
+	if ip, ok := c.(runtime.InPlaceCodec); ok {
+		return &timedInPlaceCodec{timedCodec: t, ip: ip}
+	}
+	return t
+}
+
+// timedCodec times a FrameCodec.
+type timedCodec struct {
+	c     runtime.FrameCodec
+	spent atomic.Int64 // nanoseconds, scaled
+	calls atomic.Int64
+}
+
+var (
+	_ TimedCodec           = (*timedCodec)(nil)
+	_ runtime.InPlaceCodec = (*timedInPlaceCodec)(nil)
+)
+
+func (t *timedCodec) Spent() time.Duration { return time.Duration(t.spent.Load()) }
+
+func (t *timedCodec) Calls() int64 { return t.calls.Load() }
+
+// sample reports whether this call is one to time.
+func (t *timedCodec) sample() bool { return t.calls.Add(1)%TimedEvery == 1 }
+
+// timed runs f locked to its thread and adds its thread CPU time, scaled, to
+// spent.
+func (t *timedCodec) timed(f func()) {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	start := threadCPU()
+	f()
+	t.spent.Add(TimedEvery * int64(threadCPU()-start))
+}
+
+func (t *timedCodec) Seal(h runtime.FrameHeader, dst, p []byte) (out []byte, err error) {
+	if !t.sample() {
+		return t.c.Seal(h, dst, p)
+	}
+	t.timed(func() { out, err = t.c.Seal(h, dst, p) })
+	return out, err
+}
+
+func (t *timedCodec) Open(h runtime.FrameHeader, dst, s []byte) (out []byte, err error) {
+	if !t.sample() {
+		return t.c.Open(h, dst, s)
+	}
+	t.timed(func() { out, err = t.c.Open(h, dst, s) })
+	return out, err
+}
+
+// timedInPlaceCodec times an InPlaceCodec.
+type timedInPlaceCodec struct {
+	*timedCodec
+	ip runtime.InPlaceCodec
+}
+
+func (t *timedInPlaceCodec) SealOffset() int { return t.ip.SealOffset() }
+
+func (t *timedInPlaceCodec) SealInPlace(h runtime.FrameHeader, buf []byte) (out []byte, err error) {
+	if !t.sample() {
+		return t.ip.SealInPlace(h, buf)
+	}
+	t.timed(func() { out, err = t.ip.SealInPlace(h, buf) })
+	return out, err
+}
+
+func (t *timedInPlaceCodec) OpenInPlace(h runtime.FrameHeader, sealed []byte) (out []byte, err error) {
+	if !t.sample() {
+		return t.ip.OpenInPlace(h, sealed)
+	}
+	t.timed(func() { out, err = t.ip.OpenInPlace(h, sealed) })
+	return out, err
+}

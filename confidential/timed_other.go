@@ -1,0 +1,9 @@
+//go:build !linux
+
+package confidential
+
+import "time"
+
+// threadCPU returns 0: the thread CPU clock is read on Linux only, so a
+// TimedCodec's Spent stays zero elsewhere.
+func threadCPU() time.Duration { return 0 }
