@@ -30,6 +30,10 @@ type QueryOptions struct {
 	// Plaintext exchanges frames unsealed (default: sealed under an
 	// ephemeral job key, as "sealflow nexmark run" does).
 	Plaintext bool
+	// NoSealTiming leaves the exchange codec unwrapped, so the summary's
+	// SealCPUSeconds is 0 (by default a sealed run's codec is a
+	// confidential.TimedCodec).
+	NoSealTiming bool
 	// NoChain runs every operator in its own task, so every edge crosses a
 	// NATS exchange.
 	NoChain bool
@@ -89,11 +93,9 @@ func RunQuery(ctx context.Context, o QueryOptions) (Summary, error) {
 	var id [8]byte
 	rand.Read(id[:])
 	jobID := fmt.Sprintf("bench-%s-%x", o.Query, id)
-	var codec runtime.FrameCodec = runtime.IdentityCodec{}
-	if !o.Plaintext {
-		if codec, err = confidential.NewEphemeralExchangeCodec(jobID); err != nil {
-			return Summary{}, err
-		}
+	codec, timed, err := ExchangeCodec(jobID, o.Plaintext, !o.NoSealTiming)
+	if err != nil {
+		return Summary{}, err
 	}
 	var bw *bufio.Writer
 	if o.Rows != nil {
@@ -149,10 +151,32 @@ func RunQuery(ctx context.Context, o QueryOptions) (Summary, error) {
 	s := Summary{Query: o.Query, Events: o.Events, Rows: rows, Parallelism: o.Parallelism, Sealed: !o.Plaintext,
 		Tasks: res.Tasks, Frames: res.Frames, ExchangeBytes: res.Bytes,
 		WallSeconds: wall, CPUSeconds: cpu1 - cpu0, PeakRSSBytes: rss}
+	if timed != nil {
+		s.SealCPUSeconds = timed.Spent().Seconds()
+	}
 	if wall > 0 {
 		s.EventsPerSecond = float64(o.Events) / wall
 	}
 	return s, nil
+}
+
+// ExchangeCodec returns the exchange codec of a benchmark run of job: for a
+// sealed run, an ephemeral-key confidential.ExchangeCodec, wrapped in a
+// confidential.TimedCodec (also returned, to read the run's seal CPU time)
+// if timed; for a plaintext run, runtime.IdentityCodec.
+func ExchangeCodec(job string, plaintext, timed bool) (runtime.FrameCodec, confidential.TimedCodec, error) {
+	if plaintext {
+		return runtime.IdentityCodec{}, nil, nil
+	}
+	c, err := confidential.NewEphemeralExchangeCodec(job)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !timed {
+		return c, nil, nil
+	}
+	t := confidential.NewTimedCodec(c)
+	return t, t, nil
 }
 
 func writeProfile(path, name string) error {

@@ -10,11 +10,14 @@ import (
 )
 
 func testReport() *Report {
-	mk := func(q string, noChain bool, sealedCPU, plainCPU float64) *Case {
+	// frames are exchanged per run; sealCPU is the seal CPU-seconds of each
+	// sealed run.
+	mk := func(q string, noChain bool, sealedCPU, plainCPU float64, frames int64, sealCPU float64) *Case {
 		c := &Case{Query: q, NoChain: noChain}
 		for _, cpu := range []float64{sealedCPU, sealedCPU * 2, sealedCPU / 2} {
-			c.Sealed = append(c.Sealed, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, Sealed: true, CPUSeconds: cpu, PeakRSSBytes: 40 << 20})
-			c.Plain = append(c.Plain, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, CPUSeconds: plainCPU, PeakRSSBytes: 38 << 20})
+			c.Sealed = append(c.Sealed, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, Sealed: true, CPUSeconds: cpu, PeakRSSBytes: 40 << 20,
+				Frames: frames, SealCPUSeconds: sealCPU})
+			c.Plain = append(c.Plain, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, CPUSeconds: plainCPU, PeakRSSBytes: 38 << 20, Frames: frames})
 		}
 		if !noChain {
 			c.Pace = 500_000
@@ -28,7 +31,10 @@ func testReport() *Report {
 		Options: Options{Events: 1_000_000, Seed: 1, Parallelism: 1, Runs: 3, NoChain: true, LatencySeconds: 12},
 		Machine: Machine{CPUs: 2, CPUModel: `AMD <"EPYC">`, LoadAvg: "1.00 2.00 3.00", GoVersion: "go1.26.8", OS: "linux", Arch: "amd64"},
 		Started: start, Finished: start.Add(10 * time.Minute),
-		Cases:     []*Case{mk("q1", false, 0.5, 0.4), mk("q1", true, 4, 3), mk("q5&", false, 1, 1)},
+		// q1 chained: no exchange, so no sealing; q1 every edge: seal CPU
+		// 0.2 s of 4, 8 and 2 s, shares 5%, 2.5% and 10%; q5& chained:
+		// frames exchanged but no seal CPU reported (not measured).
+		Cases:     []*Case{mk("q1", false, 0.5, 0.4, 0, 0), mk("q1", true, 4, 3, 100, 0.2), mk("q5&", false, 1, 1, 10, 0)},
 		RowChecks: 18,
 	}
 }
@@ -41,13 +47,16 @@ func TestMarkdown(t *testing.T) {
 		"load average 1.00 2.00 3.00",
 		"![events/s per core, sealed vs plaintext, per query](bench.svg)",
 		// q1 chained: sealed median CPU 0.5 s → 2.00 M/s per core; plaintext 0.4 s → 2.50 M; ratio 0.8.
-		"| q1 | chained | 3 | 7 | 2.00 M | 2.50 M | 0.800 | 0.500 | 0.400 | 40 MiB | 38 MiB |",
-		"| q1 | every edge | 3 | 7 | 250 k | 333 k | 0.750 |",
+		"| q1 | chained | 3 | 7 | 2.00 M | 2.50 M | 0.800 | 0.00% | 1.000 | 0.500 | 0.400 | 40 MiB | 38 MiB |",
+		// Median share 5% of the shares 5%, 2.5% and 10%: expected 0.95.
+		"| q1 | every edge | 3 | 7 | 250 k | 333 k | 0.750 | 5.0% | 0.950 | 4.000 |",
+		"| q5& | chained | 3 | 7 | 1.00 M | 1.00 M | 1.000 | – | – | 1.000 |",
 		"1.5 / 40 at 500 k/s",
 		"no timed rows at 500 k/s",
 		"in all 18 runs",
 		// q1 chained 0.8, q1 every edge 0.75, q5& chained 1.0.
-		"Target sealed / plaintext ≥ 0.97: met by 1 of 3. Below: q1 chained 0.80, q1 every edge 0.75.",
+		"Target sealed / plaintext ≥ 0.97, end to end (ratio of separate processes' medians): met by 1 of 3. Below: q1 chained 0.80, q1 every edge 0.75.\n",
+		"Target sealing's share of CPU ≤ 3% in-run (expected sealed / plaintext ≥ 0.97): chained met by 1 of 2 (not measured: q5&); every edge met by 0 of 1 (above: q1 5.0%).\n",
 		"### Peers\n\nnotes here",
 	} {
 		if !strings.Contains(md, want) {
@@ -58,8 +67,8 @@ func TestMarkdown(t *testing.T) {
 	for line := range strings.SplitSeq(md, "\n") {
 		if strings.HasPrefix(line, "| q") && !strings.HasPrefix(line, "| query") {
 			tableRows++
-			if n := strings.Count(line, "|"); n != 15 {
-				t.Errorf("table row with %d cells, want 14: %s", n-1, line)
+			if n := strings.Count(line, "|"); n != 17 {
+				t.Errorf("table row with %d cells, want 16: %s", n-1, line)
 			}
 		}
 	}

@@ -123,6 +123,30 @@ func (c *Case) Ratio() float64 {
 	return s / p
 }
 
+// SealShare returns sealing's share of CPU measured within the runs: the
+// median over the sealed runs of Summary.SealShare (the CPU time spent in
+// the exchange codec ÷ the run's CPU time), which is what sealing costs the
+// run, 1 − SealShare its expected sealed/plaintext ratio. ok is false if it
+// was not measured: no sealed runs, or frames were exchanged but no run
+// reported seal CPU time (a child without seal timing).
+func (c *Case) SealShare() (share float64, ok bool) {
+	var xs []float64
+	var timed, frames bool
+	for _, s := range c.Sealed {
+		xs = append(xs, s.SealShare())
+		timed = timed || s.SealCPUSeconds > 0
+		frames = frames || s.Frames > 0
+	}
+	if len(xs) == 0 || (frames && !timed) {
+		return 0, false
+	}
+	return median(xs), true
+}
+
+// MaxSealShare is the in-run target: sealing at most 3% of a sealed run's
+// CPU time, so sealed/plaintext ≥ 0.97.
+const MaxSealShare = 0.03
+
 // Report is the outcome of a Suite run.
 type Report struct {
 	// Options are the suite's options (Launch and Progress aside).

@@ -77,6 +77,10 @@ func fakeLauncher(t *testing.T, calls *[]fakeRun, cpuSealed []float64, bad func(
 			s.CPUSeconds = cpuSealed[n%len(cpuSealed)]
 			n++
 		}
+		if r.sealed {
+			// A twentieth of a sealed run's CPU time goes to sealing.
+			s.Frames, s.SealCPUSeconds = 10, s.CPUSeconds/20
+		}
 		if r.pace > 0 {
 			s.LatencyP50Ms, s.LatencyP99Ms = 3, 9
 		}
@@ -115,6 +119,9 @@ func TestSuite(t *testing.T) {
 	}
 	if got := c.Ratio(); got != 0.5 {
 		t.Errorf("ratio %g, want 0.5", got)
+	}
+	if sh, ok := c.SealShare(); !ok || sh != 0.05 {
+		t.Errorf("sealing's share %g (measured %t), want 0.05", sh, ok)
 	}
 	// Latency runs: chained only, paced at half the median wall rate (2000/s), for 2 s.
 	var paced []fakeRun

@@ -27,6 +27,21 @@ type Summary struct {
 	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
 	LatencyP50Ms    float64 `json:"latency_p50_ms,omitempty"`
 	LatencyP99Ms    float64 `json:"latency_p99_ms,omitempty"`
+	// SealCPUSeconds is the CPU time spent sealing and opening exchange
+	// frames within the run, as a confidential.TimedCodec estimates it
+	// (sampled calls, thread CPU clock): 0 for plaintext runs, runs without
+	// exchanges and runs without seal timing.
+	SealCPUSeconds float64 `json:"seal_cpu_seconds"`
+}
+
+// SealShare returns the share of the run's CPU time spent sealing and
+// opening exchange frames (SealCPUSeconds ÷ CPUSeconds), or 0 if no CPU time
+// was measured.
+func (s Summary) SealShare() float64 {
+	if s.CPUSeconds <= 0 {
+		return 0
+	}
+	return s.SealCPUSeconds / s.CPUSeconds
 }
 
 // PerCore returns events per CPU-second (events/s per core), or 0 if no CPU
@@ -57,7 +72,7 @@ func ParseSummary(out []byte) (Summary, error) {
 	case s.Query == "":
 		return Summary{}, fmt.Errorf("bench: summary line %.80q has no query", out)
 	case s.Events < 0 || s.Rows < 0 || s.CPUSeconds < 0 || s.WallSeconds < 0 || s.PeakRSSBytes < 0 ||
-		s.LatencyP50Ms < 0 || s.LatencyP99Ms < 0:
+		s.LatencyP50Ms < 0 || s.LatencyP99Ms < 0 || s.SealCPUSeconds < 0:
 		return Summary{}, fmt.Errorf("bench: summary line %.80q has a negative figure", out)
 	}
 	return s, nil

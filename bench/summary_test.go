@@ -21,6 +21,8 @@ func TestParseSummary(t *testing.T) {
 		{"not json", "hello\n", Summary{}, "summary line"},
 		{"no query", `{"events":3}`, Summary{}, "no query"},
 		{"negative", `{"query":"q1","cpu_seconds":-1}`, Summary{}, "negative"},
+		{"seal cpu", `{"query":"q0","cpu_seconds":2,"seal_cpu_seconds":0.1}`, Summary{Query: "q0", CPUSeconds: 2, SealCPUSeconds: 0.1}, ""},
+		{"negative seal cpu", `{"query":"q1","seal_cpu_seconds":-0.1}`, Summary{}, "negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sealflow/sealflow/bench"
 )
 
 // TestBenchChild is not a test: it is this test binary playing the sealflow
@@ -83,8 +85,13 @@ func TestBenchQuick(t *testing.T) {
 			continue
 		}
 		rows[strings.TrimSpace(cells[1])+" "+strings.TrimSpace(cells[2])]++
-		if len(cells) != 16 {
-			t.Errorf("table row with %d cells, want 14: %s", len(cells)-2, line)
+		if len(cells) != 18 {
+			t.Errorf("table row with %d cells, want 16: %s", len(cells)-2, line)
+		}
+		// Every edge is an exchange of sealed frames: sealing's share
+		// was measured in-run.
+		if strings.TrimSpace(cells[2]) == "every edge" && (!strings.HasSuffix(strings.TrimSpace(cells[8]), "%") || strings.TrimSpace(cells[8]) == "0.00%") {
+			t.Errorf("every-edge row without an in-run share of sealing: %s", line)
 		}
 	}
 	for _, want := range []string{"q1 chained", "q1 every edge", "q7 chained", "q7 every edge"} {
@@ -164,8 +171,8 @@ func TestBenchQueryProfiles(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
 		t.Fatalf("summary %q: %v", out.String(), err)
 	}
-	if s.Query != "q5" || s.Events != 20000 || !s.Sealed || s.Frames == 0 || s.Rows == 0 {
-		t.Errorf("summary %+v: want q5, 20000 events, sealed frames exchanged, rows", s)
+	if s.Query != "q5" || s.Events != 20000 || !s.Sealed || s.Frames == 0 || s.Rows == 0 || s.SealCPUSeconds <= 0 {
+		t.Errorf("summary %+v: want q5, 20000 events, sealed frames exchanged, rows, seal CPU time", s)
 	}
 	b, _ := os.ReadFile(rows)
 	if n := int64(bytes.Count(b, []byte("\n"))); n != s.Rows {
@@ -175,6 +182,13 @@ func TestBenchQueryProfiles(t *testing.T) {
 		if st, err := os.Stat(f); err != nil || st.Size() == 0 {
 			t.Errorf("profile %s: %v", f, err)
 		}
+	}
+	out.Reset()
+	if err := benchQuery(context.Background(), []string{"--query", "q5", "--events", "20000", "--no-chain", "--seal-timing=false"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := bench.ParseSummary(out.Bytes()); err != nil || !s.Sealed || s.SealCPUSeconds != 0 {
+		t.Errorf("--seal-timing=false: summary %+v, %v; want sealed, no seal CPU time", s, err)
 	}
 	if err := benchQuery(context.Background(), []string{"--query", "q5", "--auctions", "-1"}, io.Discard); err == nil {
 		t.Errorf("negative --auctions accepted")
