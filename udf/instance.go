@@ -203,9 +203,8 @@ func (in *Instance) run(ctx context.Context, b *record.Batch, out *record.Batch,
 	if in.req, err = record.AppendBatch(in.req, in.fn.In, b); err != nil {
 		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
 	}
-	return in.invoke(ctx, b.Len(), uint64(len(in.req)), func(dst []byte) error {
+	return in.invoke(ctx, b.Len(), uint64(len(in.req)), func(dst []byte) {
 		copy(dst, in.req)
-		return nil
 	}, func(resp []byte) error {
 		return DecodeResponse(&in.dec, resp, in.fn.Out, out)
 	})
@@ -218,11 +217,8 @@ func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *reco
 	if err != nil {
 		return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
 	}
-	return in.invoke(ctx, b.Len(), size, func(dst []byte) error {
-		if err := encodeColumnar(dst, in.col.header, in.fn.In, in.col.dec.Reads, b); err != nil {
-			return fmt.Errorf("udf %s: input batch does not match the input schema: %w", in.fn.Name, err)
-		}
-		return nil
+	return in.invoke(ctx, b.Len(), size, func(dst []byte) {
+		encodeColumnar(dst, in.col.header, in.fn.In, in.col.dec.Reads, b)
 	}, func(resp []byte) error {
 		if each != nil {
 			return in.col.dec.DecodeEach(resp, b.Records, in.fn.In, in.fn.Out, each)
@@ -234,7 +230,7 @@ func (in *Instance) callColumnar(ctx context.Context, b *record.Batch, out *reco
 // invoke makes one call of the function on a request of size bytes for n
 // records: write fills the request in guest memory, decode reads the
 // response (a view of guest memory, valid until the next call).
-func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([]byte) error, decode func([]byte) error) error {
+func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([]byte), decode func([]byte) error) error {
 	if size > uint64(in.m.r.cfg.MemoryLimitPages)*65536 {
 		return fmt.Errorf("udf %s: request of %d bytes exceeds the memory limit of %d pages; use smaller batches", in.fn.Name, size, in.m.r.cfg.MemoryLimitPages)
 	}
@@ -259,9 +255,7 @@ func (in *Instance) invoke(ctx context.Context, n int, size uint64, write func([
 	if !ok {
 		return in.fail(ctx, "write input", n, false, fmt.Errorf("sealflow_alloc returned %d, which with %d bytes is outside memory of %d bytes", ptr, size, in.mem.Size()))
 	}
-	if err := write(dst); err != nil {
-		return err
-	}
+	write(dst)
 	in.params[0], in.params[1] = uint64(ptr), size
 	in.wd.armCall(ctx, timeout)
 	err := in.call.CallWithStack(ctx, in.params[:2])
