@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -264,8 +265,16 @@ func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spNa
 	next.Scale, next.Adaptive, dropped = carryOverrides(scale, adaptive, to)
 	out.Entries = append(out.Entries, sub.Entries...)
 	out.Releases = append(out.Releases, sub.Releases...)
+	// The result is read (signed into the receipt) after the machine's lock
+	// is released, while a rescale may write the job's maps: it gets copies.
 	res := &UpgradeResult{Job: job.ID, FromVersion: from.Manifest.Version, ToVersion: to.Manifest.Version, FromDigest: from.Digest,
-		ToDigest: to.Digest, Savepoint: spName, Tasks: next.Tasks, Scale: next.Scale, Dropped: dropped}
+		ToDigest: to.Digest, Savepoint: spName, Tasks: maps.Clone(next.Tasks), Dropped: dropped}
+	for task, ops := range next.Scale {
+		if res.Scale == nil {
+			res.Scale = map[string]map[string]int{}
+		}
+		res.Scale[task] = maps.Clone(ops)
+	}
 	for task, ops := range next.Adaptive {
 		if res.Adaptive == nil {
 			res.Adaptive = map[string]map[string]AdaptiveBounds{}

@@ -256,6 +256,14 @@ func TestUpgradeCarriesOverrides(t *testing.T) {
 			if !maps.Equal(job.Scale[task], c.wantScale) || !maps.Equal(res.Scale[task], c.wantScale) {
 				t.Fatalf("after the upgrade: scale %v (result %v), want %v", job.Scale[task], res.Scale[task], c.wantScale)
 			}
+			// The result is signed after the machine's lock is released, while a
+			// rescale may write the job's maps: it must hold copies.
+			node, p := job.Tasks[task], job.Scale[task]["win"]
+			job.Tasks[task], job.Scale[task]["win"] = "elsewhere", p+5
+			if res.Tasks[task] != node || res.Scale[task]["win"] != p {
+				t.Fatalf("the result shares the job's maps: a rescale changed its tasks %v and scale %v", res.Tasks, res.Scale)
+			}
+			job.Tasks[task], job.Scale[task]["win"] = node, p
 			if got := slices.Sorted(maps.Keys(job.Adaptive[task])); !slices.Equal(got, c.wantAdaptive) {
 				t.Fatalf("after the upgrade: adaptive operators %v, want %v", got, c.wantAdaptive)
 			}
