@@ -45,29 +45,35 @@ type prefilterKey struct {
 // strictly below that maximum. Ties and everything it cannot judge pass:
 // records without the field or with a null or mistyped value, records with
 // an invalid event time, and records whose window ended at or before the
-// latest watermark the filter saw (Advance), so late records reach the
-// window's late counting and side output as before.
+// latest watermark the filter saw (Advance).
 //
 // It never holds a record back, so latency, watermarks and barriers are
-// unchanged, and the window's result is the same: a dropped record is below
-// a record of the same key and window sent before it on the same channel,
-// hence below the window's final maximum, and it arrives before the window
-// fires (the window's watermark, the least over its input channels, is at
-// most the last one this sender sent, at most the filter's), so it could
-// neither be kept nor change a result already emitted. The window must have
-// no allowed lateness: a record within the lateness re-emits the window's
-// result even when it does not change it, which a dropped record would not.
+// unchanged, and the window's main output is the same. A dropped record r is
+// strictly below a record s of the same key and window sent before it on
+// the same channel. If r would have reached the window in time, so did s
+// (it arrived earlier, when the window's watermark was no higher), so the
+// window's maximum is at least s's value, above r's: r could neither be kept
+// nor change a result. If r would have been late, it could not change the
+// main output either (the window must have no allowed lateness: a record
+// within the lateness re-emits the window's result even when it does not
+// change it, which a dropped record would not).
+//
+// What can change is the window's late-record accounting. The window's
+// watermark, the least over its active input channels, can be ahead of the
+// watermark this filter saw: when this sender's input is idle, or after a
+// restore (the filter starts with no watermark while the window restored
+// its own). A record late at the window can then still be dropped here, so
+// the window counts fewer late records, and a late side output would miss
+// it: the runtime puts no filter before a window with a late side output.
 //
 // Its state is a hint, not checkpointed: a restored sender starts with an
 // empty filter, which passes a superset of what the failed run's filter
-// would have. The exactly-once argument: every record dropped before the
-// checkpoint's barrier is below a record sent before that barrier, which the
-// window's snapshot reflects; every record dropped after the restore is
-// below a record the restored filter sent earlier. Either way the window
-// sees, for each key and window, every record at the maximum, which is all
-// its result depends on. (Only late-record counts and the late side output,
-// which a restore replays anyway, can differ: a restored filter has not yet
-// seen the watermark the window restored.)
+// would have. The exactly-once argument for the main output: every record
+// dropped before the checkpoint's barrier is below a record sent before that
+// barrier, which the window's snapshot reflects; every record dropped after
+// the restore is below a record the restored filter sent earlier. Either way
+// the window sees, for each key and window, every record at the maximum
+// that is not late, which is all its result depends on.
 //
 // Memory is bounded: entries of windows the watermark has passed are
 // evicted, and at MaxEntries the map is cleared, which only makes the

@@ -383,8 +383,8 @@ func (s *sinkOp) Finish(operator.Emitter) error { return nil }
 // newPrefilter returns the maxima pre-filter for the sending side of edge e
 // and the key function it groups e's records by, or nil if e has none. A
 // pre-filter goes on an edge whose records reach a tumbling window aggregate
-// without allowed lateness whose only aggregate is max-rows of an int, bool
-// or string field (Nexmark q7's two stages), either over e itself, a keyed
+// without allowed lateness or late side output whose only aggregate is
+// max-rows of an int, bool or string field (Nexmark q7's two stages), either over e itself, a keyed
 // exchange, or over a forward path of key-by nodes and maps that only copy
 // fields, each its input's only consumer, chained or over forward edges, and
 // then a keyed exchange into the window (q7 with every edge an exchange:
@@ -393,8 +393,10 @@ func (s *sinkOp) Finish(operator.Emitter) error { return nil }
 // order, so dropping it on e is dropping it before the window. The filter
 // drops records certainly below their window's maximum before they are
 // encoded and sealed; it keeps no checkpointed state (see
-// operator.MaxPrefilter for why the window's results stay exact, across
-// restores too).
+// operator.MaxPrefilter for why the window's main output stays exact, across
+// restores too, and why a window with a late side output gets no filter: the
+// window's watermark can be ahead of the sender's, so the filter could drop
+// records that side output must get).
 func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, operator.KeyFunc, error) {
 	if o.DisablePrefilter {
 		return nil, nil, nil
@@ -440,7 +442,7 @@ func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, operator.KeyFunc
 	w := last.to.nodes[0]
 	p := &w.Node.Params
 	if w.Node.Kind != jobspec.KindWindowAggregate || p.Window == nil || p.Window.Type != jobspec.WindowTumbling ||
-		p.Window.AllowedLatenessMs != 0 || len(p.Aggregates) != 1 || p.Aggregates[0].Fn != jobspec.AggMaxRows {
+		p.Window.AllowedLatenessMs != 0 || p.Window.LateOutput != "" || len(p.Aggregates) != 1 || p.Aggregates[0].Fn != jobspec.AggMaxRows {
 		return nil, nil, nil
 	}
 	field := last.schema.Index(p.Aggregates[0].Field)

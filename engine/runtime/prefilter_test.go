@@ -269,6 +269,11 @@ func TestPrefilterPlacement(t *testing.T) {
 		{name: "allowed lateness", want: []string{"byw→top2"}, change: func(s *jobspec.Spec) {
 			node(s, "top1").Params.Window.AllowedLatenessMs = 5
 		}},
+		// The window's watermark can be ahead of the sender's, so a filter
+		// could drop records the late side output must get.
+		{name: "late side output", want: []string{"byw→top2"}, change: func(s *jobspec.Spec) {
+			node(s, "top1").Params.Window.LateOutput = "late"
+		}},
 		{name: "float field", want: []string{"byk→top1"}, change: func(s *jobspec.Spec) {
 			// top2 maximizes the float window start; top1 stays on v.
 			node(s, "top2").Params.Aggregates[0].Field = "f"
