@@ -55,10 +55,19 @@ func TestOverloadedTaskMovesUpATier(t *testing.T) {
 		report(0.96)
 	}
 	// ServeNATS checks on its own ticker too: either moves the task, and
-	// the regional node receives its keys.
+	// the regional node receives its keys. The ticker's check may have
+	// moved it and still be persisting or delivering the keys when this
+	// one finds nothing left to move, so the release is waited for.
 	moved, err := e.srv.CheckOverload(ctx)
-	if err != nil || len(moved) > 1 || len(moved) == 1 && moved[0] != task || !releasedTask(e.srv, reg.ID(), task) {
-		t.Fatalf("sustained overload moved %v (%v), want [%s], its keys released to the regional node", moved, err, task)
+	if err != nil || len(moved) > 1 || len(moved) == 1 && moved[0] != task {
+		t.Fatalf("sustained overload moved %v (%v), want [%s] or nothing (the server's own check moved it)", moved, err, task)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !releasedTask(e.srv, reg.ID(), task) {
+		if time.Now().After(deadline) {
+			t.Fatalf("sustained overload: the keys of %s were not released to the regional node (this check moved %v)", task, moved)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
