@@ -450,13 +450,12 @@ func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, operator.KeyFunc
 	if field < 0 || err != nil {
 		return nil, nil, nil
 	}
-	key := e.key
-	if last != e {
-		for k, g := range group {
-			group[k] = idx[g]
-		}
-		key = operator.KeyOf(group...)
+	// The window's key fields, as e's fields (when last is e, idx is the
+	// identity and this is e.key).
+	for k, g := range group {
+		group[k] = idx[g]
 	}
+	key := operator.KeyOf(group...)
 	field = idx[field]
 	switch typ := e.schema.Fields[field].Type; typ {
 	case record.TypeInt, record.TypeBool, record.TypeString:
