@@ -380,17 +380,60 @@ func (s *sinkOp) ProcessWatermark(int, int64, operator.Emitter) error { return n
 
 func (s *sinkOp) Finish(operator.Emitter) error { return nil }
 
+// copyPath follows e's records over forward edges through key-by nodes and
+// maps that only copy fields, each its input's only consumer, to the first
+// edge that is not forward, and returns it with the map from its fields to
+// e's (idx[j] is the field of e its field j copies). It returns nil if the
+// records are computed on, filtered, merged or fanned out before.
+func copyPath(e *edge) (last *edge, idx []int) {
+	idx = make([]int, len(e.schema.Fields))
+	for i := range idx {
+		idx[i] = i
+	}
+	last = e
+	for t, i := e.to, 0; last.part == forward; {
+		info := t.nodes[i]
+		switch n := info.Node; n.Kind {
+		case jobspec.KindKeyBy:
+		case jobspec.KindMap:
+			next := make([]int, len(n.Params.Fields))
+			for k, f := range n.Params.Fields {
+				j := info.In[0].Index(f.Expr)
+				if j < 0 {
+					return nil, nil // computed, not copied
+				}
+				next[k] = idx[j]
+			}
+			idx = next
+		default:
+			return nil, nil
+		}
+		if len(info.Consumers) != 1 {
+			return nil, nil
+		}
+		if i+1 < len(t.nodes) {
+			i++
+			continue
+		}
+		if len(t.out) != 1 {
+			return nil, nil
+		}
+		last, t, i = t.out[0], t.out[0].to, 0
+	}
+	return last, idx
+}
+
 // newPrefilter returns the maxima pre-filter for the sending side of edge e
 // and the key function it groups e's records by, or nil if e has none. A
 // pre-filter goes on an edge whose records reach a tumbling window aggregate
 // without allowed lateness or late side output whose only aggregate is
-// max-rows of an int, bool or string field (Nexmark q7's two stages), either over e itself, a keyed
-// exchange, or over a forward path of key-by nodes and maps that only copy
-// fields, each its input's only consumer, chained or over forward edges, and
-// then a keyed exchange into the window (q7 with every edge an exchange:
-// source → project → key-by → window). Along such a path each record of e
-// becomes exactly one record with the same time and copied values, in
-// order, so dropping it on e is dropping it before the window. The filter
+// max-rows of an int, bool or string field (Nexmark q7's two stages), either
+// over e itself, a keyed exchange, or over a forward path of key-by nodes and
+// maps that only copy fields (see copyPath), and then a keyed exchange into
+// the window (q7 with every edge an exchange: source → project → key-by →
+// window). Along such a path each record of e becomes exactly one record with
+// the same time and copied values, in order, so dropping it on e is dropping
+// it before the window; only the path's first edge gets the filter. The filter
 // drops records certainly below their window's maximum before they are
 // encoded and sealed; it keeps no checkpointed state (see
 // operator.MaxPrefilter for why the window's main output stays exact, across
@@ -401,40 +444,19 @@ func newPrefilter(e *edge, o *Options) (*operator.MaxPrefilter, operator.KeyFunc
 	if o.DisablePrefilter {
 		return nil, nil, nil
 	}
-	// idx maps the fields of the records followed to e's fields.
-	idx := make([]int, len(e.schema.Fields))
-	for i := range idx {
-		idx[i] = i
+	last, idx := copyPath(e)
+	if last == nil {
+		return nil, nil, nil
 	}
-	last := e // the edge the records followed cross last
-	for t, i := e.to, 0; last.part == forward; {
-		info := t.nodes[i]
-		switch n := info.Node; n.Kind {
-		case jobspec.KindKeyBy:
-		case jobspec.KindMap:
-			next := make([]int, len(n.Params.Fields))
-			for k, f := range n.Params.Fields {
-				j := info.In[0].Index(f.Expr)
-				if j < 0 {
-					return nil, nil, nil // computed, not copied
-				}
-				next[k] = idx[j]
-			}
-			idx = next
-		default:
+	// On a forward path only the first edge gets a filter: the later ones
+	// would see the same records, keys and watermarks and drop nothing,
+	// for a hash and a lookup per record each. e is a later edge when an
+	// input edge of its producing task copies its records through that
+	// task and on over e (the path then ends at the same keyed edge).
+	for _, up := range e.from.in {
+		if l, _ := copyPath(up); l == last {
 			return nil, nil, nil
 		}
-		if len(info.Consumers) != 1 {
-			return nil, nil, nil
-		}
-		if i+1 < len(t.nodes) {
-			i++
-			continue
-		}
-		if len(t.out) != 1 {
-			return nil, nil, nil
-		}
-		last, t, i = t.out[0], t.out[0].to, 0
 	}
 	if last.part != hashed {
 		return nil, nil, nil
