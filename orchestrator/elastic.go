@@ -344,7 +344,9 @@ func tierRank(t TaskSlot, tier string) int {
 // ReliefHold is how long a task moved off an overloaded node (RelieveTask)
 // is kept from moving back to that node by rebalancePreferred, which would
 // otherwise send it back as soon as any node is admitted, since the node it
-// left now has a free slot of its preferred tier.
+// left now has a free slot of its preferred tier. Placing the task again
+// (its node lost or drained, or it was unplaced) chooses that node only
+// when no other node qualifies.
 //
 // It is a hold and not "until the node's load falls below the threshold"
 // because the machine's overload model has no node load to wait on: the API

@@ -189,8 +189,11 @@ func TestTasksMoveUpATierAndBack(t *testing.T) {
 	if tier() != "edge" {
 		t.Fatalf("after an edge node was admitted the task runs on tier %s, want edge", tier())
 	}
-	// The edge node it runs on is lost: it goes to the other edge node, its
-	// first choice still; when that is lost too, up to the regional node.
+	// Once edge-1's relief hold has passed (within it, a lost node's task
+	// goes elsewhere first: TestPlacedAwayFromRelievedNode), the edge node
+	// it runs on is lost: it goes to the other edge node, its first choice
+	// still; when that is lost too, up to the regional node.
+	w.now = w.now.Add(ReliefHold)
 	for _, want := range []string{"edge", "regional"} {
 		out, err = w.m.NodeLost(w.now, w.m.State().Jobs["svc"].Tasks[src], "silent")
 		if err != nil {
@@ -279,5 +282,62 @@ func TestRelievedTaskNotBackOnItsOverloadedNode(t *testing.T) {
 		if ok := got == ids[s.want] || s.want == "regional" && w.m.State().Nodes[got].Location.Tier == "regional"; !ok {
 			t.Fatalf("%s: the task runs on %s (%s), want %s", s.name, got.Short(), w.m.State().Nodes[got].Location.Tier, s.want)
 		}
+	}
+}
+
+// TestPlacedAwayFromRelievedNode: a task relieved from an overloaded edge
+// node and then displaced from the regional node it moved to (the node lost
+// or drained) is placed on another node while the hold lasts, though the
+// node it left has a free slot of its preferred tier; the held node takes it
+// only when no other node qualifies.
+func TestPlacedAwayFromRelievedNode(t *testing.T) {
+	cases := []struct {
+		name   string
+		remove func(w *world, node party.ID)
+	}{
+		{name: "node lost", remove: func(w *world, node party.ID) { w.lose(node) }},
+		{name: "node drained", remove: func(w *world, node party.ID) {
+			w.must(w.operator, TypeNodeDrain, NodeRequest{Node: node})
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			w.owner("alice", "meter-a", edgeOnlyBE)
+			grid := w.provider("grid")
+			ids := map[party.ID]string{}
+			for _, n := range []struct{ name, tier string }{{"edge-1", "edge"}, {"reg-1", "regional"}, {"reg-2", "regional"}} {
+				kf, err := w.node(n.name, n.tier, "be")
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids[kf.ID()] = n.name
+			}
+			man := manifest("svc", "meter-a")
+			man.Tasks[0].Tiers = []string{"edge", "regional"}
+			src := man.Tasks[0].ID
+			d := w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+			w.must(w.ownerKey("alice"), TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+			w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+			on := func() string { return ids[w.m.State().Jobs["svc"].Tasks[src]] }
+			if on() != "edge-1" {
+				t.Fatalf("deployed on %s, want edge-1", on())
+			}
+			out, err := w.m.RelieveTask(w.now, "svc", src, "backpressure 0.97")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.collect(out)
+			first := on()
+			w.now = w.now.Add(time.Minute)
+			c.remove(w, w.m.State().Jobs["svc"].Tasks[src])
+			if got := on(); got == "edge-1" || got == first || got == "" {
+				t.Fatalf("%s removed within the hold: the task runs on %q, want the other regional node", first, got)
+			}
+			c.remove(w, w.m.State().Jobs["svc"].Tasks[src])
+			if got := on(); got != "edge-1" {
+				t.Fatalf("both regional nodes removed: the task runs on %q, want the held edge-1 (no other node qualifies)", got)
+			}
+		})
 	}
 }

@@ -163,19 +163,30 @@ func (m *Machine) jobTasks(keep func(*Job, string) bool) []jobTask {
 // constraints and every input owner's placement policy, as at deploy) and
 // returns the releases of its keys to the chosen node, with their log
 // entries. When no node qualifies the task is left unplaced (its node is
-// empty, Job.Unplaced says why) and the move names the refusing rule.
+// empty, Job.Unplaced says why) and the move names the refusing rule. A
+// node the task was relieved from as overloaded less than ReliefHold ago is
+// chosen only when no other node qualifies (as in rebalancePreferred, which
+// would otherwise be undone by the next node lost, drained or admitted).
 func (m *Machine) place(now time.Time, job *Job, slot TaskSlot, reason string) (TaskMove, *Output) {
 	mv := TaskMove{Job: job.ID, Task: slot.ID}
 	svc := m.jobService(job)
 	rules := map[string]string{}
 	check := m.placementCheck(svc)
-	placement, err := Schedule([]TaskSlot{slot}, m.candidates(now), func(t TaskSlot, c Candidate) error {
-		err := check(t, c)
-		if err != nil {
-			rules[c.ID] = ruleOf(err)
-		}
-		return err
-	}, WithGeo(m.geo(svc)))
+	schedule := func(cands []Candidate) (Placement, error) {
+		return Schedule([]TaskSlot{slot}, cands, func(t TaskSlot, c Candidate) error {
+			err := check(t, c)
+			if err != nil {
+				rules[c.ID] = ruleOf(err)
+			}
+			return err
+		}, WithGeo(m.geo(svc)))
+	}
+	cands := m.candidates(now)
+	unheld := slices.DeleteFunc(slices.Clone(cands), func(c Candidate) bool { return job.held(slot.ID, party.ID(c.ID), now) })
+	placement, err := schedule(unheld)
+	if err != nil && len(unheld) < len(cands) {
+		placement, err = schedule(cands)
+	}
 	if err == nil {
 		to := party.ID(placement[slot.ID])
 		rel := &Output{}
