@@ -42,13 +42,28 @@ func q7Spec(par int) *jobspec.Spec {
 	}
 }
 
+// q7Event is test event i with v made to depend on the key: v is event's v
+// modulo a bound per key (90, 75, 60, 80, 65, 85, 70 for keys 0..6), so each
+// key's window maximum differs and the second stage's filter (keyed by
+// window start) has rows below a maximum it already sent to drop.
+func q7Event(i int64, rec *record.Record) {
+	event(i, rec)
+	q7Value(rec)
+}
+
+// q7Value rewrites a test event's v as q7Event does.
+func q7Value(rec *record.Record) {
+	k := rec.Values[1].I
+	rec.Values[2] = record.Int(rec.Values[2].I % (90 - k*3%7*5))
+}
+
 // expectQ7 computes q7Spec's result directly: per window, every event whose
 // v is the window's highest, as "v k id ts window_start", sorted.
 func expectQ7(n int64) []string {
 	best := map[int64]int64{}
 	var rec record.Record
 	for i := range n {
-		event(i, &rec)
+		q7Event(i, &rec)
 		start := rec.Values[3].I - rec.Values[3].I%q7Window
 		if v, ok := best[start]; !ok || rec.Values[2].I > v {
 			best[start] = rec.Values[2].I
@@ -56,7 +71,7 @@ func expectQ7(n int64) []string {
 	}
 	var out []string
 	for i := range n {
-		event(i, &rec)
+		q7Event(i, &rec)
 		ts := rec.Values[3].I
 		start := ts - ts%q7Window
 		if rec.Values[2].I == best[start] {
@@ -95,7 +110,7 @@ func TestPrefilterSameRowsFewerBytes(t *testing.T) {
 				}
 				var c Collector
 				res, err := Run(ctx, q7Spec(tc.par), Options{
-					Sources:          map[string]Source{"events": GeneratorSource(n, 256, func(i int64, r *record.Record) error { event(i, r); return nil })},
+					Sources:          map[string]Source{"events": GeneratorSource(n, 256, func(i int64, r *record.Record) error { q7Event(i, r); return nil })},
 					Sinks:            map[string]Sink{"results": c.Sink()},
 					Transport:        tr,
 					DisableChaining:  tc.noChain,
@@ -129,6 +144,12 @@ func TestPrefilterSameRowsFewerBytes(t *testing.T) {
 					t.Errorf("proj received %d records with the pre-filter, %d without; want at most %d and %d", in, off.Nodes["proj"].RecordsIn, n/3, n)
 				}
 			}
+			// The second stage's filter (on byw→top2, or on top1→byw when
+			// every edge is an exchange) drops top1's rows below another
+			// key's maximum that it sent before them in the same window.
+			if top2Off, top2On := off.Nodes["top2"].RecordsIn, on.Nodes["top2"].RecordsIn; top2Off != off.Nodes["top1"].RecordsOut || top2On >= top2Off {
+				t.Errorf("top2 received %d records without the pre-filter (want top1's %d) and %d with it (want fewer)", top2Off, off.Nodes["top1"].RecordsOut, top2On)
+			}
 			if on.Prefiltered < n-inOn {
 				t.Errorf("Prefiltered = %d, want at least the %d records top1 did not receive", on.Prefiltered, n-inOn)
 			}
@@ -137,7 +158,7 @@ func TestPrefilterSameRowsFewerBytes(t *testing.T) {
 			if saved := off.Bytes - on.Bytes; saved < 8*on.Prefiltered {
 				t.Errorf("exchanged %d bytes with the pre-filter, %d without: saved %d, want at least 8 per dropped record (%d)", on.Bytes, off.Bytes, saved, on.Prefiltered)
 			}
-			t.Logf("exchanged %d → %d bytes, %d → %d frames; top1 in %d → %d; %d dropped", off.Bytes, on.Bytes, off.Frames, on.Frames, inOff, inOn, on.Prefiltered)
+			t.Logf("exchanged %d → %d bytes, %d → %d frames; top1 in %d → %d, top2 in %d → %d; %d dropped", off.Bytes, on.Bytes, off.Frames, on.Frames, inOff, inOn, off.Nodes["top2"].RecordsIn, on.Nodes["top2"].RecordsIn, on.Prefiltered)
 		})
 	}
 }
@@ -199,7 +220,7 @@ func TestPrefilterCheckpointRecovery(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				res, err := Run(ctx, q7Spec(tc.par), Options{
-					Sources:     map[string]Source{"events": rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond)},
+					Sources:     map[string]Source{"events": q7Values(rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond))},
 					CommitSinks: map[string]CommitSink{"results": out.commit},
 					Checkpoint: &Checkpointing{
 						Trigger:    trigger(ctx, &ids, 3*time.Millisecond),
@@ -312,6 +333,18 @@ func TestPrefilterPlacement(t *testing.T) {
 			if !slices.Equal(got, tc.want) {
 				t.Fatalf("pre-filtered edges %q, want %q", got, tc.want)
 			}
+		})
+	}
+}
+
+// q7Values wraps src so its events carry q7Event's values.
+func q7Values(src Source) Source {
+	return func(ctx context.Context, split Split, emit func(*record.Batch) error) error {
+		return src(ctx, split, func(b *record.Batch) error {
+			for i := range b.Records {
+				q7Value(&b.Records[i])
+			}
+			return emit(b)
 		})
 	}
 }
