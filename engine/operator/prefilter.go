@@ -84,7 +84,6 @@ type MaxPrefilter struct {
 	wm      int64
 	minEnd  int64 // the least window end among the entries (MaxInt64: none)
 	dropped int64
-	clears  int64
 }
 
 // NewMaxPrefilter returns an empty pre-filter.
@@ -137,7 +136,6 @@ func (f *MaxPrefilter) Keep(key uint64, r *record.Record) bool {
 		}
 	} else if len(f.max) >= f.cfg.MaxEntries {
 		clear(f.max)
-		f.clears++
 		f.minEnd = math.MaxInt64
 	}
 	f.max[k] = *v
@@ -172,6 +170,3 @@ func (f *MaxPrefilter) Dropped() int64 { return f.dropped }
 
 // Len returns the number of (key, window) entries held.
 func (f *MaxPrefilter) Len() int { return len(f.max) }
-
-// Clears returns how often the entries were cleared for reaching MaxEntries.
-func (f *MaxPrefilter) Clears() int64 { return f.clears }
