@@ -503,7 +503,8 @@ type watchdog struct {
 	// the timer (a timer-heap update each) or read the clock (75 ns on the
 	// benchmark machine): the timer ticks every period while calls run and
 	// counts the ticks that find the same call armed (see expire).
-	timer   *time.Timer     // runs expire every period while calls are armed
+	timer   *time.Timer     // runs expire(its gen) every period while calls are armed
+	gen     uint64          // timer's generation: a tick of an older timer counts nothing
 	pending bool            // timer is set
 	period  time.Duration   // the armed call's timeout / deadlineTicks
 	timed   bool            // armCall armed the watchdog (not arm)
@@ -580,7 +581,8 @@ func (w *watchdog) armCall(ctx context.Context, timeout time.Duration) {
 	if !w.pending { // else the timer ticks already, set by an earlier call
 		w.pending = true
 		if w.timer == nil {
-			w.timer = time.AfterFunc(w.period, w.expire)
+			gen := w.gen
+			w.timer = time.AfterFunc(w.period, func() { w.expire(gen) })
 		} else {
 			w.timer.Reset(w.period)
 		}
@@ -613,9 +615,15 @@ func (w *watchdog) disarmCall() (fired, expired bool) {
 // call armed counts the ticks that found the same call: the first comes
 // at most a period after the call started, so the deadlineTicks+1st comes
 // after at least the call's timeout, and stops it. Otherwise the timer is
-// set for the next tick.
-func (w *watchdog) expire() {
+// set for the next tick. A tick of timer generation gen, older than the
+// watchdog's (a tick that was running when release dropped its timer),
+// does nothing.
+func (w *watchdog) expire(gen uint64) {
 	w.mu.Lock()
+	if gen != w.gen {
+		w.mu.Unlock()
+		return
+	}
 	w.pending = false
 	if w.armed && w.timed {
 		if w.seen != w.seq {
@@ -634,7 +642,11 @@ func (w *watchdog) expire() {
 }
 
 // release removes the hook on the last call's context and stops the
-// deadline timer.
+// deadline timer. A tick Stop can no longer stop may still be running,
+// waiting for the lock: the timer is dropped and its generation left behind,
+// so that tick counts nothing. Counted, it would tick beside the next
+// call's timer, and a call could count two ticks at once and be stopped
+// up to a period before its timeout.
 func (w *watchdog) release() {
 	if w.unhook != nil {
 		w.unhook()
@@ -643,7 +655,10 @@ func (w *watchdog) release() {
 	w.hooked = nil
 	if w.timer != nil {
 		w.mu.Lock()
-		w.timer.Stop()
+		if !w.timer.Stop() {
+			w.timer = nil
+			w.gen++
+		}
 		w.pending = false
 		w.mu.Unlock()
 	}

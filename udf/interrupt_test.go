@@ -200,7 +200,7 @@ func TestWatchdogCallArming(t *testing.T) {
 		during        func(w *watchdog)
 		fired, expire bool
 	}{
-		{"stale timer run", context.Background(), time.Hour, func(w *watchdog) { w.expire() }, false, false},
+		{"stale timer run", context.Background(), time.Hour, func(w *watchdog) { w.expire(w.gen) }, false, false},
 		{"deadline passes", context.Background(), time.Millisecond, func(*watchdog) { time.Sleep(50 * time.Millisecond) }, true, true},
 		{"done before arming", canceled, time.Hour, func(*watchdog) {}, true, false},
 	} {
@@ -254,6 +254,64 @@ func TestWatchdogTimerKeptAcrossCalls(t *testing.T) {
 	}
 	if took > 300*time.Millisecond*(deadlineTicks+1)/deadlineTicks+200*time.Millisecond {
 		t.Fatalf("interrupted after %v, want about a period (%v) after the timeout at most", took, 300*time.Millisecond/deadlineTicks)
+	}
+}
+
+// TestWatchdogTicks drives the call watchdog's ticks by hand (the calls'
+// timeout is an hour, so the timer itself never ticks): whatever happened
+// before, a call is stopped by the deadlineTicks+1st tick that finds it
+// armed, not before: a tick of a timer release dropped counts nothing.
+func TestWatchdogTicks(t *testing.T) {
+	ctx := context.Background()
+	other, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// long runs a call on ctx that deadlineTicks ticks find armed.
+	long := func(t *testing.T, w *watchdog, ctx context.Context) {
+		w.armCall(ctx, time.Hour)
+		for range deadlineTicks {
+			w.expire(w.gen)
+		}
+		if fired, _ := w.disarmCall(); fired {
+			t.Fatalf("%d ticks stopped a call", deadlineTicks)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context // of the checked call
+		// before runs before the checked call and returns the ticks
+		// to run once it is armed that must count nothing.
+		before func(t *testing.T, w *watchdog) (stale []uint64)
+	}{
+		{"a tick running when release dropped its timer", other, func(t *testing.T, w *watchdog) []uint64 {
+			long(t, w, ctx)
+			// The timer fired and its tick waits for the lock: Stop
+			// can no longer stop it.
+			w.timer.Stop()
+			return []uint64{w.gen}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &fakeGlobal{}
+			w := &watchdog{global: g}
+			defer w.release()
+			stale := tc.before(t, w)
+			w.armCall(tc.ctx, time.Hour)
+			for _, gen := range stale {
+				w.expire(gen)
+			}
+			for k := 1; k <= deadlineTicks+1; k++ {
+				w.expire(w.gen)
+				w.mu.Lock()
+				fired := w.fired
+				w.mu.Unlock()
+				if fired != (k == deadlineTicks+1) {
+					t.Fatalf("after %d ticks of the call, fired = %v; want it stopped by tick %d", k, fired, deadlineTicks+1)
+				}
+			}
+			if fired, expired := w.disarmCall(); !fired || !expired {
+				t.Fatalf("fired, expired = %v, %v, want true, true", fired, expired)
+			}
+		})
 	}
 }
 
