@@ -226,41 +226,55 @@ func TestWatchdogCallArming(t *testing.T) {
 // TestWatchdogTimerKeptAcrossCalls checks the timer a call leaves ticking:
 // when it ticks during a later call, it does not interrupt it, and the
 // later call is interrupted once its own timeout has passed, within a
-// period.
+// period. The first call ends at once, or after 7 of its periods (the
+// later call must not inherit its ticks).
 func TestWatchdogTimerKeptAcrossCalls(t *testing.T) {
-	g := &fakeGlobal{}
-	w := &watchdog{global: g}
-	defer w.release()
-	ctx := context.Background()
-	w.armCall(ctx, 30*time.Millisecond)
-	if fired, _ := w.disarmCall(); fired {
-		t.Fatal("a quick call was interrupted")
-	}
-	start := time.Now()
-	w.armCall(ctx, 300*time.Millisecond) // the first call's timer is still set
-	for time.Since(start) < 2*time.Second {
-		w.mu.Lock()
-		fired := w.fired
-		w.mu.Unlock()
-		if fired {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	took := time.Since(start)
-	fired, expired := w.disarmCall()
-	if !fired || !expired || took < 300*time.Millisecond {
-		t.Fatalf("fired, expired = %v, %v after %v, want the timeout of 300ms to interrupt the call, not before", fired, expired, took)
-	}
-	if took > 300*time.Millisecond*(deadlineTicks+1)/deadlineTicks+200*time.Millisecond {
-		t.Fatalf("interrupted after %v, want about a period (%v) after the timeout at most", took, 300*time.Millisecond/deadlineTicks)
+	const timeout = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name         string
+		firstTimeout time.Duration
+		firstRuns    time.Duration
+	}{
+		{"quick first call", 30 * time.Millisecond, 0},
+		{"first call ran 7 periods", timeout, 7 * timeout / deadlineTicks},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &fakeGlobal{}
+			w := &watchdog{global: g}
+			defer w.release()
+			ctx := context.Background()
+			w.armCall(ctx, tc.firstTimeout)
+			time.Sleep(tc.firstRuns)
+			if fired, _ := w.disarmCall(); fired {
+				t.Fatal("the first call was interrupted before its timeout")
+			}
+			start := time.Now()
+			w.armCall(ctx, timeout) // the first call's timer is still set
+			for time.Since(start) < 2*time.Second {
+				w.mu.Lock()
+				fired := w.fired
+				w.mu.Unlock()
+				if fired {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			took := time.Since(start)
+			fired, expired := w.disarmCall()
+			if !fired || !expired || took < timeout {
+				t.Fatalf("fired, expired = %v, %v after %v, want the timeout of %v to interrupt the call, not before", fired, expired, took, timeout)
+			}
+			if took > timeout*(deadlineTicks+1)/deadlineTicks+200*time.Millisecond {
+				t.Fatalf("interrupted after %v, want about a period (%v) after the timeout at most", took, timeout/deadlineTicks)
+			}
+		})
 	}
 }
 
 // TestWatchdogTicks drives the call watchdog's ticks by hand (the calls'
 // timeout is an hour, so the timer itself never ticks): whatever happened
 // before, a call is stopped by the deadlineTicks+1st tick that finds it
-// armed, not before: a tick of a timer release dropped counts nothing.
+// armed, not before, and a tick of a timer release dropped counts nothing.
 func TestWatchdogTicks(t *testing.T) {
 	ctx := context.Background()
 	other, cancel := context.WithCancel(context.Background())
@@ -282,6 +296,15 @@ func TestWatchdogTicks(t *testing.T) {
 		// to run once it is armed that must count nothing.
 		before func(t *testing.T, w *watchdog) (stale []uint64)
 	}{
+		{"a long call, then ticks of the next", ctx, func(t *testing.T, w *watchdog) []uint64 {
+			long(t, w, ctx)
+			return nil
+		}},
+		{"a long call, then a tick between calls", ctx, func(t *testing.T, w *watchdog) []uint64 {
+			long(t, w, ctx)
+			w.expire(w.gen)
+			return nil
+		}},
 		{"a tick running when release dropped its timer", other, func(t *testing.T, w *watchdog) []uint64 {
 			long(t, w, ctx)
 			// The timer fired and its tick waits for the lock: Stop
