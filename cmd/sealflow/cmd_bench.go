@@ -160,7 +160,7 @@ func benchQuery(ctx context.Context, args []string, w io.Writer) error {
 	fs.BoolVar(&o.Plaintext, "plaintext", false, "exchange frames unsealed")
 	sealTiming := fs.Bool("seal-timing", true, "estimate the CPU time spent sealing and opening exchange frames (seal_cpu_seconds in the summary; sampled, 1 call in 8); --seal-timing=false to run the codec unwrapped")
 	fs.BoolVar(&o.NoChain, "no-chain", false, "run every operator in its own task")
-	fs.BoolVar(&o.NoPrefilter, "no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q7), without the sending side's maxima pre-filter")
+	fs.BoolVar(&o.NoPrefilter, "no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q5, q7), without the sending side's maxima pre-filter")
 	fs.Int64Var(&o.InFlightAuctions, "auctions", 0, "generator's in-flight auctions (the keys of q5; 0: Nexmark default 100)")
 	fs.Int64Var(&o.ActivePeople, "people", 0, "generator's active people (0: Nexmark default 1000)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the run to this file")
