@@ -807,13 +807,16 @@ func (m *Machine) deploy(now time.Time, st *party.Statement, issuer *party.Ident
 	if _, dup := m.st.Jobs[b.Job]; dup {
 		return refuse("job.exists", "job %s is already deployed", b.Job)
 	}
-	return m.startJob(now, svc, b, out)
+	return m.startJob(now, svc, b, nil, out)
 }
 
 // startJob deploys svc as job b.Job (from savepoint b.FromSavepoint, if
 // set): approvals, placement under every owner's policy, keys and their
-// release. It changes the state only when it succeeds.
-func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, out *Output) error {
+// release. It changes the state only when it succeeds. relieved are the
+// relief holds of the job's tasks (an upgrade's, see Job.Relieved): the
+// tasks are placed off the nodes they are held from, unless they cannot all
+// be, when the holds are ignored.
+func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, relieved map[string]map[party.ID]time.Time, out *Output) error {
 	subjects := []string{"service:" + svc.Manifest.ID, "job:" + b.Job}
 	for _, in := range svc.Manifest.Inputs {
 		subjects = append(subjects, "stream:"+in)
@@ -834,7 +837,19 @@ func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, out *Output) e
 			return logRefusal(refuse("stream.no-key", "stream %s has no key epoch uploaded yet", in))
 		}
 	}
-	placement, err := Schedule(pinSources(svc.Manifest.Tasks, m.st.Streams), m.candidates(now), m.placementCheck(svc), WithGeo(m.geo(svc)))
+	slots, cands, check := pinSources(svc.Manifest.Tasks, m.st.Streams), m.candidates(now), m.placementCheck(svc)
+	placement, err := Schedule(slots, cands, check, WithGeo(m.geo(svc)))
+	if hold := (&Job{Relieved: relieved}); err == nil && len(relieved) > 0 {
+		unheld, uerr := Schedule(slots, cands, func(t TaskSlot, c Candidate) error {
+			if hold.held(t.ID, party.ID(c.ID), now) {
+				return refuse("relief.hold", "task %s was relieved from node %s less than %s ago", t.ID, party.ID(c.ID).Short(), ReliefHold)
+			}
+			return check(t, c)
+		}, WithGeo(m.geo(svc)))
+		if uerr == nil {
+			placement = unheld
+		}
+	}
 	if err != nil {
 		return logRefusal(err)
 	}

@@ -241,7 +241,9 @@ type Job struct {
 	Adaptive map[string]map[string]*Adaptive `json:"adaptive,omitempty"`
 	// Relieved holds, by task then node, when the task was moved off that
 	// node as overloaded (RelieveTask): rebalancePreferred does not move it
-	// back there before ReliefHold has passed.
+	// back there before ReliefHold has passed, and placing it again (node
+	// lost or drained, an upgrade or rollback, which carries the holds)
+	// chooses that node only when no other qualifies.
 	Relieved map[string]map[party.ID]time.Time `json:"relieved,omitempty"`
 	Deployed time.Time                         `json:"deployed"`
 	// Recipients holds, per recipient id, whether it received the output key.

@@ -241,7 +241,7 @@ func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spNa
 	}
 	delete(m.st.Jobs, job.ID)
 	sub := &Output{}
-	if err := m.startJob(now, to, Deploy{Service: to.Manifest.ID, Job: job.ID, FromSavepoint: spName}, sub); err != nil {
+	if err := m.startJob(now, to, Deploy{Service: to.Manifest.ID, Job: job.ID, FromSavepoint: spName}, job.Relieved, sub); err != nil {
 		m.st.Jobs[job.ID] = job
 		if take {
 			delete(m.st.Savepoints, spName)
@@ -263,6 +263,18 @@ func (m *Machine) switchVersion(now time.Time, job *Job, from, to *Service, spNa
 	}
 	var dropped []DroppedOverride
 	next.Scale, next.Adaptive, dropped = carryOverrides(scale, adaptive, to)
+	// A relief hold is about the task and the node, not the version: it
+	// carries for the tasks the new version still has (startJob placed them
+	// off their held nodes where it could).
+	for task, nodes := range job.Relieved {
+		if _, ok := next.Tasks[task]; !ok {
+			continue
+		}
+		if next.Relieved == nil {
+			next.Relieved = map[string]map[party.ID]time.Time{}
+		}
+		next.Relieved[task] = maps.Clone(nodes)
+	}
 	out.Entries = append(out.Entries, sub.Entries...)
 	out.Releases = append(out.Releases, sub.Releases...)
 	// The result is read (signed into the receipt) after the machine's lock

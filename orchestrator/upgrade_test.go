@@ -307,3 +307,63 @@ func TestUpgradeCarriesOverrides(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeKeepsReliefHold: an upgrade (and a rollback) carries the relief
+// hold of a task the new version still has, and places it off the node it
+// was relieved from though that node is of its preferred tier, so the task
+// does not go back there before ReliefHold has passed; the hold of a task
+// the version no longer has is dropped.
+func TestUpgradeKeepsReliefHold(t *testing.T) {
+	const task = "svc/main"
+	w := newWorld(t, nil)
+	alice, _ := w.owner("alice", "meter-a", edgeOnlyBE)
+	grid := w.provider("grid")
+	nodes := map[party.ID]*party.KeyFile{}
+	for _, n := range []struct{ name, tier string }{{"edge-1", "edge"}, {"reg-1", "regional"}} {
+		kf, err := w.node(n.name, n.tier, "be")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[kf.ID()] = kf
+	}
+	submit := func(v int64) string {
+		man := overrideManifest(v, true)
+		man.Tasks[0].Tiers = []string{"edge", "regional"}
+		d := w.must(grid, TypeServiceSubmit, man).Result.(map[string]any)["digest"].(string)
+		w.must(alice, TypeServiceApprove, Approve{Stream: "meter-a", Digest: d})
+		return d
+	}
+	submit(1)
+	w.must(grid, TypeJobDeploy, Deploy{Service: "svc"})
+	edge := w.m.State().Jobs["svc"].Tasks[task]
+	out, err := w.m.RelieveTask(w.now, "svc", task, "backpressure 0.97")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.collect(out)
+	job := w.m.State().Jobs["svc"]
+	at := job.Relieved[task][edge]
+	if at.IsZero() {
+		t.Fatalf("relieving %s from %s holds %v", task, edge.Short(), job.Relieved)
+	}
+	// A hold of a task version 2 does not run (left by an older version).
+	job.Relieved["svc/gone"] = map[party.ID]time.Time{edge: at}
+	a := ack(task, 3, "m3")
+	a.Generation = job.Generations[task]
+	w.must(nodes[job.Tasks[task]], TypeCheckpointAck, a)
+	submit(2)
+	w.now = w.now.Add(time.Minute)
+	w.must(grid, TypeJobUpgrade, UpgradeRequest{Job: "svc"})
+	for _, step := range []string{"upgrade", "rollback"} {
+		job = w.m.State().Jobs["svc"]
+		if got := job.Relieved[task][edge]; !got.Equal(at) || len(job.Relieved) != 1 {
+			t.Fatalf("after the %s: relief holds %v, want %s held from %s since %s only", step, job.Relieved, task, edge.Short(), at)
+		}
+		if !job.held(task, edge, w.now) || job.Tasks[task] == edge {
+			t.Fatalf("after the %s: %s runs on %s, held from %s: %v", step, task, job.Tasks[task].Short(), edge.Short(), job.held(task, edge, w.now))
+		}
+		if step == "upgrade" {
+			w.must(grid, TypeJobRollback, RollbackRequest{Job: "svc"})
+		}
+	}
+}
