@@ -149,7 +149,7 @@ func encodeColumnar(dst []byte, header []byte, s *record.Schema, reads []bool, b
 
 // ColumnarDecoder decodes columnar responses (untrusted bytes, see ABI.md),
 // reusing its buffers: the records it decodes are valid until its next
-// Decode. The zero value is ready to use.
+// Decode or DecodeEach. The zero value is ready to use.
 //
 // A response is checked whole before any record is built: every offset,
 // length, count and flag byte against the response, every passed field

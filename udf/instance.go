@@ -160,7 +160,6 @@ func (in *Instance) start(ctx context.Context) (version uint64, err error) {
 // trap, guest error) returns an error saying which; the instance is then
 // replaced by a fresh one at the next Call, losing any state the guest kept.
 func (in *Instance) Call(ctx context.Context, b *record.Batch, out *record.Batch) error {
-	out.Records = out.Records[:0]
 	return in.run(ctx, b, out, nil)
 }
 

@@ -164,7 +164,7 @@ static u64 fail(const char *msg) {
 	while (msg[len])
 		len++;
 	if (!resp_grow(1 + len))
-		return 0; /* the host reports a response outside memory */
+		return 0; /* (ptr 0, len 0): the host reports an empty response */
 	resp_buf[0] = 1;
 	for (u32 i = 0; i < len; i++)
 		resp_buf[1 + i] = (u8)msg[i];
