@@ -61,7 +61,7 @@ type Adaptive struct {
 func AvailableSlots(t TaskSlot, on string, nodes []Candidate, check PlacementCheck) int {
 	n := 0
 	for _, c := range nodes {
-		if ok, _ := slotFits(t, c); !ok || check(t, c) != nil {
+		if !usable(t, c, check) {
 			continue
 		}
 		n += max(c.Free, 0)
@@ -72,30 +72,70 @@ func AvailableSlots(t TaskSlot, on string, nodes []Candidate, check PlacementChe
 	return n
 }
 
-// takeSlots takes n slots off the free slots of nodes that task t, which
-// runs on node on, may use (as AvailableSlots counts them): first on its own
-// node, then on the others in their order, never below zero. An adaptive
-// task's operators run at up to their parallelism on the capacity of those
-// nodes, so the next adaptive task of a pass must not count it again.
+// usable reports whether task t may use the slots of node c: c meets the
+// task's own constraints and check accepts it.
+func usable(t TaskSlot, c Candidate, check PlacementCheck) bool {
+	ok, _ := slotFits(t, c)
+	return ok && check(t, c) == nil
+}
+
+// takeSlots takes n slots off the free slots of the nodes that task t,
+// which runs on node on, may use (those AvailableSlots counts): first on its
+// own node, then on the others in their order, never below zero.
 func takeSlots(t TaskSlot, on string, n int, nodes []Candidate, check PlacementCheck) {
-	take := func(c *Candidate) {
-		if k := min(n, max(c.Free, 0)); k > 0 {
-			c.Free -= k
-			n -= k
+	for _, own := range []bool{true, false} {
+		for i := range nodes {
+			if n <= 0 {
+				return
+			}
+			if (nodes[i].ID == on) != own || !usable(t, nodes[i], check) {
+				continue
+			}
+			if k := min(n, max(nodes[i].Free, 0)); k > 0 {
+				nodes[i].Free -= k
+				n -= k
+			}
 		}
 	}
-	if i := slices.IndexFunc(nodes, func(c Candidate) bool { return c.ID == on }); i >= 0 {
-		take(&nodes[i])
-	}
-	for i := range nodes {
-		if n <= 0 {
-			return
+}
+
+// adaptiveTasks returns the placed tasks with an adaptive operator, in job,
+// task id order.
+func (m *Machine) adaptiveTasks() []jobTask {
+	tasks := m.jobTasks(func(j *Job, t string) bool { return len(j.Adaptive[t]) > 0 && j.Tasks[t] != "" })
+	slices.SortStableFunc(tasks, func(a, b jobTask) int {
+		if c := cmp.Compare(a.job.ID, b.job.ID); c != 0 {
+			return c
 		}
-		if ok, _ := slotFits(t, nodes[i]); !ok || nodes[i].ID == on || check(t, nodes[i]) != nil {
+		return cmp.Compare(a.task, b.task)
+	})
+	return tasks
+}
+
+// adaptiveCandidates returns the candidate nodes (candidates) with the
+// slots the other adaptive tasks use taken off their free slots: the nodes
+// and free slots an adaptive rescale of task of job counts (adapt and
+// job.scale both), so that no two adaptive tasks count the same free slot.
+// Each placed adaptive task other than task of job holds one slot (which
+// candidates counts already) and its adaptive operators run at up to their
+// parallelism: that parallelism less one is taken off the nodes it may use
+// (takeSlots), the tasks taken in job, task id order. The task's own use is
+// left in its free slots, since it is the task's to count again.
+func (m *Machine) adaptiveCandidates(now time.Time, job *Job, task string) []Candidate {
+	cands := m.candidates(now)
+	for _, jt := range m.adaptiveTasks() {
+		if jt.job == job && jt.task == task {
 			continue
 		}
-		take(&nodes[i])
+		p := 1
+		for op := range jt.job.Adaptive[jt.task] {
+			if cur, ok := m.parallelismOf(jt.job, jt.slot, op); ok {
+				p = max(p, cur)
+			}
+		}
+		takeSlots(jt.slot, string(jt.job.Tasks[jt.task]), p-1, cands, m.placementCheck(m.jobService(jt.job)))
 	}
+	return cands
 }
 
 // AdaptiveTarget returns the parallelism an adaptive operator should run at
@@ -141,29 +181,17 @@ func (m *Machine) parallelismOf(job *Job, slot TaskSlot, op string) (int, bool) 
 // slots available to its task, within its bounds) differs from the one it
 // runs at, unless its cool-down has not passed since its last change; why
 // says what changed (a node admitted, drained, ...). A task that is not
-// placed is left as it is. The tasks share the free slots: they are served
-// in job, task id order, and each takes the slots its operators run at after
-// the pass (beyond the one it holds) off the free slots the next ones count,
-// so two adaptive tasks never count the same free slot. It returns the
-// rescales, in job, task, operator order.
+// placed is left as it is. The tasks share the free slots: each counts them
+// less those the other adaptive tasks' operators run at
+// (adaptiveCandidates), served in job, task id order, each seeing the
+// rescales of those before it, so two adaptive tasks never count the same
+// free slot. It returns the rescales, in job, task, operator order.
 func (m *Machine) adapt(now time.Time, why string, out *Output) []*ScaleResult {
 	var res []*ScaleResult
-	tasks := m.jobTasks(func(j *Job, t string) bool { return len(j.Adaptive[t]) > 0 && j.Tasks[t] != "" })
-	if len(tasks) == 0 {
-		return nil
-	}
-	slices.SortStableFunc(tasks, func(a, b jobTask) int {
-		if c := cmp.Compare(a.job.ID, b.job.ID); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.task, b.task)
-	})
-	cands := m.candidates(now)
-	for _, jt := range tasks {
+	for _, jt := range m.adaptiveTasks() {
 		svc := m.jobService(jt.job)
-		on, check := string(jt.job.Tasks[jt.task]), m.placementCheck(svc)
-		avail := AvailableSlots(jt.slot, on, cands, check)
-		held := 1 // the slot the task holds, counted as used already
+		on := string(jt.job.Tasks[jt.task])
+		avail := AvailableSlots(jt.slot, on, m.adaptiveCandidates(now, jt.job, jt.task), m.placementCheck(svc))
 		ops := make([]string, 0, len(jt.job.Adaptive[jt.task]))
 		for op := range jt.job.Adaptive[jt.task] {
 			ops = append(ops, op)
@@ -177,16 +205,13 @@ func (m *Machine) adapt(now time.Time, why string, out *Output) []*ScaleResult {
 			}
 			target := AdaptiveTarget(avail, a.AdaptiveBounds)
 			if !AdaptDue(cur, target, a.Last, now, a.cooldown()) {
-				held = max(held, cur)
 				continue
 			}
-			held = max(held, target)
 			bounds := a.AdaptiveBounds
 			r := m.rescale(now, jt.job, jt.task, op, cur, target, &bounds, avail, adaptiveReason(why, avail, bounds), out)
 			a.Last = now.UTC()
 			res = append(res, r)
 		}
-		takeSlots(jt.slot, on, held-1, cands, check)
 	}
 	return res
 }

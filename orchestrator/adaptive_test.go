@@ -252,9 +252,9 @@ func TestAdaptiveStateSurvivesRestore(t *testing.T) {
 }
 
 // TestAdaptiveTasksShareFreeSlots: adaptive tasks that count the same free
-// slots share them in one pass, served in job, task id order (not the
-// manifest's order): each takes what its operators run at off the free
-// slots the next one counts.
+// slots share them, in job.scale as in a pass (served in job, task id
+// order, not the manifest's): each counts the free slots less those the
+// other adaptive tasks' operators run at.
 func TestAdaptiveTasksShareFreeSlots(t *testing.T) {
 	twoTasks := adaptiveManifest("svc", "meter-a")
 	twoTasks.Tasks = []TaskSlot{
@@ -300,26 +300,33 @@ func TestAdaptiveTasksShareFreeSlots(t *testing.T) {
 			b := c.bounds
 			b.Cooldown = Duration(10 * time.Second)
 			keys := slices.SortedFunc(maps.Keys(c.want), func(a, b jt) int { return strings.Compare(a.job+" "+a.task, b.job+" "+b.task) })
+			check := func(when string) {
+				t.Helper()
+				total := 0
+				for k, want := range c.want {
+					job := w.m.State().Jobs[k.job]
+					got, _ := w.m.parallelismOf(job, TaskSlot{ID: k.task}, "win")
+					if p, ok := job.Scale[k.task]["win"]; ok {
+						got = p
+					}
+					if got != want {
+						t.Errorf("%s: %s %s: parallelism %d, want %d", when, k.job, k.task, got, want)
+					}
+					total += got
+				}
+				if total > max(c.slots, len(c.want)*c.bounds.Min) {
+					t.Errorf("%s: the adaptive tasks run %d subtasks on %d slots", when, total, c.slots)
+				}
+			}
+			// job.scale counts the slots the adaptive tasks set before use,
+			// as a pass does: no wait for the next pass after the cool-down.
 			for _, k := range keys {
 				w.must(grid, TypeJobScale, ScaleRequest{Job: k.job, Task: k.task, Operator: "win", Adaptive: &b})
 			}
+			check("after job.scale")
 			w.now = w.now.Add(10 * time.Second)
 			w.collect(w.m.Adapt(w.now, "periodic check"))
-			total := 0
-			for k, want := range c.want {
-				job := w.m.State().Jobs[k.job]
-				got, _ := w.m.parallelismOf(job, TaskSlot{ID: k.task}, "win")
-				if p, ok := job.Scale[k.task]["win"]; ok {
-					got = p
-				}
-				if got != want {
-					t.Errorf("%s %s: parallelism %d, want %d", k.job, k.task, got, want)
-				}
-				total += got
-			}
-			if total > max(c.slots, len(c.want)*c.bounds.Min) {
-				t.Errorf("the adaptive tasks run %d subtasks on %d slots", total, c.slots)
-			}
+			check("after the pass")
 		})
 	}
 }

@@ -111,7 +111,7 @@ func (m *Machine) scale(now time.Time, st *party.Statement, issuer *party.Identi
 	job.Adaptive[b.Task][b.Operator] = a
 	avail := 0
 	if node := job.Tasks[b.Task]; node != "" {
-		avail = AvailableSlots(slot, string(node), m.candidates(now), m.placementCheck(svc))
+		avail = AvailableSlots(slot, string(node), m.adaptiveCandidates(now, job, b.Task), m.placementCheck(svc))
 	}
 	target := AdaptiveTarget(avail, a.AdaptiveBounds)
 	if target == from {
