@@ -103,7 +103,7 @@ func TestTimedCodec(t *testing.T) {
 	}
 	t.Logf("identity codec: %v per call", empty.Spent()/8000)
 	if per := empty.Spent() / 8000; per > 300*time.Nanosecond {
-		t.Errorf("an identity codec reads as %v per call want under 300ns", per)
+		t.Errorf("an identity codec reads as %v per call, want under 300ns", per)
 	}
 	// A codec without in-place methods stays without them.
 	if _, ok := NewTimedCodec(runtime.IdentityCodec{}).(runtime.InPlaceCodec); ok {
