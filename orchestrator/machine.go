@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -891,12 +892,14 @@ func (m *Machine) startJob(now time.Time, svc *Service, b Deploy, relieved map[s
 		}
 		m.st.Checkpoints[b.Job] = cps
 	}
-	out.Result = map[string]any{"job": b.Job, "tasks": job.Tasks}
+	// The result is read (signed into the receipt) after the machine's lock
+	// is released, while a task may move: it gets a copy of the placement.
+	out.Result = map[string]any{"job": b.Job, "tasks": maps.Clone(job.Tasks)}
 	body := map[string]any{"job": b.Job, "service": svc.Manifest.ID, "digest": svc.Digest, "tasks": job.Tasks}
 	if b.FromSavepoint != "" {
 		body["from_savepoint"] = b.FromSavepoint
 		body["fresh_tasks"] = fresh
-		out.Result = map[string]any{"job": b.Job, "tasks": job.Tasks, "from_savepoint": b.FromSavepoint, "fresh_tasks": fresh}
+		out.Result = map[string]any{"job": b.Job, "tasks": maps.Clone(job.Tasks), "from_savepoint": b.FromSavepoint, "fresh_tasks": fresh}
 	}
 	out.Entries = append(out.Entries, entry(now, "job.deployed", subjects, body))
 	return nil

@@ -261,6 +261,16 @@ func TestDeployReleasesKeysOnlyWhenEveryOwnerApproves(t *testing.T) {
 	// Both approve: deployed, keys released and unwrappable by the node only.
 	w.must(bob, TypeServiceApprove, Approve{Stream: "meter-b", Digest: digest})
 	out = w.must(grid, TypeJobDeploy, Deploy{Service: "balance"})
+	// The result is signed after the server's lock is released, while a
+	// task may move: it must not share the job's placement map.
+	placed := out.Result.(map[string]any)["tasks"].(map[string]party.ID)
+	for task, node := range w.m.State().Jobs["balance"].Tasks {
+		w.m.State().Jobs["balance"].Tasks[task] = "elsewhere"
+		if placed[task] != node {
+			t.Fatalf("the deploy result shares the job's placement: moving %s changed it to %q", task, placed[task])
+		}
+		w.m.State().Jobs["balance"].Tasks[task] = node
+	}
 	var got []byte
 	for _, r := range out.Releases {
 		if r.To != nodeKF.ID() {
