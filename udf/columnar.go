@@ -253,29 +253,7 @@ func (d *ColumnarDecoder) DecodeEach(resp []byte, ins []record.Record, inS, outS
 			continue
 		}
 		in := &ins[i]
-		// fill, inlined, with the common columns' cases.
-		if m := d.prefix; m > 0 {
-			row, vals := row[:m], in.Values[:m]
-			for k := range row {
-				row[k] = vals[k]
-			}
-		}
-		for _, p := range d.pass {
-			row[p.dst] = in.Values[p.src]
-		}
-		for k := range d.cols {
-			p := &d.cols[k]
-			switch {
-			case p.nulls != nil:
-				d.fillCol(row, p, i)
-			case p.kind == planFloat:
-				row[p.j] = record.Value{T: record.TypeFloat, F: math.Float64frombits(le.Uint64(p.col[8*i:]))}
-			case p.kind == planInt:
-				row[p.j] = record.Value{T: record.TypeInt, I: int64(le.Uint64(p.col[8*i:]))}
-			default:
-				d.fillCol(row, p, i)
-			}
-		}
+		d.fill(row, i, in.Values)
 		out.Emit(record.Record{Time: d.time(i, in), Values: row})
 	}
 	return nil
@@ -304,7 +282,18 @@ func (d *ColumnarDecoder) fill(row []record.Value, i int, vals []record.Value) {
 		row[p.dst] = vals[p.src]
 	}
 	for k := range d.cols {
-		d.fillCol(row, &d.cols[k], i)
+		// The common columns (int, float, no nulls) here, the others
+		// in fillCol.
+		switch p := &d.cols[k]; {
+		case p.nulls != nil:
+			d.fillCol(row, p, i)
+		case p.kind == planFloat:
+			row[p.j] = record.Value{T: record.TypeFloat, F: math.Float64frombits(le.Uint64(p.col[8*i:]))}
+		case p.kind == planInt:
+			row[p.j] = record.Value{T: record.TypeInt, I: int64(le.Uint64(p.col[8*i:]))}
+		default:
+			d.fillCol(row, p, i)
+		}
 	}
 }
 
