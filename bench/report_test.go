@@ -10,14 +10,14 @@ import (
 )
 
 func testReport() *Report {
-	// frames are exchanged per run; sealCPU is the seal CPU-seconds of each
-	// sealed run.
-	mk := func(q string, noChain bool, sealedCPU, plainCPU float64, frames int64, sealCPU float64) *Case {
+	// timed: the sealed runs' codec was timed; sealCPU is the seal
+	// CPU-seconds of each sealed run.
+	mk := func(q string, noChain bool, sealedCPU, plainCPU float64, timed bool, sealCPU float64) *Case {
 		c := &Case{Query: q, NoChain: noChain}
 		for _, cpu := range []float64{sealedCPU, sealedCPU * 2, sealedCPU / 2} {
 			c.Sealed = append(c.Sealed, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, Sealed: true, CPUSeconds: cpu, PeakRSSBytes: 40 << 20,
-				Frames: frames, SealCPUSeconds: sealCPU})
-			c.Plain = append(c.Plain, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, CPUSeconds: plainCPU, PeakRSSBytes: 38 << 20, Frames: frames})
+				Frames: 10, SealCPUSeconds: sealCPU, SealTimed: timed})
+			c.Plain = append(c.Plain, Summary{Query: q, Events: 1_000_000, Rows: 7, Tasks: 3, CPUSeconds: plainCPU, PeakRSSBytes: 38 << 20, Frames: 10})
 		}
 		if !noChain {
 			c.Pace = 500_000
@@ -31,10 +31,10 @@ func testReport() *Report {
 		Options: Options{Events: 1_000_000, Seed: 1, Parallelism: 1, Runs: 3, NoChain: true, LatencySeconds: 12},
 		Machine: Machine{CPUs: 2, CPUModel: `AMD <"EPYC">`, LoadAvg: "1.00 2.00 3.00", GoVersion: "go1.26.8", OS: "linux", Arch: "amd64"},
 		Started: start, Finished: start.Add(10 * time.Minute),
-		// q1 chained: no exchange, so no sealing; q1 every edge: seal CPU
-		// 0.2 s of 4, 8 and 2 s, shares 5%, 2.5% and 10%; q5& chained:
-		// frames exchanged but no seal CPU reported (not measured).
-		Cases:     []*Case{mk("q1", false, 0.5, 0.4, 0, 0), mk("q1", true, 4, 3, 100, 0.2), mk("q5&", false, 1, 1, 10, 0)},
+		// q1 chained: timed, no seal CPU; q1 every edge: seal CPU 0.2 s of
+		// 4, 8 and 2 s, shares 5%, 2.5% and 10%; q5& chained: not timed
+		// (not measured).
+		Cases:     []*Case{mk("q1", false, 0.5, 0.4, true, 0), mk("q1", true, 4, 3, true, 0.2), mk("q5&", false, 1, 1, false, 0)},
 		RowChecks: 18,
 	}
 }

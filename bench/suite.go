@@ -126,18 +126,16 @@ func (c *Case) Ratio() float64 {
 // SealShare returns sealing's share of CPU measured within the runs: the
 // median over the sealed runs of Summary.SealShare (the CPU time spent in
 // the exchange codec ÷ the run's CPU time), which is what sealing costs the
-// run, 1 − SealShare its expected sealed/plaintext ratio. ok is false if it
-// was not measured: no sealed runs, or frames were exchanged but no run
-// reported seal CPU time (a child without seal timing).
+// run, 1 − SealShare its expected sealed/plaintext ratio. Only runs whose
+// codec was timed (Summary.SealTimed) count; ok is false if there were none.
 func (c *Case) SealShare() (share float64, ok bool) {
 	var xs []float64
-	var timed, frames bool
 	for _, s := range c.Sealed {
-		xs = append(xs, s.SealShare())
-		timed = timed || s.SealCPUSeconds > 0
-		frames = frames || s.Frames > 0
+		if s.SealTimed {
+			xs = append(xs, s.SealShare())
+		}
 	}
-	if len(xs) == 0 || (frames && !timed) {
+	if len(xs) == 0 {
 		return 0, false
 	}
 	return median(xs), true

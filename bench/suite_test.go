@@ -79,7 +79,7 @@ func fakeLauncher(t *testing.T, calls *[]fakeRun, cpuSealed []float64, bad func(
 		}
 		if r.sealed {
 			// A twentieth of a sealed run's CPU time goes to sealing.
-			s.Frames, s.SealCPUSeconds = 10, s.CPUSeconds/20
+			s.Frames, s.SealCPUSeconds, s.SealTimed = 10, s.CPUSeconds/20, true
 		}
 		if r.pace > 0 {
 			s.LatencyP50Ms, s.LatencyP99Ms = 3, 9

@@ -32,6 +32,10 @@ type Summary struct {
 	// (sampled calls, thread CPU clock): 0 for plaintext runs, runs without
 	// exchanges and runs without seal timing.
 	SealCPUSeconds float64 `json:"seal_cpu_seconds"`
+	// SealTimed is whether the run's exchange codec was timed (a sealed run
+	// with seal timing on), so that SealCPUSeconds means something, 0
+	// included.
+	SealTimed bool `json:"seal_timed,omitempty"`
 }
 
 // SealShare returns the share of the run's CPU time spent sealing and

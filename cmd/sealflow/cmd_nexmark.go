@@ -214,7 +214,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		Tasks: res.Tasks, Frames: res.Frames, ExchangeBytes: res.Bytes,
 		WallSeconds: wall, CPUSeconds: cpu1 - cpu0, PeakRSSBytes: rss}
 	if timed != nil {
-		s.SealCPUSeconds = timed.Spent().Seconds()
+		s.SealCPUSeconds, s.SealTimed = timed.Spent().Seconds(), true
 	}
 	if wall > 0 {
 		s.EventsPerSecond = float64(s.Events) / wall
