@@ -2,6 +2,7 @@ package operator
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/sealflow/sealflow/engine/record"
@@ -201,23 +202,11 @@ func TestMaxPrefilterKeepsWindowResult(t *testing.T) {
 		t.Fatalf("%d result rows with the pre-filter, %d without", len(gotSome.out), len(gotAll.out))
 	}
 	for i := range gotAll.out {
-		if a, s := gotAll.out[i], gotSome.out[i]; a.Time != s.Time || !equalValues(a.Values, s.Values) {
+		if a, s := gotAll.out[i], gotSome.out[i]; a.Time != s.Time || !slices.Equal(a.Values, s.Values) {
 			t.Fatalf("row %d: %v with the pre-filter, %v without", i, s, a)
 		}
 	}
 	t.Logf("%d rows, %d of 20000 records dropped", len(gotAll.out), dropped)
-}
-
-func equalValues(a, b []record.Value) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestNewMaxPrefilterRefuses(t *testing.T) {
