@@ -41,7 +41,7 @@ func TestTimedCodec(t *testing.T) {
 				t.Errorf("SealOffset %d, want the wrapped codec's %d", ip.SealOffset(), sealer.SealOffset())
 			}
 			pt := bytes.Repeat([]byte("sealflow"), 8<<10)
-			const frames = 40
+			const frames = 400 // 50 timed calls: one sample whose empty region reads long (a signal, a fault) cannot cancel them all
 			for i := range frames {
 				h := runtime.FrameHeader{Job: "timed", Edge: 1, From: 0, To: 1, Seq: uint64(i + 1)}
 				var frame []byte
@@ -95,15 +95,27 @@ func TestTimedCodec(t *testing.T) {
 	if _, err := timed.Open(runtime.FrameHeader{Job: "timed", Edge: 2, From: 1, To: 0, Seq: 4}, nil, []byte("forged frame")); err == nil {
 		t.Error("a forged frame opened through the wrapper")
 	}
-	// The clock's own cost is not counted: an empty codec reads as (next to)
-	// nothing, not as the 1–2 µs per call that two thread-clock reads take.
-	empty := NewTimedCodec(runtime.IdentityCodec{})
-	for i := range 8000 {
-		empty.Seal(runtime.FrameHeader{Seq: uint64(i)}, nil, pt)
-	}
-	t.Logf("identity codec: %v per call", empty.Spent()/8000)
-	if per := empty.Spent() / 8000; per > 300*time.Nanosecond {
-		t.Errorf("an identity codec reads as %v per call, want under 300ns", per)
+	// The clock's own cost is not counted: per timed call, an identity codec
+	// reads as less than half a thread-clock read measured beside it (without
+	// the subtraction it reads as at least a whole one). Best of three rounds:
+	// other packages' tests load the machine and the clock's cost with it.
+	if goruntime.GOOS == "linux" {
+		var got, read time.Duration
+		for range 3 {
+			read = clockRead(1000)
+			empty := NewTimedCodec(runtime.IdentityCodec{})
+			for i := range 8000 {
+				empty.Seal(runtime.FrameHeader{Seq: uint64(i)}, nil, pt)
+			}
+			// Spent is TimedEvery × the sum over the 1000 timed calls.
+			if got = empty.Spent() / 8000; got < read/2 {
+				break
+			}
+		}
+		t.Logf("identity codec: %v per timed call; one clock read %v", got, read)
+		if got >= read/2 {
+			t.Errorf("an identity codec reads as %v per timed call, not under half a clock read (%v): the clock's cost is counted", got, read)
+		}
 	}
 	// A codec without in-place methods stays without them.
 	if _, ok := NewTimedCodec(runtime.IdentityCodec{}).(runtime.InPlaceCodec); ok {
@@ -154,4 +166,17 @@ func BenchmarkTimedCodec(b *testing.B) {
 			})
 		}
 	}
+}
+
+// clockRead returns the mean time between two consecutive thread-clock
+// reads over n pairs on one locked thread: what one read costs.
+func clockRead(n int) time.Duration {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	var sum time.Duration
+	for range n {
+		a := threadCPU()
+		sum += threadCPU() - a
+	}
+	return sum / time.Duration(n)
 }
