@@ -214,19 +214,7 @@ func TestMetricsWatermarkLagAndBackpressure(t *testing.T) {
 	for _, tt := range backpressureCases(lag) {
 		t.Run(tt.name, func(t *testing.T) {
 			task := laggingTask(t, tt.io)
-			w := &Worker{tasks: map[string]*Task{task.ID: task}}
-			m := NewMetrics("edge-1")
-			m.Watch(w)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- task.run(ctx) }()
-			defer func() {
-				task.stop("stopped: test over")
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("task: %v", err)
-				}
-			}()
+			m := runWatched(t, task)
 			for task.probe.Load() == nil || value(t, m.Registry(), "sealflow_worker_operator_records_in_total", map[string]string{"operator": "out"}) == 0 {
 				if s := task.State(); strings.HasPrefix(s, "failed") {
 					t.Fatal(s)
@@ -318,19 +306,7 @@ func TestMetricsPrefilteredRecords(t *testing.T) {
 			Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggMaxRows, Field: "v"}}}},
 		{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"top"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
 	}
-	w := &Worker{tasks: map[string]*Task{task.ID: task}}
-	m := NewMetrics("edge-1")
-	m.Watch(w)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- task.run(ctx) }()
-	defer func() {
-		task.stop("stopped: test over")
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("task: %v", err)
-		}
-	}()
+	m := runWatched(t, task)
 	labels := map[string]string{"sealflow_job": "lagging", "task": "lagging/t", "node": "edge-1"}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -353,4 +329,23 @@ func TestMetricsPrefilteredRecords(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// runWatched runs task on a worker of its own whose metrics it returns;
+// the task is stopped when the test ends.
+func runWatched(t *testing.T, task *Task) *Metrics {
+	t.Helper()
+	m := NewMetrics("edge-1")
+	m.Watch(&Worker{tasks: map[string]*Task{task.ID: task}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- task.run(ctx) }()
+	t.Cleanup(func() {
+		task.stop("stopped: test over")
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("task: %v", err)
+		}
+	})
+	return m
 }
