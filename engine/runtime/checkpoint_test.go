@@ -176,54 +176,12 @@ func TestCheckpointRecoveryExactlyOnce(t *testing.T) {
 			var (
 				out   txLog
 				store persisted
-				ids   atomic.Uint64
 			)
 			var tr exchange.Transport
 			if tc.nats {
 				tr = natsTransport(t, 4)
 			}
-			failures := 0
-			for attempt := 0; ; attempt++ {
-				if attempt > 5 {
-					t.Fatal("no successful run after 5 attempts")
-				}
-				var completed atomic.Int32
-				var failed atomic.Bool
-				fail := func() error {
-					// Fail the first two attempts once two checkpoints
-					// of the attempt completed.
-					if failures < 2 && completed.Load() >= 2 && failed.CompareAndSwap(false, true) {
-						return errors.New("injected failure")
-					}
-					return nil
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				cp := &Checkpointing{
-					Trigger:    trigger(ctx, &ids, 3*time.Millisecond),
-					Persist:    store.persist,
-					Restore:    store.get(),
-					OnComplete: func(uint64, int, time.Duration) { completed.Add(1) },
-				}
-				_, err := Run(ctx, windowedSpec(tc.par), Options{
-					Sources:         map[string]Source{"events": rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond)},
-					CommitSinks:     map[string]CommitSink{"results": out.commit},
-					Checkpoint:      cp,
-					Transport:       tr,
-					DisableChaining: tc.noChain,
-					BatchSize:       64,
-				})
-				cancel()
-				if err == nil {
-					break
-				}
-				if !strings.Contains(err.Error(), "injected failure") {
-					t.Fatalf("attempt %d: %v", attempt, err)
-				}
-				failures++
-			}
-			if failures != 2 {
-				t.Fatalf("%d failures injected, want 2 (checkpoints completed too late?)", failures)
-			}
+			runFailingTwice(t, windowedSpec(tc.par), n, &out, &store, nil, Options{Transport: tr, DisableChaining: tc.noChain})
 			if got := rows(out.records()); !slices.Equal(got, want) {
 				t.Fatalf("committed output differs from the failure-free result: %d rows, want %d (%d commits dropped as already published)", len(got), len(want), out.dropped)
 			}
@@ -231,6 +189,60 @@ func TestCheckpointRecoveryExactlyOnce(t *testing.T) {
 				t.Logf("no re-commit was needed (failures fell after commits)")
 			}
 		})
+	}
+}
+
+// runFailingTwice runs spec over a rewindable source of n events (wrapped by
+// wrap, if not nil) with checkpoints every 3 ms persisted in store and
+// output committed to out, and opts' other options. It fails the first two
+// attempts once two of their checkpoints completed, restores each next
+// attempt from store, and returns the third attempt's result; the test
+// fails unless exactly two failures were injected.
+func runFailingTwice(t *testing.T, spec *jobspec.Spec, n int64, out *txLog, store *persisted, wrap func(Source) Source, opts Options) *Result {
+	t.Helper()
+	var ids atomic.Uint64
+	failures := 0
+	for attempt := 0; ; attempt++ {
+		if attempt > 5 {
+			t.Fatal("no successful run after 5 attempts")
+		}
+		var completed atomic.Int32
+		var failed atomic.Bool
+		fail := func() error {
+			// Fail the first two attempts once two checkpoints of the
+			// attempt completed.
+			if failures < 2 && completed.Load() >= 2 && failed.CompareAndSwap(false, true) {
+				return errors.New("injected failure")
+			}
+			return nil
+		}
+		src := rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond)
+		if wrap != nil {
+			src = wrap(src)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		o := opts
+		o.Sources = map[string]Source{"events": src}
+		o.CommitSinks = map[string]CommitSink{"results": out.commit}
+		o.Checkpoint = &Checkpointing{
+			Trigger:    trigger(ctx, &ids, 3*time.Millisecond),
+			Persist:    store.persist,
+			Restore:    store.get(),
+			OnComplete: func(uint64, int, time.Duration) { completed.Add(1) },
+		}
+		o.BatchSize = 64
+		res, err := Run(ctx, spec, o)
+		cancel()
+		if err == nil {
+			if failures != 2 {
+				t.Fatalf("%d failures injected, want 2 (checkpoints completed too late?)", failures)
+			}
+			return res
+		}
+		if !strings.Contains(err.Error(), "injected failure") {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+		failures++
 	}
 }
 

@@ -2,13 +2,11 @@ package runtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,50 +199,11 @@ func TestPrefilterCheckpointRecovery(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var (
-				out         txLog
-				store       persisted
-				ids         atomic.Uint64
-				prefiltered int64
+				out   txLog
+				store persisted
 			)
-			failures := 0
-			for attempt := 0; ; attempt++ {
-				if attempt > 5 {
-					t.Fatal("no successful run after 5 attempts")
-				}
-				var completed atomic.Int32
-				var failed atomic.Bool
-				fail := func() error {
-					if failures < 2 && completed.Load() >= 2 && failed.CompareAndSwap(false, true) {
-						return errors.New("injected failure")
-					}
-					return nil
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				res, err := Run(ctx, q7Spec(tc.par), Options{
-					Sources:     map[string]Source{"events": q7Values(rewindable(n, fail, func() bool { return failures < 2 && !failed.Load() }, 200*time.Microsecond))},
-					CommitSinks: map[string]CommitSink{"results": out.commit},
-					Checkpoint: &Checkpointing{
-						Trigger:    trigger(ctx, &ids, 3*time.Millisecond),
-						Persist:    store.persist,
-						Restore:    store.get(),
-						OnComplete: func(uint64, int, time.Duration) { completed.Add(1) },
-					},
-					DisableChaining: tc.noChain,
-					BatchSize:       64,
-				})
-				cancel()
-				if err == nil {
-					prefiltered = res.Prefiltered
-					break
-				}
-				if !strings.Contains(err.Error(), "injected failure") {
-					t.Fatalf("attempt %d: %v", attempt, err)
-				}
-				failures++
-			}
-			if failures != 2 {
-				t.Fatalf("%d failures injected, want 2", failures)
-			}
+			res := runFailingTwice(t, q7Spec(tc.par), n, &out, &store, q7Values, Options{DisableChaining: tc.noChain})
+			prefiltered := res.Prefiltered
 			if prefiltered == 0 {
 				t.Fatal("the restored run's pre-filters dropped nothing")
 			}
