@@ -51,7 +51,9 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 		s, p := c.Stats(true), c.Stats(false)
 		mode := modeName(c.NoChain)
 		share, expected := "–", "–"
-		if sh, ok := c.SealShare(); ok {
+		if !c.Exchanges() {
+			share = "no exchange"
+		} else if sh, ok := c.SealShare(); ok {
 			share, expected = percent(sh), fmt.Sprintf("%.3f", 1-sh)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %s | %.3f | %s | %s | %.3f | %.3f | %s | %s | %s | %s | %s |\n",
@@ -77,9 +79,13 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 	sep := " "
 	for _, noChain := range []bool{false, true} {
 		var n, ok int
-		var above, unmeasured []string
+		var above, unmeasured, none []string
 		for _, c := range r.Cases {
 			if c.NoChain != noChain {
+				continue
+			}
+			if !c.Exchanges() {
+				none = append(none, c.Query)
 				continue
 			}
 			n++
@@ -92,11 +98,14 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 				above = append(above, fmt.Sprintf("%s %s", c.Query, percent(sh)))
 			}
 		}
-		if n == 0 {
+		if n == 0 && len(none) == 0 {
 			continue
 		}
 		fmt.Fprintf(&b, "%s%s met by %d of %d", sep, modeName(noChain), ok, n)
 		sep = "; "
+		if len(none) > 0 {
+			fmt.Fprintf(&b, " (no exchange, nothing sealed: %s)", strings.Join(none, ", "))
+		}
 		if len(above) > 0 {
 			fmt.Fprintf(&b, " (above: %s)", strings.Join(above, ", "))
 		}

@@ -141,6 +141,18 @@ func (c *Case) SealShare() (share float64, ok bool) {
 	return median(xs), true
 }
 
+// Exchanges reports whether the sealed runs sent any frame between tasks:
+// a case that exchanges nothing seals nothing, so its in-run share says
+// nothing about the target.
+func (c *Case) Exchanges() bool {
+	for _, s := range c.Sealed {
+		if s.Frames > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // MaxSealShare is the in-run target: sealing at most 3% of a sealed run's
 // CPU time, so sealed/plaintext ≥ 0.97.
 const MaxSealShare = 0.03
