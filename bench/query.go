@@ -151,19 +151,27 @@ func RunQuery(ctx context.Context, o QueryOptions) (Summary, error) {
 	s := Summary{Query: o.Query, Events: o.Events, Rows: rows, Parallelism: o.Parallelism, Sealed: !o.Plaintext,
 		Tasks: res.Tasks, Frames: res.Frames, ExchangeBytes: res.Bytes,
 		WallSeconds: wall, CPUSeconds: cpu1 - cpu0, PeakRSSBytes: rss}
-	if timed != nil {
-		s.SealCPUSeconds, s.SealTimed = timed.Spent().Seconds(), true
-	}
+	s.SetSeal(timed)
 	if wall > 0 {
 		s.EventsPerSecond = float64(o.Events) / wall
 	}
 	return s, nil
 }
 
+// SetSeal records the CPU time the run's timed codec spent sealing and
+// opening; a nil timed (plaintext, timing off, no thread clock) leaves the
+// run unmeasured.
+func (s *Summary) SetSeal(timed confidential.TimedCodec) {
+	if timed != nil {
+		s.SealCPUSeconds, s.SealTimed = timed.Spent().Seconds(), true
+	}
+}
+
 // ExchangeCodec returns the exchange codec of a benchmark run of job: for a
 // sealed run, an ephemeral-key confidential.ExchangeCodec, wrapped in a
 // confidential.TimedCodec (also returned, to read the run's seal CPU time)
-// if timed; for a plaintext run, runtime.IdentityCodec.
+// if timed and the platform has a thread CPU clock (confidential.ThreadClock);
+// for a plaintext run, runtime.IdentityCodec.
 func ExchangeCodec(job string, plaintext, timed bool) (runtime.FrameCodec, confidential.TimedCodec, error) {
 	if plaintext {
 		return runtime.IdentityCodec{}, nil, nil
@@ -172,7 +180,7 @@ func ExchangeCodec(job string, plaintext, timed bool) (runtime.FrameCodec, confi
 	if err != nil {
 		return nil, nil, err
 	}
-	if !timed {
+	if !timed || !confidential.ThreadClock {
 		return c, nil, nil
 	}
 	t := confidential.NewTimedCodec(c)

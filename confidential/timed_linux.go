@@ -6,6 +6,10 @@ import (
 	"unsafe"
 )
 
+// ThreadClock reports whether threadCPU reads the thread CPU clock, so a
+// TimedCodec measures something.
+const ThreadClock = true
+
 // threadCPU returns the CPU time of the calling OS thread
 // (CLOCK_THREAD_CPUTIME_ID).
 func threadCPU() time.Duration {

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sealflow/sealflow/bench"
@@ -187,7 +186,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		return err
 	}
 
-	cpu0, _ := rusage()
+	cpu0, _ := bench.Rusage()
 	start := time.Now()
 	in.Start = start
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
@@ -195,7 +194,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain, DisablePrefilter: *noPrefilter}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
-	cpu1, rss := rusage()
+	cpu1, rss := bench.Rusage()
 	if err != nil {
 		if *input != "" {
 			return fmt.Errorf("--input %s: %w", *input, err)
@@ -213,9 +212,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	s := nexmarkSummary{Query: *query, Events: in.Len(), Rows: rows, Parallelism: *par, Sealed: !*plaintext,
 		Tasks: res.Tasks, Frames: res.Frames, ExchangeBytes: res.Bytes,
 		WallSeconds: wall, CPUSeconds: cpu1 - cpu0, PeakRSSBytes: rss}
-	if timed != nil {
-		s.SealCPUSeconds, s.SealTimed = timed.Spent().Seconds(), true
-	}
+	s.SetSeal(timed)
 	if wall > 0 {
 		s.EventsPerSecond = float64(s.Events) / wall
 	}
@@ -230,15 +227,4 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	}
 	_, err = fmt.Fprintf(w, "%s\n", line)
 	return err
-}
-
-// rusage returns the process's user+system CPU seconds and peak resident set
-// size in bytes (getrusage; Linux reports ru_maxrss in KiB).
-func rusage() (cpuSeconds float64, peakRSS int64) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, 0
-	}
-	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	return tv(ru.Utime) + tv(ru.Stime), int64(ru.Maxrss) * 1024
 }
