@@ -107,14 +107,19 @@ func TestTimedCodec(t *testing.T) {
 			for i := range 8000 {
 				empty.Seal(runtime.FrameHeader{Seq: uint64(i)}, nil, pt)
 			}
-			// Spent is TimedEvery × the sum over the 1000 timed calls.
-			if got = empty.Spent() / 8000; got < read/2 {
+			// spent is TimedEvery × the sum over the 1000 timed calls,
+			// unclamped (Spent clamps at zero, which would hide a clock
+			// cost subtracted twice).
+			if got = time.Duration(empty.(*timedCodec).spent.Load()) / 8000; got < read/2 && got > -read/2 {
 				break
 			}
 		}
 		t.Logf("identity codec: %v per timed call; one clock read %v", got, read)
 		if got >= read/2 {
 			t.Errorf("an identity codec reads as %v per timed call, not under half a clock read (%v): the clock's cost is counted", got, read)
+		}
+		if got <= -read/2 {
+			t.Errorf("an identity codec reads as %v per timed call, below minus half a clock read (%v): the clock's cost is subtracted more than once", got, read)
 		}
 	}
 	// A codec without in-place methods stays without them.
