@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"github.com/sealflow/sealflow/confidential"
 	"html"
 	"math"
 	"strings"
@@ -36,7 +37,7 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 	fmt.Fprintf(&b, "Each query ran %d times sealed and %d times in plaintext (alternating) in each exchange mode, each run a `sealflow nexmark run` process of its own over the same %d generated events (seed %d, parallelism %d, embedded nats-server); figures are medians. ",
 		o.Runs, o.Runs, o.Events, o.Seed, o.Parallelism)
 	b.WriteString("**events/s per core** is events ÷ CPU-seconds of the run (user+system of the whole process: generator, engine, NATS, sealing, JSON rows to a file). ")
-	b.WriteString("**sealing's share of CPU (in-run)** is the median over the sealed runs of the CPU time spent in the exchange codec's Seal and Open (one call in 8 timed with the thread CPU clock, scaled by 8) ÷ the run's CPU-seconds; **expected sealed / plaintext** is 1 − that share: what sealing costs within one process, free of the noise between separate processes that *sealed / plaintext* carries on a shared machine. ")
+	fmt.Fprintf(&b, "**sealing's share of CPU (in-run)** is the median over the sealed runs of the CPU time spent in the exchange codec's Seal and Open (one call in %d timed with the thread CPU clock, scaled by %[1]d) ÷ the run's CPU-seconds; **expected sealed / plaintext** is 1 − that share: what sealing costs within one process, free of the noise between separate processes that *sealed / plaintext* carries on a shared machine. ", confidential.TimedEvery)
 	b.WriteString("*chained*: default operator chaining (q0–q2 are then one task with no exchange); *every edge*: `--no-chain`, every operator its own task and every edge a NATS exchange, so sealing's cost shows. ")
 	if o.LatencySeconds > 0 {
 		fmt.Fprintf(&b, "Latency (p50 / p99 of result rows, ms): one chained run paced (`--pace`) at half the slower mode's median wall-clock rate for %.3g s; rows fired by the end of input are excluded, so a windowed query needs more than its 10 s window.", o.LatencySeconds)
