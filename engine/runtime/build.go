@@ -427,7 +427,7 @@ func copyPath(e *edge) (last *edge, idx []int) {
 // and the key function it groups e's records by, or nil if e has none. A
 // pre-filter goes on an edge whose records reach a tumbling window aggregate
 // without allowed lateness or late side output whose only aggregate is
-// max-rows of an int, bool or string field (Nexmark q7's two stages), either
+// max-rows of an int, bool or string field (Nexmark q7's two stages, q5's second), either
 // over e itself, a keyed exchange, or over a forward path of key-by nodes and
 // maps that only copy fields (see copyPath), and then a keyed exchange into
 // the window (q7 with every edge an exchange: source → project → key-by →
