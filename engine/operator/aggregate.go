@@ -142,12 +142,30 @@ type keyState struct {
 	firedUpTo int64
 }
 
-// Reset empties the state, keeping its buffers for reuse.
+// Reset empties the state for reuse by another key. It keeps the key buffer
+// and a window slice of capacity one, and drops a larger one: a recycled state
+// that kept the most windows any key it served ever had would make the memory
+// of the free list creep up over a long stream (see WindowAggregate.spare).
 func (k *keyState) Reset() {
 	k.keyVals = k.keyVals[:0]
-	k.wins = k.wins[:0]
+	if cap(k.wins) > 1 {
+		k.wins = nil
+	} else {
+		k.wins = k.wins[:0]
+	}
 	k.firedUpTo = math.MinInt64
 }
+
+// winBufs are the buffers of a removed window, kept for the next window that
+// any key of the operator opens.
+type winBufs struct {
+	accs []acc
+	rows []record.Record
+}
+
+// maxSpareRows is the largest row buffer a removed window gives back for
+// reuse; a larger one (a max-rows window of many ties) is left to the GC.
+const maxSpareRows = 16
 
 // WindowAggregate computes aggregates over event-time windows per key.
 type WindowAggregate struct {
@@ -163,6 +181,12 @@ type WindowAggregate struct {
 	late     int64
 	errors   int64
 	buf      []record.Value
+	// spare holds the buffers of removed windows. Windows close and open all
+	// the time; keeping their buffers here, not in the key that last had them,
+	// bounds what is kept by the most windows open at once rather than by the
+	// most windows every recycled key state ever held, which grows with the
+	// length of the stream.
+	spare []winBufs
 }
 
 // NewWindowAggregate returns a window aggregate operator.
@@ -312,6 +336,13 @@ func (op *WindowAggregate) newWindow(ks *keyState, start, end int64) *window {
 		ks.wins = append(ks.wins, window{})
 	}
 	w := &ks.wins[n]
+	if w.accs == nil && w.rows == nil {
+		if m := len(op.spare); m > 0 {
+			w.accs, w.rows = op.spare[m-1].accs, op.spare[m-1].rows
+			op.spare[m-1] = winBufs{}
+			op.spare = op.spare[:m-1]
+		}
+	}
 	w.start, w.end, w.fired, w.count = start, end, false, 0
 	w.accs = w.accs[:0]
 	for range op.cfg.Aggs {
@@ -321,9 +352,19 @@ func (op *WindowAggregate) newWindow(ks *keyState, start, end int64) *window {
 	return w
 }
 
-func removeWindow(ks *keyState, i int) {
+// removeWindow removes window i of ks (moving the last one into its slot) and
+// gives its buffers to op.spare.
+func (op *WindowAggregate) removeWindow(ks *keyState, i int) {
 	last := len(ks.wins) - 1
 	ks.wins[i], ks.wins[last] = ks.wins[last], ks.wins[i]
+	w := &ks.wins[last]
+	if cap(w.rows) <= maxSpareRows {
+		if op.rowsMode == AggTopN {
+			clear(w.rows) // top-n clones the rows it keeps: old ones would only hold memory
+		}
+		op.spare = append(op.spare, winBufs{accs: w.accs, rows: w.rows})
+	}
+	*w = window{}
 	ks.wins = ks.wins[:last]
 }
 
@@ -463,7 +504,7 @@ func (op *WindowAggregate) fireAligned(t int64, keys []uint64, out Emitter) {
 		ks.firedUpTo = max(ks.firedUpTo, t)
 		for j := 0; j < len(ks.wins); {
 			if ks.wins[j].start+size-1+lateness <= t {
-				removeWindow(ks, j)
+				op.removeWindow(ks, j)
 				continue
 			}
 			j++
@@ -509,7 +550,7 @@ func (op *WindowAggregate) addSession(r *record.Record, out Emitter) error {
 			out.EmitSide(op.cfg.ErrorSide, *r)
 			return nil
 		}
-		removeWindow(ks, j)
+		op.removeWindow(ks, j)
 		if target == len(ks.wins) { // removeWindow moved the target into slot j
 			target = j
 		}
@@ -856,7 +897,7 @@ func (op *WindowAggregate) fireSession(t int64, keys []uint64, out Emitter) {
 				}
 			}
 			if w.fired && w.end-1+lateness <= t {
-				removeWindow(ks, j)
+				op.removeWindow(ks, j)
 				continue
 			}
 			j++
