@@ -332,10 +332,15 @@ type filtered struct {
 type filterEmitter struct {
 	operator.Emitter
 	pred *expr.Program
+	// rec holds the record being filtered, so that the pointer EvalBool
+	// takes does not move Emit's parameter to the heap (an allocation per
+	// record).
+	rec record.Record
 }
 
 func (e *filterEmitter) Emit(r record.Record) {
-	ok, err := e.pred.EvalBool(&r)
+	e.rec = r
+	ok, err := e.pred.EvalBool(&e.rec)
 	if err != nil {
 		e.Emitter.EmitSide(operator.DefaultErrorSide, r)
 		return

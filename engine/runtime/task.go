@@ -516,6 +516,10 @@ type tailEmitter struct {
 	lastWM    time.Time // when a watermark was last sent
 	pendingWM int64     // the latest watermark not yet sent
 	hasWM     bool
+	// rec holds the record being emitted: Emit hands the key functions and
+	// pre-filters a pointer to it, and a pointer to Emit's parameter would
+	// move the parameter to the heap, an allocation per record.
+	rec record.Record
 }
 
 func (t *tailEmitter) open(ctx context.Context) error {
@@ -553,18 +557,20 @@ func (t *tailEmitter) prefiltered() int64 {
 
 func (t *tailEmitter) Emit(r record.Record) {
 	t.st.stats[t.node].out++
+	t.rec = r
+	rp := &t.rec
 	for _, oe := range t.edges {
 		var to int
 		switch oe.e.part {
 		case forward:
-			if oe.pre != nil && !oe.pre.Keep(oe.preKey(&r), &r) {
+			if oe.pre != nil && !oe.pre.Keep(oe.preKey(rp), rp) {
 				continue
 			}
 			to = t.st.idx
 		case hashed:
 			maxP := t.st.p.spec.MaxParallelism
-			key := oe.e.key(&r)
-			if oe.pre != nil && !oe.pre.Keep(key, &r) {
+			key := oe.e.key(rp)
+			if oe.pre != nil && !oe.pre.Keep(key, rp) {
 				continue
 			}
 			to = state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP)
@@ -572,7 +578,7 @@ func (t *tailEmitter) Emit(r record.Record) {
 			to = oe.rr
 		}
 		b := &oe.bufs[to]
-		b.add(&r)
+		b.add(rp)
 		if len(b.batch.Records) >= t.st.o.BatchSize {
 			t.flushTarget(oe, to)
 			if oe.e.part == rebalance {
