@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/sealflow/sealflow/engine/jobspec"
@@ -191,6 +192,7 @@ func (st *subtask) runSource(ctx context.Context) error {
 	ticker, _ := st.ops[0].(operator.Ticker)
 	lastTick := time.Now()
 	st.tail.coalesce = st.o.WatermarkInterval > 0
+	st.tail.sentWM = math.MinInt64
 	tick := func() error {
 		now := time.Now()
 		st.tail.flushWatermark(now)
@@ -516,6 +518,7 @@ type tailEmitter struct {
 	lastWM    time.Time // when a watermark was last sent
 	pendingWM int64     // the latest watermark not yet sent
 	hasWM     bool
+	sentWM    int64 // the last watermark sent by coalescing (MinInt64: none)
 	// rec holds the record being emitted: Emit hands the key functions and
 	// pre-filters a pointer to it, and a pointer to Emit's parameter would
 	// move the parameter to the heap, an allocation per record.
@@ -604,6 +607,10 @@ func (t *tailEmitter) EmitWatermark(wm int64) {
 		// A later watermark supersedes this one, and records emitted
 		// meanwhile stay batched; flushWatermark sends it in time.
 		t.pendingWM, t.hasWM = wm, true
+		if span := t.st.o.WatermarkSpan; span > 0 && wm > t.sentWM && (t.sentWM == math.MinInt64 || uint64(wm-t.sentWM) >= uint64(span)) {
+			t.sendPending(time.Now())
+			return
+		}
 		t.flushWatermark(time.Now())
 		return
 	}
@@ -617,7 +624,12 @@ func (t *tailEmitter) flushWatermark(now time.Time) {
 	if !t.hasWM || now.Sub(t.lastWM) < t.st.o.WatermarkInterval {
 		return
 	}
-	t.lastWM, t.hasWM = now, false
+	t.sendPending(now)
+}
+
+// sendPending sends the pending coalesced watermark.
+func (t *tailEmitter) sendPending(now time.Time) {
+	t.lastWM, t.hasWM, t.sentWM = now, false, t.pendingWM
 	t.sendWatermark(t.pendingWM)
 }
 
