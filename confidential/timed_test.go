@@ -41,7 +41,7 @@ func TestTimedCodec(t *testing.T) {
 				t.Errorf("SealOffset %d, want the wrapped codec's %d", ip.SealOffset(), sealer.SealOffset())
 			}
 			pt := bytes.Repeat([]byte("sealflow"), 8<<10)
-			const frames = 400 // 50 timed calls: one sample whose empty region reads long (a signal, a fault) cannot cancel them all
+			const frames = 50 * TimedEvery // about 50 timed calls: one sample whose empty region reads long (a signal, a fault) cannot cancel them all
 			for i := range frames {
 				h := runtime.FrameHeader{Job: "timed", Edge: 1, From: 0, To: 1, Seq: uint64(i + 1)}
 				var frame []byte
@@ -104,13 +104,14 @@ func TestTimedCodec(t *testing.T) {
 		for range 3 {
 			read = clockRead(1000)
 			empty := NewTimedCodec(runtime.IdentityCodec{})
-			for i := range 8000 {
+			const calls = 1000 * TimedEvery
+			for i := range calls {
 				empty.Seal(runtime.FrameHeader{Seq: uint64(i)}, nil, pt)
 			}
-			// spent is TimedEvery × the sum over the 1000 timed calls,
-			// unclamped (Spent clamps at zero, which would hide a clock
-			// cost subtracted twice).
-			if got = time.Duration(empty.(*timedCodec).spent.Load()) / 8000; got < read/2 && got > -read/2 {
+			// spent is TimedEvery × the sum over the about 1000 timed
+			// calls, unclamped (Spent clamps at zero, which would hide a
+			// clock cost subtracted twice).
+			if got = time.Duration(empty.(*timedCodec).spent.Load()) / calls; got < read/2 && got > -read/2 {
 				break
 			}
 		}
@@ -125,6 +126,37 @@ func TestTimedCodec(t *testing.T) {
 	// A codec without in-place methods stays without them.
 	if _, ok := NewTimedCodec(runtime.IdentityCodec{}).(runtime.InPlaceCodec); ok {
 		t.Error("wrapping IdentityCodec made it an InPlaceCodec")
+	}
+}
+
+// TestTimedCodecSamplesEveryPhase checks that the calls a TimedCodec times
+// are not those of one phase of a periodic pattern of frames: for patterns of
+// period 2 to 64 (a watermark frame every so many batch frames, edges taking
+// turns), each phase gets close to its share of the samples. Sampling every
+// TimedEvery-th call put every sample on one phase of any period dividing
+// TimedEvery, so a run whose every eighth frame was a watermark timed only
+// watermarks.
+func TestTimedCodecSamplesEveryPhase(t *testing.T) {
+	const calls = 1 << 20
+	for _, period := range []int{2, 3, 4, 8, 16, 32, 64} {
+		t.Run(fmt.Sprint(period), func(t *testing.T) {
+			perPhase := make([]int, period)
+			total := 0
+			for n := uint64(1); n <= calls; n++ {
+				if sampled(n) {
+					perPhase[n%uint64(period)]++
+					total++
+				}
+			}
+			if want := calls / TimedEvery; total < want*9/10 || total > want*11/10 {
+				t.Fatalf("%d calls sampled of %d, want about %d", total, calls, want)
+			}
+			for phase, got := range perPhase {
+				if want := total / period; got < want*8/10 || got > want*12/10 {
+					t.Fatalf("phase %d of %d got %d samples, want about %d: %v", phase, period, got, want, perPhase)
+				}
+			}
+		})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/sealflow/sealflow/confidential"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,6 +15,10 @@ import (
 	"github.com/sealflow/sealflow/bench"
 	"github.com/sealflow/sealflow/nexmark"
 )
+
+// sealTimingHelp is the help of --seal-timing, shared by bench query and
+// nexmark run.
+var sealTimingHelp = fmt.Sprintf("estimate the CPU time spent sealing and opening exchange frames (seal_cpu_seconds in the summary; sampled, 1 call in %d); --seal-timing=false to run the codec unwrapped", confidential.TimedEvery)
 
 func init() {
 	register("bench", "run the Nexmark benchmark suite, sealed vs plaintext, and write docs/benchmarks.md's generated section", func(ctx context.Context, args []string) error {
@@ -158,7 +163,7 @@ func benchQuery(ctx context.Context, args []string, w io.Writer) error {
 	fs.Int64Var(&o.Seed, "seed", 1, "generator seed")
 	fs.IntVar(&o.Parallelism, "parallelism", 1, "tasks per operator")
 	fs.BoolVar(&o.Plaintext, "plaintext", false, "exchange frames unsealed")
-	sealTiming := fs.Bool("seal-timing", true, "estimate the CPU time spent sealing and opening exchange frames (seal_cpu_seconds in the summary; sampled, 1 call in 8); --seal-timing=false to run the codec unwrapped")
+	sealTiming := fs.Bool("seal-timing", true, sealTimingHelp)
 	fs.BoolVar(&o.NoChain, "no-chain", false, "run every operator in its own task")
 	fs.BoolVar(&o.NoPrefilter, "no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q5, q7), without the sending side's maxima pre-filter")
 	fs.Int64Var(&o.InFlightAuctions, "auctions", 0, "generator's in-flight auctions (the keys of q5; 0: Nexmark default 100)")

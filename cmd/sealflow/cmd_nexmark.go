@@ -76,7 +76,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	ooo := fs.Duration("max-out-of-order", 0, "how far event time may go backwards in a source partition before records are late (for --input files not in time order)")
 	pace := fs.Int64("pace", 0, "emit generated events at this many events per second of wall-clock time (also the event-time rate) and report result latency; 0: as fast as possible")
 	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
-	sealTiming := fs.Bool("seal-timing", true, "estimate the CPU time spent sealing and opening exchange frames (seal_cpu_seconds in the summary; sampled, 1 call in 8); --seal-timing=false to run the codec unwrapped")
+	sealTiming := fs.Bool("seal-timing", true, sealTimingHelp)
 	noPrefilter := fs.Bool("no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q5, q7), without the sending side's maxima pre-filter")
 	if err := fs.Parse(args); err != nil {
 		return err
