@@ -195,7 +195,6 @@ type task struct {
 	out         []*edge
 }
 
-// plan is a spec cut into tasks and edges.
 // windowSpan returns the default Options.WatermarkSpan of spec: a quarter of
 // its shortest window (a tumbling or sliding window's size, a session's
 // gap), at least 1 ms, or -1 (none) if spec has no windows. A window's state
@@ -227,6 +226,7 @@ func windowSpan(spec *jobspec.Spec) int64 {
 	return max(least/4, 1)
 }
 
+// plan is a spec cut into tasks and edges.
 type plan struct {
 	spec  *jobspec.Spec
 	tasks []*task
