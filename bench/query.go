@@ -40,6 +40,10 @@ type QueryOptions struct {
 	// NoPrefilter turns off the maxima pre-filters of keyed exchanges
 	// (runtime.Options.DisablePrefilter), to measure what they save.
 	NoPrefilter bool
+	// NoCombine turns off the count combiners of keyed exchanges into
+	// counting windows (runtime.Options.DisableCombine), to measure what
+	// they save.
+	NoCombine bool
 	// InFlightAuctions and ActivePeople override the generator's
 	// NumInFlightAuctions (the number of auctions bids go to: the keys of
 	// q5) and NumActivePeople; 0 keeps the Nexmark defaults.
@@ -128,7 +132,7 @@ func RunQuery(ctx context.Context, o QueryOptions) (Summary, error) {
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: o.Query, QueryOptions: nexmark.QueryOptions{Parallelism: o.Parallelism},
 		Input:  nexmark.Input{Events: o.Events, Config: cfg},
-		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, DisableChaining: o.NoChain, DisablePrefilter: o.NoPrefilter}, Row: row,
+		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, DisableChaining: o.NoChain, DisablePrefilter: o.NoPrefilter, DisableCombine: o.NoCombine}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
 	cpu1, rss := Rusage()

@@ -16,6 +16,10 @@ import (
 	"github.com/sealflow/sealflow/nexmark"
 )
 
+// noCombineHelp is the help of --no-combine, shared by bench query and
+// nexmark run.
+const noCombineHelp = "send every record through keyed exchanges into windows that count (q5), without the sending side's count combiner"
+
 // sealTimingHelp is the help of --seal-timing, shared by bench query and
 // nexmark run.
 var sealTimingHelp = fmt.Sprintf("estimate the CPU time spent sealing and opening exchange frames (seal_cpu_seconds in the summary; sampled, 1 call in %d); --seal-timing=false to run the codec unwrapped", confidential.TimedEvery)
@@ -166,6 +170,7 @@ func benchQuery(ctx context.Context, args []string, w io.Writer) error {
 	sealTiming := fs.Bool("seal-timing", true, sealTimingHelp)
 	fs.BoolVar(&o.NoChain, "no-chain", false, "run every operator in its own task")
 	fs.BoolVar(&o.NoPrefilter, "no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q5, q7), without the sending side's maxima pre-filter")
+	fs.BoolVar(&o.NoCombine, "no-combine", false, noCombineHelp)
 	fs.Int64Var(&o.InFlightAuctions, "auctions", 0, "generator's in-flight auctions (the keys of q5; 0: Nexmark default 100)")
 	fs.Int64Var(&o.ActivePeople, "people", 0, "generator's active people (0: Nexmark default 1000)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the run to this file")

@@ -78,6 +78,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	noChain := fs.Bool("no-chain", false, "run every operator in its own task, so every edge crosses a NATS exchange")
 	sealTiming := fs.Bool("seal-timing", true, sealTimingHelp)
 	noPrefilter := fs.Bool("no-prefilter", false, "send every record through keyed exchanges into max-rows windows (q5, q7), without the sending side's maxima pre-filter")
+	noCombine := fs.Bool("no-combine", false, noCombineHelp)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -191,7 +192,7 @@ func nexmarkRun(ctx context.Context, args []string, w io.Writer) error {
 	in.Start = start
 	res, err := nexmark.Run(ctx, nexmark.RunOptions{
 		Query: *query, QueryOptions: nexmark.QueryOptions{Parallelism: *par, MaxOutOfOrderness: *ooo}, Input: in,
-		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain, DisablePrefilter: *noPrefilter}, Row: row,
+		Engine: runtime.Options{Transport: tr, Codec: codec, JobID: jobID, BatchSize: *batch, DisableChaining: *noChain, DisablePrefilter: *noPrefilter, DisableCombine: *noCombine}, Row: row,
 	})
 	wall := time.Since(start).Seconds()
 	cpu1, rss := bench.Rusage()

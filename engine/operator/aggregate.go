@@ -111,6 +111,13 @@ type WindowConfig struct {
 	ErrorSide string
 	// OmitStart and OmitEnd leave window_start or window_end out of results.
 	OmitStart, OmitEnd bool
+	// Weighted says that field WeightField of each input record is the
+	// number of records it stands for (at least 1), as a CountCombiner on
+	// the sending side of the exchange made them. Only tumbling and sliding
+	// windows without allowed lateness whose every aggregate is AggCount
+	// without NonNull take weights.
+	Weighted    bool
+	WeightField int
 }
 
 // acc is the running state of one scalar aggregate.
@@ -197,6 +204,16 @@ func NewWindowAggregate(cfg WindowConfig) (*WindowAggregate, error) {
 	if len(cfg.Aggs) == 0 {
 		return nil, fmt.Errorf("window aggregate: no aggregates")
 	}
+	if cfg.Weighted {
+		if cfg.Windowing.Kind == SessionWindows || cfg.AllowedLateness != 0 || cfg.WeightField < 0 {
+			return nil, fmt.Errorf("window aggregate: weights need tumbling or sliding windows without allowed lateness and a weight field (got kind %d, lateness %d, field %d)", cfg.Windowing.Kind, cfg.AllowedLateness, cfg.WeightField)
+		}
+		for i, a := range cfg.Aggs {
+			if a.Kind != AggCount || a.NonNull {
+				return nil, fmt.Errorf("window aggregate: with weights every aggregate must count records; aggregate %d is %s", i, a.Kind)
+			}
+		}
+	}
 	if cfg.AllowedLateness < 0 || cfg.AllowedLateness > MaxWindowSpan {
 		return nil, fmt.Errorf("window aggregate: allowed lateness %d is negative or above %d", cfg.AllowedLateness, int64(MaxWindowSpan))
 	}
@@ -264,7 +281,7 @@ func (op *WindowAggregate) ProcessBatch(_ int, b *record.Batch, out Emitter) err
 		r := &b.Records[i]
 		if err := op.check(r); err != nil {
 			op.errors++
-			out.EmitSide(op.cfg.ErrorSide, *r)
+			out.EmitSide(op.cfg.ErrorSide, op.sideRecord(r))
 			continue
 		}
 		var err error
@@ -284,6 +301,11 @@ func (op *WindowAggregate) ProcessBatch(_ int, b *record.Batch, out Emitter) err
 func (op *WindowAggregate) check(r *record.Record) error {
 	if !validTime(r.Time) {
 		return fmt.Errorf("event time %d is outside ±%d", r.Time, int64(MaxEventTime))
+	}
+	if op.cfg.Weighted {
+		if f := op.cfg.WeightField; f >= len(r.Values) || r.Values[f].T != record.TypeInt || r.Values[f].I < 1 {
+			return fmt.Errorf("weight field %d of a record with %d fields is not a positive integer", f, len(r.Values))
+		}
 	}
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]
@@ -368,10 +390,24 @@ func (op *WindowAggregate) removeWindow(ks *keyState, i int) {
 	ks.wins = ks.wins[:last]
 }
 
+// sideRecord returns r as a side output shows it: without the weight a
+// combiner appended (WindowConfig.Weighted), which is not part of the
+// input's schema.
+func (op *WindowAggregate) sideRecord(r *record.Record) record.Record {
+	if op.cfg.Weighted && op.cfg.WeightField < len(r.Values) {
+		return record.Record{Time: r.Time, Values: r.Values[:op.cfg.WeightField]}
+	}
+	return *r
+}
+
 func (op *WindowAggregate) lateRecord(r *record.Record, out Emitter) {
-	op.late++
+	if op.cfg.Weighted {
+		op.late += r.Values[op.cfg.WeightField].I // checked by check
+	} else {
+		op.late++
+	}
 	if op.cfg.LateSide != "" {
-		out.EmitSide(op.cfg.LateSide, *r)
+		out.EmitSide(op.cfg.LateSide, op.sideRecord(r))
 	}
 }
 
@@ -403,7 +439,7 @@ func (op *WindowAggregate) addAligned(r *record.Record, out Emitter) error {
 	}
 	if err := op.addRow(pane, r); err != nil {
 		op.errors++
-		out.EmitSide(op.cfg.ErrorSide, *r)
+		out.EmitSide(op.cfg.ErrorSide, op.sideRecord(r))
 		return nil
 	}
 	if isNew {
@@ -547,7 +583,7 @@ func (op *WindowAggregate) addSession(r *record.Record, out Emitter) error {
 		t := &ks.wins[target]
 		if err := op.mergeWindow(t, w); err != nil {
 			op.errors++
-			out.EmitSide(op.cfg.ErrorSide, *r)
+			out.EmitSide(op.cfg.ErrorSide, op.sideRecord(r))
 			return nil
 		}
 		op.removeWindow(ks, j)
@@ -566,7 +602,7 @@ func (op *WindowAggregate) addSession(r *record.Record, out Emitter) error {
 	w.start, w.end = min(w.start, start), max(w.end, end)
 	if err := op.addRow(w, r); err != nil {
 		op.errors++
-		out.EmitSide(op.cfg.ErrorSide, *r)
+		out.EmitSide(op.cfg.ErrorSide, op.sideRecord(r))
 		return nil
 	}
 	if w.end-1 <= op.wm { // within allowed lateness: fire (again) now
@@ -584,6 +620,10 @@ func (op *WindowAggregate) addSession(r *record.Record, out Emitter) error {
 
 // addRow adds r to the aggregates of w.
 func (op *WindowAggregate) addRow(w *window, r *record.Record) error {
+	if op.cfg.Weighted {
+		w.count += r.Values[op.cfg.WeightField].I // checked by check
+		return nil                                // every aggregate counts
+	}
 	w.count++
 	for i := range op.cfg.Aggs {
 		a := &op.cfg.Aggs[i]

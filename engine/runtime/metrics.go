@@ -46,6 +46,7 @@ type liveStats struct {
 	inWM          []int64
 	frames, bytes atomic.Int64
 	prefiltered   atomic.Int64
+	combined      atomic.Int64
 	// blocked is, while no exchange send is in progress, the time (ns)
 	// spent in sends so far; during a send, that time minus the send's
 	// start (unix ns), a negative number. One word, so a reader adding now
@@ -91,6 +92,7 @@ func (st *subtask) publish() {
 	l.frames.Store(st.frames)
 	l.bytes.Store(st.bytes)
 	l.prefiltered.Store(st.tail.prefiltered())
+	l.combined.Store(st.tail.combined())
 }
 
 // watermarkPassed notes that node emitted wm, which the next node of the
@@ -189,6 +191,9 @@ type LiveTask struct {
 	// Prefiltered counts the records the task's maxima pre-filters dropped
 	// instead of sending them (see Options.DisablePrefilter).
 	Prefiltered int64
+	// Combined counts the records the task's count combiners did not send
+	// because another record carried them (see Options.DisableCombine).
+	Combined int64
 	// Blocked is the time the subtasks spent in exchange sends, which block
 	// while the consumer has no credit (or channel space) left: the
 	// backpressure the task meets. Sends in progress count up to At.
@@ -218,6 +223,7 @@ func (p *Probe) Read() Live {
 		lt.Frames += ls.frames.Load()
 		lt.Bytes += ls.bytes.Load()
 		lt.Prefiltered += ls.prefiltered.Load()
+		lt.Combined += ls.combined.Load()
 		blocked := ls.blocked.Load()
 		if blocked < 0 { // a send in progress
 			blocked = max(blocked+now.UnixNano(), 0)

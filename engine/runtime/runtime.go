@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -96,6 +97,12 @@ type Options struct {
 	// of keyed exchanges into max-rows windows (see newPrefilter), so every
 	// record crosses the exchange (for tests and measurements).
 	DisablePrefilter bool
+	// DisableCombine turns off the count combiners on the sending side of
+	// keyed exchanges into windows that only count (see combineWindowing),
+	// so every record crosses the exchange (for tests and measurements).
+	// Producers and consumers of an edge must agree on it: it changes what
+	// the edge carries.
+	DisableCombine bool
 	// TickInterval is how often sources tick their watermark generators for
 	// idleness detection; 100 ms if zero.
 	TickInterval time.Duration
@@ -163,6 +170,10 @@ type Result struct {
 	// Prefiltered counts the records the maxima pre-filters of keyed
 	// exchanges dropped before sending them (see Options.DisablePrefilter).
 	Prefiltered int64
+	// Combined counts the records the count combiners of keyed exchanges
+	// did not send because another record carried them (see
+	// Options.DisableCombine).
+	Combined int64
 	// Wall is how long the run took.
 	Wall time.Duration
 }
@@ -184,6 +195,12 @@ type edge struct {
 	part     partitioning
 	key      operator.KeyFunc
 	schema   *record.Schema // of the records on the edge
+	// combine is set when the producers combine the records of e by key
+	// and pane (operator.CountCombiner) for the window aggregate that
+	// consumes them: the edge's schema then ends with weightField, the
+	// number of records each one stands for.
+	combine     *operator.Windowing
+	weightField int
 }
 
 // task is a chain of nodes run by Parallelism subtasks.
@@ -318,6 +335,14 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("job %q: planning: %w", spec.Name, err)
 	}
+	if !o.DisableCombine {
+		for _, e := range p.edges {
+			if w, ok := combineWindowing(e); ok {
+				e.combine, e.weightField = &w, len(e.schema.Fields)
+				e.schema = &record.Schema{Fields: append(slices.Clip(e.schema.Fields), record.Field{Name: weightFieldName, Type: record.TypeInt})}
+			}
+		}
+	}
 	for _, t := range p.tasks {
 		for _, info := range t.nodes {
 			n := info.Node
@@ -442,6 +467,7 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 		res.Frames += st.frames
 		res.Bytes += st.bytes
 		res.Prefiltered += st.tail.prefiltered()
+		res.Combined += st.tail.combined()
 	}
 	res.Wall = time.Since(start)
 	return res, nil

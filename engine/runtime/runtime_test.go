@@ -255,7 +255,7 @@ func TestKeyedOperatorsStayReachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	info := r.Nodes["agg"]
-	op, err := buildOperator(info, r.Spec, 0, 1, nil, Split{})
+	op, err := buildOperator(info, r.Spec, 0, 1, nil, Split{}, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

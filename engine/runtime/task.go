@@ -64,7 +64,11 @@ func newSubtask(ctx context.Context, p *plan, t *task, idx int, o *Options) (*su
 		case n.Kind == jobspec.KindSink && o.Checkpoint != nil && o.CommitSinks[n.Params.Stream] != nil:
 			op = &txSinkOp{commit: o.CommitSinks[n.Params.Stream], split: split, schema: info.In[0]}
 		default:
-			op, err = buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split)
+			weight := -1
+			if i == 0 && len(t.in) == 1 && t.in[0].combine != nil {
+				weight = t.in[0].weightField
+			}
+			op, err = buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split, weight)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("node %q (%s): %w", n.ID, n.Kind, err)
@@ -441,6 +445,14 @@ func (b *batchBuf) add(r *record.Record) {
 	b.batch.Records = append(b.batch.Records, record.Record{Time: r.Time, Values: b.slab[start:len(b.slab):len(b.slab)]})
 }
 
+// addWeighted appends a copy of r with weight as one more value.
+func (b *batchBuf) addWeighted(r *record.Record, weight int64) {
+	start := len(b.slab)
+	b.slab = append(b.slab, r.Values...)
+	b.slab = append(b.slab, record.Int(weight))
+	b.batch.Records = append(b.batch.Records, record.Record{Time: r.Time, Values: b.slab[start:len(b.slab):len(b.slab)]})
+}
+
 func (b *batchBuf) reset() {
 	b.batch.Records = b.batch.Records[:0]
 	b.slab = b.slab[:0]
@@ -500,6 +512,10 @@ type outEdge struct {
 	// groups by, the window's (on a keyed exchange, e.key).
 	pre    *operator.MaxPrefilter
 	preKey operator.KeyFunc
+	// comb combines records by key and pane before they are routed (nil:
+	// none; see combineWindowing); every record on the edge then carries a
+	// weight.
+	comb *operator.CountCombiner
 }
 
 // tailEmitter routes what the chain's last op emits to the task's out edges.
@@ -541,9 +557,43 @@ func (t *tailEmitter) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism, pre: pre, preKey: preKey})
+		var comb *operator.CountCombiner
+		if e.combine != nil {
+			if comb, err = operator.NewCountCombiner(operator.CountCombinerConfig{Windowing: *e.combine}); err != nil {
+				return fmt.Errorf("edge %d combiner: %w", e.id, err)
+			}
+		}
+		t.edges = append(t.edges, &outEdge{e: e, fan: fan, bufs: make([]batchBuf, e.to.parallelism), seqs: make([]uint64, e.to.parallelism), rr: t.st.idx % e.to.parallelism, pre: pre, preKey: preKey, comb: comb})
 	}
 	return nil
+}
+
+// combined returns the number of records the out edges' combiners did not
+// send because another record carried them.
+func (t *tailEmitter) combined() int64 {
+	var n int64
+	for _, oe := range t.edges {
+		if oe.comb != nil {
+			n += oe.comb.Combined()
+		}
+	}
+	return n
+}
+
+// flushCombined sends the records the out edges' combiners hold, before a
+// watermark or a barrier: a combined record must reach the window before a
+// watermark that could make it late, and in the epoch of the records it
+// stands for.
+func (t *tailEmitter) flushCombined() {
+	for _, oe := range t.edges {
+		if oe.comb == nil || oe.comb.Len() == 0 {
+			continue
+		}
+		maxP := t.st.p.spec.MaxParallelism
+		oe.comb.Flush(func(key uint64, r *record.Record, weight int64) {
+			t.route(oe, state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP), r, weight)
+		})
+	}
 }
 
 // prefiltered returns the number of records the out edges' pre-filters
@@ -576,6 +626,13 @@ func (t *tailEmitter) Emit(r record.Record) {
 			if oe.pre != nil && !oe.pre.Keep(key, rp) {
 				continue
 			}
+			if oe.comb != nil {
+				if oe.comb.Add(key, rp) {
+					continue
+				}
+				t.route(oe, state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP), rp, 1)
+				continue
+			}
 			to = state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP)
 		case rebalance:
 			to = oe.rr
@@ -588,6 +645,16 @@ func (t *tailEmitter) Emit(r record.Record) {
 				oe.rr = (oe.rr + 1) % len(oe.bufs)
 			}
 		}
+	}
+}
+
+// route batches r, with weight appended, for consumer subtask to of a
+// combined edge.
+func (t *tailEmitter) route(oe *outEdge, to int, r *record.Record, weight int64) {
+	b := &oe.bufs[to]
+	b.addWeighted(r, weight)
+	if len(b.batch.Records) >= t.st.o.BatchSize {
+		t.flushTarget(oe, to)
 	}
 }
 
@@ -634,6 +701,12 @@ func (t *tailEmitter) sendPending(now time.Time) {
 }
 
 func (t *tailEmitter) sendWatermark(wm int64) {
+	t.flushCombined()
+	for _, oe := range t.edges {
+		if oe.comb != nil {
+			oe.comb.Advance(wm)
+		}
+	}
 	for _, oe := range t.edges {
 		for to := range oe.bufs {
 			t.flushTarget(oe, to)
@@ -649,6 +722,7 @@ func (t *tailEmitter) sendWatermark(wm int64) {
 // sendBarrier sends the barrier of checkpoint id to every consumer, after
 // the records batched for it.
 func (t *tailEmitter) sendBarrier(id uint64) {
+	t.flushCombined()
 	for _, oe := range t.edges {
 		for to := range oe.bufs {
 			t.flushTarget(oe, to)
