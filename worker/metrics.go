@@ -58,7 +58,7 @@ type Metrics struct {
 
 	recordsIn, recordsOut, tasks *prometheus.Desc
 
-	opIn, opOut, wmLag, backpressure, exchangeBytes, prefiltered *prometheus.Desc
+	opIn, opOut, wmLag, backpressure, exchangeBytes, prefiltered, combined *prometheus.Desc
 	// bp measures each task's backpressure between scrapes.
 	bp bpTracker
 
@@ -96,6 +96,8 @@ func NewMetrics(node string) *Metrics {
 			"Bytes of sealed frames a task sent between its stages.", []string{"sealflow_job", "task"}, labels),
 		prefiltered: prometheus.NewDesc("sealflow_worker_prefiltered_records_total",
 			"Records a task's maxima pre-filters dropped before an exchange because they were below what the filter had already sent for their key and window.", []string{"sealflow_job", "task"}, labels),
+		combined: prometheus.NewDesc("sealflow_worker_combined_records_total",
+			"Records a task's count combiners did not send over an exchange because one record of the same key and pane carried their number.", []string{"sealflow_job", "task"}, labels),
 	}
 	m.checkpoints = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sealflow_worker_checkpoints_total", ConstLabels: labels,
@@ -170,6 +172,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.backpressure
 	ch <- m.exchangeBytes
 	ch <- m.prefiltered
+	ch <- m.combined
 }
 
 // Collect implements prometheus.Collector: it reads the watched worker's
@@ -233,13 +236,15 @@ func (m *Metrics) collectLive(ch chan<- prometheus.Metric, t *Task, now time.Tim
 			ch <- prometheus.MustNewConstMetric(m.wmLag, prometheus.GaugeValue, lag.Seconds(), t.Job, t.ID, n.ID)
 		}
 	}
-	var bytes, dropped int64
+	var bytes, dropped, combined int64
 	for _, lt := range l.Tasks {
 		bytes += lt.Bytes
 		dropped += lt.Prefiltered
+		combined += lt.Combined
 	}
 	ch <- prometheus.MustNewConstMetric(m.exchangeBytes, prometheus.CounterValue, float64(bytes), t.Job, t.ID)
 	ch <- prometheus.MustNewConstMetric(m.prefiltered, prometheus.CounterValue, float64(dropped), t.Job, t.ID)
+	ch <- prometheus.MustNewConstMetric(m.combined, prometheus.CounterValue, float64(combined), t.Job, t.ID)
 	if running {
 		ratio, _ := m.bp.measure(t.ID, p, l)
 		ch <- prometheus.MustNewConstMetric(m.backpressure, prometheus.GaugeValue, ratio, t.Job, t.ID)

@@ -331,6 +331,44 @@ func TestMetricsPrefilteredRecords(t *testing.T) {
 	}
 }
 
+// TestMetricsCombinedRecords runs a task whose source feeds a counting
+// window over a keyed exchange: its count combiner sends one record per key
+// and pane, and sealflow_worker_combined_records_total counts the others.
+func TestMetricsCombinedRecords(t *testing.T) {
+	task := laggingTask(t, &liveIO{pause: time.Millisecond, desc: true})
+	task.Spec.Nodes = []jobspec.Node{
+		task.Spec.Nodes[0],
+		{ID: "byts", Kind: jobspec.KindKeyBy, Inputs: []string{"src"}, Parallelism: 2, Params: jobspec.Params{Keys: []string{"ts"}}},
+		{ID: "cnt", Kind: jobspec.KindWindowAggregate, Inputs: []string{"byts"}, Parallelism: 2, Params: jobspec.Params{
+			Window:     &jobspec.Window{Type: jobspec.WindowTumbling, SizeMs: 1000},
+			Aggregates: []jobspec.Aggregate{{Fn: jobspec.AggCount, As: "n"}}}},
+		{ID: "out", Kind: jobspec.KindSink, Inputs: []string{"cnt"}, Parallelism: 2, Params: jobspec.Params{Stream: "results"}},
+	}
+	m := runWatched(t, task)
+	labels := map[string]string{"sealflow_job": "lagging", "task": "lagging/t", "node": "edge-1"}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if s := task.State(); strings.HasPrefix(s, "failed") {
+			t.Fatal(s)
+		}
+		if task.probe.Load() == nil {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		sent := value(t, m.Registry(), "sealflow_worker_operator_records_out_total", map[string]string{"operator": "src"})
+		combined := value(t, m.Registry(), "sealflow_worker_combined_records_total", labels)
+		// Each batch of 64 shares one key and time: all but its first
+		// record are carried by another.
+		if sent >= 64*20 && combined >= sent/2 && combined < sent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: source sent %v records, combiners combined %v; want more than half", sent, combined)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // runWatched runs task on a worker of its own whose metrics it returns;
 // the task is stopped when the test ends.
 func runWatched(t *testing.T, task *Task) *Metrics {
