@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sealflow/sealflow/engine/runtime"
+	"github.com/sealflow/sealflow/engine/state"
 )
 
 // TimedEvery is how often a TimedCodec measures a call: one Seal or Open (or
@@ -76,16 +77,9 @@ func (t *timedCodec) Calls() int64 { return t.calls.Load() }
 // by a hash of the call's number (see TimedEvery).
 func (t *timedCodec) sample() bool { return sampled(uint64(t.calls.Add(1))) }
 
-// sampled reports whether call number n is one to time: the SplitMix64
-// finalizer of n, modulo TimedEvery, is zero.
-func sampled(n uint64) bool {
-	n ^= n >> 30
-	n *= 0xbf58476d1ce4e5b9
-	n ^= n >> 27
-	n *= 0x94d049bb133111eb
-	n ^= n >> 31
-	return n%TimedEvery == 0
-}
+// sampled reports whether call number n is one to time: the murmur3
+// finalizer of n (state.Mix), modulo TimedEvery, is zero.
+func sampled(n uint64) bool { return state.Mix(n)%TimedEvery == 0 }
 
 // timed runs f locked to its thread and adds its thread CPU time, scaled, to
 // spent. The clock's own cost within the region (the return of one read and
