@@ -37,7 +37,7 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 	fmt.Fprintf(&b, "Each query ran %d times sealed and %d times in plaintext (alternating) in each exchange mode, each run a `sealflow nexmark run` process of its own over the same %d generated events (seed %d, parallelism %d, embedded nats-server); figures are medians. ",
 		o.Runs, o.Runs, o.Events, o.Seed, o.Parallelism)
 	b.WriteString("**events/s per core** is events ÷ CPU-seconds of the run (user+system of the whole process: generator, engine, NATS, sealing, JSON rows to a file). ")
-	fmt.Fprintf(&b, "**sealing's share of CPU (in-run)** is the median over the sealed runs of the CPU time spent in the exchange codec's Seal and Open (one call in %d timed with the thread CPU clock, scaled by %[1]d) ÷ the run's CPU-seconds; **expected sealed / plaintext** is 1 − that share: what sealing costs within one process, free of the noise between separate processes that *sealed / plaintext* carries on a shared machine. ", confidential.TimedEvery)
+	fmt.Fprintf(&b, "**sealing's share of CPU (in-run)** is the median over the sealed runs of the CPU time spent in the exchange codec's Seal and Open (one call in %d timed with the thread CPU clock, scaled by %[1]d) ÷ the run's CPU-seconds; **expected sealed / plaintext** is 1 − that share: what sealing costs within one process, free of the noise between separate processes that *sealed / plaintext* carries on a shared machine. A clock read costs about as much as sealing a small frame, so a run that seals few or small frames can read as ≈0: below the timer's resolution, not free. ", confidential.TimedEvery)
 	b.WriteString("*chained*: default operator chaining (q0–q2 are then one task with no exchange); *every edge*: `--no-chain`, every operator its own task and every edge a NATS exchange, so sealing's cost shows. ")
 	if o.LatencySeconds > 0 {
 		fmt.Fprintf(&b, "Latency (p50 / p99 of result rows, ms): one chained run paced (`--pace`) at half the slower mode's median wall-clock rate for %.3g s; rows fired by the end of input are excluded, so a windowed query needs more than its 10 s window.", o.LatencySeconds)
@@ -56,6 +56,9 @@ func (r *Report) Markdown(mo MarkdownOptions) string {
 			share = "no exchange"
 		} else if sh, ok := c.SealShare(); ok {
 			share, expected = percent(sh), fmt.Sprintf("%.3f", 1-sh)
+			if sh <= 0 {
+				share = "≈0 (below resolution)"
+			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %s | %.3f | %s | %s | %.3f | %.3f | %s | %s | %s | %s | %s |\n",
 			c.Query, mode, s.Tasks, s.Rows, rate(s.PerCore), rate(p.PerCore), c.Ratio(), share, expected, s.CPUSeconds, p.CPUSeconds,
