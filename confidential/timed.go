@@ -21,7 +21,8 @@ import (
 // the number modulo TimedEvery: the frames of a run follow patterns (a
 // watermark frame after so many batch frames, frames of several edges in
 // turn), and a fixed stride in step with one would time only one kind of
-// frame.
+// frame. The set of sampled call numbers is fixed, so a run of very few
+// calls may time none (a stride always timed the first).
 const TimedEvery = 32
 
 // TimedCodec is a runtime.FrameCodec that estimates the CPU time spent in

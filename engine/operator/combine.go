@@ -50,7 +50,7 @@ type CountCombiner struct {
 	idx      map[prefilterKey]int
 	entries  []combined
 	wm       int64
-	absorbed int64
+	combined int64
 }
 
 // combined is one (key, pane) entry: its first record and the count.
@@ -89,7 +89,7 @@ func (c *CountCombiner) Add(key uint64, r *record.Record) bool {
 	k := prefilterKey{key: key, start: ps}
 	if i, ok := c.idx[k]; ok {
 		c.entries[i].n++
-		c.absorbed++
+		c.combined++
 		return true
 	}
 	if len(c.entries) >= c.cfg.MaxEntries {
@@ -106,7 +106,6 @@ func (c *CountCombiner) Add(key uint64, r *record.Record) bool {
 	e.rec.Time = ps
 	e.rec.Values = append(e.rec.Values[:0], r.Values...)
 	c.idx[k] = n
-	c.absorbed++
 	return true
 }
 
@@ -118,7 +117,6 @@ func (c *CountCombiner) Flush(emit func(key uint64, r *record.Record, weight int
 		e := &c.entries[i]
 		emit(e.key, &e.rec, e.n)
 	}
-	c.absorbed -= int64(len(c.entries))
 	c.entries = c.entries[:0]
 	clear(c.idx)
 }
@@ -133,9 +131,10 @@ func (c *CountCombiner) Advance(wm int64) {
 	c.wm = wm
 }
 
-// Combined returns the number of records not sent because another record
-// of the same key and pane carries them (records taken less entries sent).
-func (c *CountCombiner) Combined() int64 { return c.absorbed }
+// Combined returns the number of records that will not be sent because the
+// record of an entry carries them: every record taken but the first of its
+// key and pane. It never decreases, so it can back a counter metric.
+func (c *CountCombiner) Combined() int64 { return c.combined }
 
 // Len returns the number of entries held.
 func (c *CountCombiner) Len() int { return len(c.entries) }

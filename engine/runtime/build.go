@@ -348,6 +348,7 @@ type filterEmitter struct {
 func (e *filterEmitter) Emit(r record.Record) {
 	e.rec = r
 	ok, err := e.pred.EvalBool(&e.rec)
+	e.rec.Values = nil // do not keep the producer's batch alive
 	if err != nil {
 		e.Emitter.EmitSide(operator.DefaultErrorSide, r)
 		return

@@ -120,8 +120,10 @@ type Options struct {
 	// interval alone lets a window's state outlive the window's end by
 	// however much event time a source reads in that interval, which varies
 	// with the machine's load, so the state held at once would grow with the
-	// worst pause seen. 0: an eighth of the smallest window granularity in the
-	// job (windowSpan), none if the job has no windows; negative: none.
+	// worst pause seen. 0: a quarter of the job's shortest window size or
+	// session gap (windowSpan), none if the job has no windows; negative:
+	// none. Each watermark sent also flushes partly filled frames to every
+	// consumer, so small windows replayed fast mean more, smaller frames.
 	WatermarkSpan int64
 	// Side, if set, receives every record sent to a side output (late
 	// records, records an expression failed on). It is called concurrently
@@ -148,7 +150,10 @@ type Options struct {
 
 // NodeCounters count what one node did over all its subtasks.
 type NodeCounters struct {
-	// RecordsIn and RecordsOut count records received and emitted.
+	// RecordsIn and RecordsOut count records received and emitted. A window
+	// fed by a combined edge (see Options.DisableCombine) receives combined
+	// records, each standing for several, so its RecordsIn is lower than
+	// with the combiners off.
 	RecordsIn, RecordsOut int64
 	// Side counts records sent to each side output.
 	Side map[string]int64

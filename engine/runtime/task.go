@@ -646,6 +646,7 @@ func (t *tailEmitter) Emit(r record.Record) {
 			}
 		}
 	}
+	t.rec.Values = nil // do not keep the producer's batch alive
 }
 
 // route batches r, with weight appended, for consumer subtask to of a
