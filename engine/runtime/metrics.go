@@ -91,8 +91,9 @@ func (st *subtask) publish() {
 	}
 	l.frames.Store(st.frames)
 	l.bytes.Store(st.bytes)
-	l.prefiltered.Store(st.tail.prefiltered())
-	l.combined.Store(st.tail.combined())
+	pre, comb := st.tail.notSent()
+	l.prefiltered.Store(pre)
+	l.combined.Store(comb)
 }
 
 // watermarkPassed notes that node emitted wm, which the next node of the

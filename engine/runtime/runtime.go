@@ -202,10 +202,18 @@ type edge struct {
 	schema   *record.Schema // of the records on the edge
 	// combine is set when the producers combine the records of e by key
 	// and pane (operator.CountCombiner) for the window aggregate that
-	// consumes them: the edge's schema then ends with weightField, the
-	// number of records each one stands for.
-	combine     *operator.Windowing
-	weightField int
+	// consumes them: the edge's schema then ends with a weight field (see
+	// weightField), the number of records each one stands for.
+	combine *operator.Windowing
+}
+
+// weightField returns the index of e's weight field, or -1 if e is not
+// combined.
+func (e *edge) weightField() int {
+	if e.combine == nil {
+		return -1
+	}
+	return len(e.schema.Fields) - 1
 }
 
 // task is a chain of nodes run by Parallelism subtasks.
@@ -343,7 +351,7 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 	if !o.DisableCombine {
 		for _, e := range p.edges {
 			if w, ok := combineWindowing(e); ok {
-				e.combine, e.weightField = &w, len(e.schema.Fields)
+				e.combine = &w
 				e.schema = &record.Schema{Fields: append(slices.Clip(e.schema.Fields), record.Field{Name: weightFieldName, Type: record.TypeInt})}
 			}
 		}
@@ -471,8 +479,9 @@ func Run(ctx context.Context, spec *jobspec.Spec, o Options) (*Result, error) {
 		}
 		res.Frames += st.frames
 		res.Bytes += st.bytes
-		res.Prefiltered += st.tail.prefiltered()
-		res.Combined += st.tail.combined()
+		pre, comb := st.tail.notSent()
+		res.Prefiltered += pre
+		res.Combined += comb
 	}
 	res.Wall = time.Since(start)
 	return res, nil

@@ -65,8 +65,8 @@ func newSubtask(ctx context.Context, p *plan, t *task, idx int, o *Options) (*su
 			op = &txSinkOp{commit: o.CommitSinks[n.Params.Stream], split: split, schema: info.In[0]}
 		default:
 			weight := -1
-			if i == 0 && len(t.in) == 1 && t.in[0].combine != nil {
-				weight = t.in[0].weightField
+			if i == 0 && len(t.in) == 1 {
+				weight = t.in[0].weightField()
 			}
 			op, err = buildOperator(info, p.spec, idx, t.parallelism, o.Sinks[n.Params.Stream], split, weight)
 		}
@@ -568,17 +568,6 @@ func (t *tailEmitter) open(ctx context.Context) error {
 	return nil
 }
 
-// combined returns the number of records the out edges' combiners did not
-// send because another record carried them.
-func (t *tailEmitter) combined() int64 {
-	var n int64
-	for _, oe := range t.edges {
-		if oe.comb != nil {
-			n += oe.comb.Combined()
-		}
-	}
-	return n
-}
 
 // flushCombined sends the records the out edges' combiners hold, before a
 // watermark or a barrier: a combined record must reach the window before a
@@ -589,23 +578,31 @@ func (t *tailEmitter) flushCombined() {
 		if oe.comb == nil || oe.comb.Len() == 0 {
 			continue
 		}
-		maxP := t.st.p.spec.MaxParallelism
 		oe.comb.Flush(func(key uint64, r *record.Record, weight int64) {
-			t.route(oe, state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP), r, weight)
+			t.route(oe, t.subtaskOf(oe, key), r, weight)
 		})
 	}
 }
 
-// prefiltered returns the number of records the out edges' pre-filters
-// dropped.
-func (t *tailEmitter) prefiltered() int64 {
-	var n int64
+// notSent returns the number of records the out edges' pre-filters dropped
+// and the number their combiners did not send because another record
+// carried them.
+func (t *tailEmitter) notSent() (prefiltered, combined int64) {
 	for _, oe := range t.edges {
 		if oe.pre != nil {
-			n += oe.pre.Dropped()
+			prefiltered += oe.pre.Dropped()
+		}
+		if oe.comb != nil {
+			combined += oe.comb.Combined()
 		}
 	}
-	return n
+	return prefiltered, combined
+}
+
+// subtaskOf returns the consumer subtask of oe, a keyed edge, that owns key.
+func (t *tailEmitter) subtaskOf(oe *outEdge, key uint64) int {
+	maxP := t.st.p.spec.MaxParallelism
+	return state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP)
 }
 
 func (t *tailEmitter) Emit(r record.Record) {
@@ -621,7 +618,6 @@ func (t *tailEmitter) Emit(r record.Record) {
 			}
 			to = t.st.idx
 		case hashed:
-			maxP := t.st.p.spec.MaxParallelism
 			key := oe.e.key(rp)
 			if oe.pre != nil && !oe.pre.Keep(key, rp) {
 				continue
@@ -630,10 +626,10 @@ func (t *tailEmitter) Emit(r record.Record) {
 				if oe.comb.Add(key, rp) {
 					continue
 				}
-				t.route(oe, state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP), rp, 1)
+				t.route(oe, t.subtaskOf(oe, key), rp, 1)
 				continue
 			}
-			to = state.SubtaskFor(state.KeyGroup(key, maxP), oe.e.to.parallelism, maxP)
+			to = t.subtaskOf(oe, key)
 		case rebalance:
 			to = oe.rr
 		}
@@ -675,7 +671,9 @@ func (t *tailEmitter) EmitWatermark(wm int64) {
 		// A later watermark supersedes this one, and records emitted
 		// meanwhile stay batched; flushWatermark sends it in time.
 		t.pendingWM, t.hasWM = wm, true
-		if span := t.st.o.WatermarkSpan; span > 0 && wm > t.sentWM && (t.sentWM == math.MinInt64 || uint64(wm-t.sentWM) >= uint64(span)) {
+		// The difference is taken in uint64: it overflows int64 when no
+		// watermark was sent yet (sentWM is MinInt64).
+		if span := t.st.o.WatermarkSpan; span > 0 && wm > t.sentWM && uint64(wm-t.sentWM) >= uint64(span) {
 			t.sendPending(time.Now())
 			return
 		}
