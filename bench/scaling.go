@@ -135,14 +135,8 @@ func Scaling(ctx context.Context, o ScalingOptions) (string, error) {
 // scalingRow formats the runs of one point: medians, and the range of peak
 // RSS when there are several runs.
 func scalingRow(label string, runs []Summary) string {
-	pick := func(f func(Summary) float64) float64 {
-		xs := make([]float64, len(runs))
-		for i, s := range runs {
-			xs[i] = f(s)
-		}
-		return median(xs)
-	}
-	rss := pick(func(s Summary) float64 { return float64(s.PeakRSSBytes) })
+	st := statsOf(runs)
+	rss := st.PeakRSSBytes
 	rssText := bytesize(rss)
 	if len(runs) > 1 {
 		lo, hi := runs[0].PeakRSSBytes, runs[0].PeakRSSBytes
@@ -152,8 +146,7 @@ func scalingRow(label string, runs []Summary) string {
 		rssText = fmt.Sprintf("%.1f MiB (%.1f–%.1f)", rss/(1<<20), float64(lo)/(1<<20), float64(hi)/(1<<20))
 	}
 	return fmt.Sprintf("| %s | %d | %d | %s | %.2f | %s | %s |\n", label, runs[0].Events, runs[0].Tasks,
-		rate(pick(Summary.PerCore)), pick(func(s Summary) float64 { return s.CPUSeconds }),
-		rate(pick(func(s Summary) float64 { return s.EventsPerSecond })), rssText)
+		rate(st.PerCore), st.CPUSeconds, rate(st.EventsPerSecond), rssText)
 }
 
 // memoryVerdict states, for each pair of steps (1×, 10× events), how much
@@ -162,14 +155,7 @@ func memoryVerdict(steps []scalingStep, runs [][]Summary) string {
 	var parts, over []string
 	pairs := 0
 	for i := 0; i+1 < len(steps); i += 2 {
-		med := func(rs []Summary) float64 {
-			xs := make([]float64, len(rs))
-			for k, s := range rs {
-				xs[k] = float64(s.PeakRSSBytes)
-			}
-			return median(xs)
-		}
-		a, z := med(runs[i]), med(runs[i+1])
+		a, z := statsOf(runs[i]).PeakRSSBytes, statsOf(runs[i+1]).PeakRSSBytes
 		if a <= 0 {
 			continue
 		}

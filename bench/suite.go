@@ -87,29 +87,37 @@ type Case struct {
 // Stats are the medians of a case's runs in one mode.
 type Stats struct {
 	PerCore, CPUSeconds, WallSeconds float64
-	PeakRSSBytes                     float64
-	Rows                             int64
-	Tasks                            int
-	ExchangeBytes                    float64
+	// EventsPerSecond is the median wall-clock rate.
+	EventsPerSecond float64
+	PeakRSSBytes    float64
+	Rows            int64
+	Tasks           int
+	ExchangeBytes   float64
 }
 
 // Stats returns the medians of the sealed (or plaintext) runs.
 func (c *Case) Stats(sealed bool) Stats {
-	runs := c.Plain
 	if sealed {
-		runs = c.Sealed
+		return statsOf(c.Sealed)
 	}
-	var pc, cpu, wall, rss, xb []float64
+	return statsOf(c.Plain)
+}
+
+// statsOf returns the medians of runs (rows and tasks of the last).
+func statsOf(runs []Summary) Stats {
+	var pc, cpu, wall, eps, rss, xb []float64
 	var st Stats
 	for _, s := range runs {
 		pc = append(pc, s.PerCore())
 		cpu = append(cpu, s.CPUSeconds)
 		wall = append(wall, s.WallSeconds)
+		eps = append(eps, s.EventsPerSecond)
 		rss = append(rss, float64(s.PeakRSSBytes))
 		xb = append(xb, float64(s.ExchangeBytes))
 		st.Rows, st.Tasks = s.Rows, s.Tasks
 	}
-	st.PerCore, st.CPUSeconds, st.WallSeconds, st.PeakRSSBytes, st.ExchangeBytes = median(pc), median(cpu), median(wall), median(rss), median(xb)
+	st.PerCore, st.CPUSeconds, st.WallSeconds, st.EventsPerSecond = median(pc), median(cpu), median(wall), median(eps)
+	st.PeakRSSBytes, st.ExchangeBytes = median(rss), median(xb)
 	return st
 }
 
@@ -259,7 +267,7 @@ func Suite(ctx context.Context, o Options) (*Report, error) {
 				continue
 			}
 			// Half the slower mode's median wall-clock rate.
-			rate := min(o.rate(c.Sealed), o.rate(c.Plain))
+			rate := min(statsOf(c.Sealed).EventsPerSecond, statsOf(c.Plain).EventsPerSecond)
 			c.Pace = max(int64(rate/2), 1)
 			events := max(int64(float64(c.Pace)*o.LatencySeconds), 1)
 			for _, sealed := range []bool{true, false} {
@@ -282,15 +290,6 @@ func Suite(ctx context.Context, o Options) (*Report, error) {
 		return r, fmt.Errorf("%w: %s", ErrRowsDiffer, strings.Join(r.Mismatches, "; "))
 	}
 	return r, nil
-}
-
-// rate is the median wall-clock events/s of runs.
-func (o Options) rate(runs []Summary) float64 {
-	var xs []float64
-	for _, s := range runs {
-		xs = append(xs, s.EventsPerSecond)
-	}
-	return median(xs)
 }
 
 func runOne(ctx context.Context, o Options, q string, events, pace int64, sealed, noChain bool, out string) (Summary, error) {
