@@ -568,7 +568,6 @@ func (t *tailEmitter) open(ctx context.Context) error {
 	return nil
 }
 
-
 // flushCombined sends the records the out edges' combiners hold, before a
 // watermark or a barrier: a combined record must reach the window before a
 // watermark that could make it late, and in the epoch of the records it
